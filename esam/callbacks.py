@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import os
 from typing import Callable
 
 from ray import tune
@@ -11,7 +12,11 @@ from esam import tracking
 
 def error_line(trial) -> str:
     """The last line of a trial's traceback, e.g. 'FloatingPointError: training loss is nan ...'."""
-    text = trial.get_error() or ""
+    text = ""
+    if trial.error_file and os.path.isfile(trial.error_file):  # written locally before callbacks run
+        with open(trial.error_file) as f:
+            text = f.read()
+    text = text or trial.get_error() or ""
     lines = [line.strip() for line in str(text).splitlines() if line.strip()]
     return lines[-1] if lines else "trial failed"
 
@@ -23,8 +28,10 @@ class MlflowTrialRuns(tune.Callback):
     experiment finds its trials' runs again by their `trial_id` tag instead of duplicating them.
     """
 
-    def __init__(self, uri: str, parent_run_id: str, kind: str, name_of: Callable[[dict], str]):
-        self.uri, self.parent_run_id, self.kind, self.name_of = uri, parent_run_id, kind, name_of
+    def __init__(self, uri: str, parent_run_id: str, kind: str, name_of: Callable[[dict], str],
+                 params_of: Callable[[dict], dict]):
+        self.uri, self.parent_run_id, self.kind = uri, parent_run_id, kind
+        self.name_of, self.params_of = name_of, params_of
         self._client = None
         self._runs: dict[str, str] = {}
 
@@ -48,7 +55,7 @@ class MlflowTrialRuns(tune.Callback):
             else:
                 self._runs[trial.trial_id] = tracking.start_trial_run(
                     self.client, self.parent_run_id, self.name_of(trial.config), self.kind,
-                    trial.config, trial.trial_id)
+                    self.params_of(trial.config), trial.trial_id)
         return self._runs[trial.trial_id]
 
     def on_trial_start(self, iteration, trials, trial, **info):
@@ -66,7 +73,7 @@ class MlflowTrialRuns(tune.Callback):
 
 
 _METRICS = ("epoch", "train_loss", "test_loss", "test_acc", "images_per_s", "step_time_vs_sgd",
-            "speed_vs_sgd", "relative_cost", "epoch_time_s", "lr")
+            "speed_vs_sgd", "relative_cost", "epoch_time_s", "learning_rate")
 
 
 class Progress(tune.Callback):
@@ -75,16 +82,17 @@ class Progress(tune.Callback):
     def __init__(self, label: str, total: int, objectives: list[tuple[str, str]], echo: Callable[[str], None] = print):
         self.label, self.total, self.objectives, self.echo = label, total, objectives, echo
         self.best: dict[str, float] = {}
+        self.ended = self.failed = 0
 
     def __getstate__(self):
         return {**self.__dict__, "echo": print}
 
-    def _line(self, trials, trial, what: str) -> str:
-        done = sum(t.status == "TERMINATED" for t in trials)
-        failed = sum(t.status == "ERROR" for t in trials)
-        running = sum(t.status == "RUNNING" for t in trials)
+    def _line(self, trials, what: str) -> str:
+        # The callback runs before Ray updates the trial's status: count ends here instead.
+        running = sum(t.status == "RUNNING" for t in trials) - 1
         best = ", ".join(f"best {m} {v:.4g}" for m, v in self.best.items())
-        return f"[{self.label}] {done + failed}/{self.total} ended ({failed} failed), {running} running | {what}" + (f" | {best}" if best else "")
+        return (f"[{self.label}] {self.ended}/{self.total} ended ({self.failed} failed), {max(running, 0)} running"
+                f" | {what}" + (f" | {best}" if best else ""))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         result = trial.last_result or {}
@@ -94,9 +102,12 @@ class Progress(tune.Callback):
                 old = self.best.get(metric)
                 if old is None or (v > old if mode == "max" else v < old):
                     self.best[metric] = v
+        self.ended += 1
         shown = ", ".join(f"{m} {result[m]:.4g}" for m, _ in self.objectives if m in result)
         params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.config.items())
-        self.echo(self._line(trials, trial, f"{params}: {shown}"))
+        self.echo(self._line(trials, f"{params}: {shown}"))
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self.echo(self._line(trials, trial, f"FAILED {trial.config}: {error_line(trial)}"))
+        self.ended += 1
+        self.failed += 1
+        self.echo(self._line(trials, f"FAILED {trial.config}: {error_line(trial)}"))

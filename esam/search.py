@@ -7,7 +7,7 @@ trials resume from their last epoch) and Optuna's study lives in an RDB storage.
 """
 from __future__ import annotations
 
-import dataclasses
+import functools
 import json
 import logging
 import os
@@ -94,8 +94,9 @@ def _init_ray(address: str | None) -> bool:
     import ray
     if ray.is_initialized():
         return False
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # MLflow records results
+    # Quiet terminal: our Progress callback prints one line per trial; Ray's tables would drown it.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
              configure_logging=True)
     return True
@@ -132,7 +133,11 @@ def run_search(cfg: SearchConfig, *, address: str | None = None, echo: Callable[
     from ray import tune
 
     from esam.callbacks import MlflowTrialRuns, Progress
+    from esam.trial import trial_params
 
+    import optuna
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
     # Everything that can be wrong is checked before the first trial starts.
     uri = tracking.tracking_uri(cfg.mlflow.tracking_uri)
     client = tracking.connect(uri)
@@ -151,11 +156,12 @@ def run_search(cfg: SearchConfig, *, address: str | None = None, echo: Callable[
     echo(f"search {cfg.name}: {cfg.trials} ESAM trials + references {cfg.references or 'none'}, "
          f"{cfg.concurrency} at a time; MLflow run {parent} at {uri}")
 
+    params_of = functools.partial(trial_params, resolved["train"]["optimizer"])
     started_ray = _init_ray(address)
     status = "FAILED"
     try:
         if cfg.references:
-            callbacks = [MlflowTrialRuns(uri, parent, "reference", _trial_name),
+            callbacks = [MlflowTrialRuns(uri, parent, "reference", _trial_name, params_of),
                          Progress("references", len(cfg.references), objectives, echo)]
             tune_config = tune.TuneConfig(num_samples=1, max_concurrent_trials=cfg.concurrency,
                                           trial_dirname_creator=lambda t: f"{t.config['optimizer']}_{t.trial_id}")
@@ -167,7 +173,7 @@ def run_search(cfg: SearchConfig, *, address: str | None = None, echo: Callable[
         tune_config = tune.TuneConfig(search_alg=searcher, num_samples=cfg.trials,
                                       max_concurrent_trials=cfg.concurrency,
                                       trial_dirname_creator=lambda t: f"esam_{t.trial_id}")
-        callbacks = [MlflowTrialRuns(uri, parent, "trial", _trial_name),
+        callbacks = [MlflowTrialRuns(uri, parent, "trial", _trial_name, params_of),
                      Progress("esam", cfg.trials, objectives, echo)]
         _tuner(cfg, "search", {}, tune_config, callbacks, restore=bool(state)).fit()
         status = "FINISHED"

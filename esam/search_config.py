@@ -157,6 +157,9 @@ def validate_search(cfg: SearchConfig) -> SearchConfig:
         raise ConfigError(f"resources: cpu must be > 0 and gpu >= 0, got cpu={cfg.resources.cpu} gpu={cfg.resources.gpu}")
     if not isinstance(cfg.references, list) or any(r not in REFERENCES for r in cfg.references):
         raise ConfigError(f"references must be a list from {', '.join(REFERENCES)}, got {cfg.references!r}")
+    from esam.models import MODELS
+    if cfg.train.model not in MODELS:
+        raise ConfigError(f"train.model: unknown model {cfg.train.model!r} (valid: {', '.join(sorted(MODELS))})")
     if cfg.train.optimizer.name != "esam":
         raise ConfigError(f"train.optimizer.name must be esam in a search, got {cfg.train.optimizer.name!r}")
     return cfg

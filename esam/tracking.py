@@ -36,6 +36,10 @@ def connect(uri: str):
         # Fail in seconds, not after MLflow's default minutes of retries.
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    import logging
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # "Creating initial tables"
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     client = MlflowClient(tracking_uri=uri)
     try:
         client.search_experiments(max_results=1)

@@ -3,7 +3,7 @@
 Each epoch reports: train_loss, test_loss, test_acc (%), images_per_s (timed training steps
 only, after a warm-up, full batch counted), step_time_vs_sgd and speed_vs_sgd (the method's step
 against an SGD step timed interleaved in this process: comparable when trials share a device),
-relative_cost (the optimizer's cost-model report: SGD 1, SAM 2), epoch_time_s and lr.
+relative_cost (the optimizer's cost-model report: SGD 1, SAM 2), epoch_time_s and learning_rate.
 """
 from __future__ import annotations
 
@@ -190,7 +190,7 @@ def train(config: TrainConfig, report: Report | None = None, *,
             "speed_vs_sgd": 1.0 / ratio,
             "relative_cost": cost_sum / steps,
             "epoch_time_s": epoch_time,
-            "lr": scheduler.get_last_lr()[0],
+            "learning_rate": scheduler.get_last_lr()[0],
         }
         saved = None
         if checkpoint_dir is not None and config.checkpoint_every and (

@@ -24,6 +24,18 @@ def trial_overrides(trial_config: dict) -> dict:
     return {"optimizer": {"name": method, **settings}}
 
 
+_METHOD_PARAMS = {"sgd": ("lr", "momentum", "weight_decay"),
+                  "sam": ("lr", "momentum", "weight_decay", "rho", "adaptive", "bn_update"),
+                  "esam": ("lr", "momentum", "weight_decay", "rho", "adaptive", "bn_update", "beta", "gamma", "score")}
+
+
+def trial_params(base_optimizer: dict, trial_config: dict) -> dict:
+    """The optimizer settings a trial really uses (searched and fixed), for MLflow's params."""
+    resolved = {**base_optimizer, **trial_overrides(trial_config)["optimizer"]}
+    method = resolved["name"]
+    return {"optimizer": method, **{k: resolved[k] for k in _METHOD_PARAMS[method]}}
+
+
 def run_trial(trial_config: dict, base_train: dict, threads: int | None) -> None:
     config = train_config_from_dict(base_train, trial_overrides(trial_config))
     if config.threads is None and threads:

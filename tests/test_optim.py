@@ -16,6 +16,15 @@ from esam.optim import (ESAM, OPTIMIZERS, SAM, Plain, StepCost, build_optimizer,
                         subset_size)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny kernels: one thread avoids OpenMP spin-waits on a busy 2-core machine (20x faster here)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def make_cnn(seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
@@ -100,6 +109,18 @@ def test_sam_rho0_takes_sgd_steps():
         ref.step()
     for a, b, c in zip(sam_model.parameters(), plain_model.parameters(), ref_model.parameters()):
         assert torch.equal(a, b) and torch.equal(b, c)
+
+
+def test_esam_keeping_no_tensor_perturbs_nothing():
+    model = make_cnn()
+    (x, y), = make_batches(1)
+    opt = ESAM(model.parameters(), sgd(model), rho=0.5, beta=1e-12, gamma=0.5, seed=0)
+    record = []
+    opt.step(closure_for(model, x, y, record))
+    assert not any(record[0][3]) and not record[0][1].requires_grad  # ascent: a forward only
+    assert all(torch.equal(a, b) for a, b in zip(record[0][4], record[1][4]))  # e = 0
+    assert opt.last_cost.weight_grad_fraction == 0.0 and opt.last_cost.backward_samples == 8
+    assert opt.last_cost.relative_cost == pytest.approx((16 + 16 + 3 * 8) / 48)
 
 
 # --- SDS -------------------------------------------------------------------------------------------------
@@ -308,9 +329,11 @@ def test_wrong_subset_length_is_refused():
     model = make_cnn()
     (x, y), = make_batches(1)
     opt = ESAM(model.parameters(), sgd(model), gamma=0.5, seed=0)
+    w0 = [p.detach().clone() for p in model.parameters()]
     with pytest.raises(TypeError, match=re.escape("[8]")):
         opt.step(lambda indices=None: F.cross_entropy(model(x), y, reduction="none"))
     assert all(p.requires_grad for p in model.parameters())
+    assert all(torch.equal(p, w) for p, w in zip(model.parameters(), w0))  # the perturbation was undone
 
 
 # --- BatchNorm, clipping, cost -----------------------------------------------------------------------------------
@@ -404,3 +427,22 @@ def test_ddp_single_process(tmp_path):
         assert all(torch.isfinite(loss) for loss in losses)
     finally:
         dist.destroy_process_group()
+
+
+# --- the benchmark's quick path ------------------------------------------------------------------------------------
+
+def test_bench_step_runs():
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "experiments" / "bench_step.py"
+    spec = importlib.util.spec_from_file_location("bench_step", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    settings = dict(model="small_cnn", batch_size=8, device="cpu", repeats=1, steps=1, warmup=0, dtype="fp32",
+                    channels_last=False, compile=False, rho=0.05, beta=0.6, gamma=0.5)
+    rows = bench.run_bench(**settings)
+    assert [r["method"] for r in rows] == list(bench.METHODS)
+    assert rows[1]["ratio_to_sam"] == 1.0 and rows[0]["relative_cost"] == 1.0
+    assert rows[2]["predicted_ratio_to_sam"] == pytest.approx(2 / 1.7)
+    assert "| SAM |" in bench.markdown(rows, settings)
+

@@ -10,7 +10,7 @@ one new file plus one import line.
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from torch import nn
 
@@ -45,4 +45,4 @@ def build_model(name: str, num_classes: int, in_channels: int = 3) -> nn.Module:
 
 
 # Importing the families registers them.
-from esam.models import imagenet, pyramidnet, resnet, small, wide_resnet  # noqa: E402,F401
+from esam.models import imagenet, pyramidnet, resnet, small, wide_resnet  # noqa: F401

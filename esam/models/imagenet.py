@@ -5,7 +5,7 @@ convolution is replaced by one of the same shape with `in_channels` inputs.
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torchvision
 from torch import nn

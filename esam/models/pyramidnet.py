@@ -53,7 +53,7 @@ class PyramidNet(nn.Module):
         for group in range(3):
             for i in range(n):
                 width += step
-                c_out = int(round(width))
+                c_out = round(width)
                 blocks.append(PyramidBlock(c_in, c_out, stride=2 if group > 0 and i == 0 else 1))
                 c_in = c_out
         self.blocks = nn.Sequential(*blocks)

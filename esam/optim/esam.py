@@ -56,8 +56,8 @@ class ESAM(SAM):
             raise ValueError(f"unknown score {score!r} (valid: {', '.join(SCORES)})")
         if generator is not None and generator.device.type != "cpu":
             raise ValueError(f"generator must be a CPU torch.Generator (SWP draws on the host), got {generator.device}")
-        super().__init__(params, base_optimizer, rho, adaptive, max_grad_norm, model, bn_update,
-                         beta=beta, gamma=gamma, score=score)
+        super().__init__(params, base_optimizer, rho, adaptive, max_grad_norm, model, bn_update)
+        self.defaults.update(beta=beta, gamma=gamma, score=score)
         self.beta, self.gamma, self.score = float(beta), float(gamma), score
         self._beta = self.beta
         if generator is None:

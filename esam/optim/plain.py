@@ -35,13 +35,13 @@ class Plain(torch.optim.Optimizer):
     method = "sgd"
 
     def __init__(self, params: Iterable, base_optimizer: torch.optim.Optimizer,
-                 max_grad_norm: float | None = None, **defaults: Any) -> None:
+                 max_grad_norm: float | None = None) -> None:
         if not isinstance(base_optimizer, torch.optim.Optimizer):
             raise TypeError(f"base_optimizer must be an optimizer instance, e.g. torch.optim.SGD(model.parameters(), "
                             f"lr=0.05), got {base_optimizer!r}")
         if max_grad_norm is not None and not max_grad_norm > 0:
             raise ValueError(f"max_grad_norm must be positive or None, got {max_grad_norm}")
-        super().__init__(list(params), dict(max_grad_norm=max_grad_norm, **defaults))
+        super().__init__(list(params), dict(max_grad_norm=max_grad_norm))
         mine = {id(p) for g in self.param_groups for p in g["params"]}
         base = [p for g in base_optimizer.param_groups for p in g["params"]]
         if mine != {id(p) for p in base}:

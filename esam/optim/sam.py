@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterable
+from typing import Iterable
 
 import torch
 from torch.nn.modules.batchnorm import _BatchNorm
@@ -45,14 +45,15 @@ class SAM(Plain):
 
     def __init__(self, params: Iterable, base_optimizer: torch.optim.Optimizer, rho: float = 0.05,
                  adaptive: bool = False, max_grad_norm: float | None = None, model: torch.nn.Module | None = None,
-                 bn_update: str = "all", **defaults: Any) -> None:
+                 bn_update: str = "all") -> None:
         if not rho >= 0:
             raise ValueError(f"rho must be >= 0, got {rho}")
         if bn_update not in BN_UPDATES:
             raise ValueError(f"unknown bn_update {bn_update!r} (valid: {', '.join(BN_UPDATES)})")
         if bn_update == "clean" and model is None:
             raise ValueError("bn_update='clean' needs model=... to find the BatchNorm running stats")
-        super().__init__(params, base_optimizer, max_grad_norm, rho=rho, adaptive=adaptive, **defaults)
+        super().__init__(params, base_optimizer, max_grad_norm)
+        self.defaults.update(rho=rho, adaptive=adaptive, bn_update=bn_update)
         self.rho, self.adaptive, self.bn_update, self.model = float(rho), bool(adaptive), bn_update, model
         self._beta = 1.0  # SWP's keep probability: ESAM's e carries 1 / beta
         self._saved: list[torch.Tensor] | None = None  # w during the perturbation, allocated once
@@ -103,10 +104,7 @@ class SAM(Plain):
     def second_step(self, zero_grad: bool = False) -> None:
         """Clip the descent gradient (if max_grad_norm), return to w by copy, and take the base optimizer's step."""
         self._clip()
-        params, saved = self._perturbed
-        if params:
-            torch._foreach_copy_(params, saved)
-        self._perturbed = ([], [])
+        self._restore_w()
         self.base_optimizer.step()
         if zero_grad:
             self._zero_grad()
@@ -131,15 +129,27 @@ class SAM(Plain):
         batch = losses.shape[0]
         self._save_bn()
         self.first_step(zero_grad=True)
-        indices, k, scored = self._select(closure, losses.detach())  # ESAM's SDS; the whole batch in SAM
-        with torch.enable_grad():
-            self._forward(closure, indices, k).mean().backward()
-        self._restore_bn()
+        try:
+            indices, k, scored = self._select(closure, losses.detach())  # ESAM's SDS; the whole batch in SAM
+            with torch.enable_grad():
+                self._forward(closure, indices, k).mean().backward()
+        except BaseException:  # leave w (and the BN stats) as they were before the perturbation
+            self._restore_w()
+            raise
+        finally:
+            self._restore_bn()
         self.second_step()
         self.num_steps += 1
         self.last_cost = StepCost.two_pass(self.method, batch, k, self._ascent_fraction, scored,
                                            ascent_backward=not everything_frozen)
         return loss.detach()
+
+    @torch.no_grad()
+    def _restore_w(self) -> None:
+        params, saved = self._perturbed
+        if params:
+            torch._foreach_copy_(params, saved)  # a copy, not w + e - e: exact
+        self._perturbed = ([], [])
 
     def _freeze(self) -> list[torch.Tensor]:
         """Tensors to leave out of the ascent pass (ESAM's SWP). SAM keeps them all."""

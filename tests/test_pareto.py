@@ -1,0 +1,54 @@
+import itertools
+import random
+
+import pytest
+
+from esam.pareto import dominates, pareto_front, pick
+
+OBJ = [("acc", "max"), ("speed", "max")]
+
+
+def brute_force_front(points, objectives):
+    return [i for i, p in enumerate(points)
+            if not any(dominates(q, p, objectives) for j, q in enumerate(points) if j != i)]
+
+
+def test_hand_made_front():
+    points = [{"acc": 90, "speed": 1.0}, {"acc": 95, "speed": 0.5}, {"acc": 93, "speed": 0.8},
+              {"acc": 92, "speed": 0.7},  # dominated by (93, 0.8)
+              {"acc": 89, "speed": 1.0},  # dominated by (90, 1.0)
+              {"acc": 96, "speed": 0.4}]
+    assert pareto_front(points, OBJ) == [0, 1, 2, 5]
+
+
+def test_front_is_non_dominated_and_complete_on_random_points():
+    rng = random.Random(0)
+    for _ in range(50):
+        points = [{"acc": rng.randint(0, 10), "speed": rng.randint(0, 10)} for _ in range(30)]
+        front = pareto_front(points, OBJ)
+        assert front == brute_force_front(points, OBJ)
+        for i, j in itertools.product(front, front):
+            assert not dominates(points[i], points[j], OBJ)
+        for k in set(range(len(points))) - set(front):
+            assert any(dominates(points[i], points[k], OBJ) for i in front)
+
+
+def test_min_mode_and_missing_values():
+    points = [{"acc": 90, "cost": 2.0}, {"acc": 90, "cost": 1.5}, {"acc": float("nan"), "cost": 0.1}, {"acc": 91}]
+    assert pareto_front(points, [("acc", "max"), ("cost", "min")]) == [1]
+
+
+def test_picks():
+    points = [{"acc": 90.0, "speed": 1.0}, {"acc": 95.0, "speed": 0.5}, {"acc": 94.9, "speed": 0.8},
+              {"acc": 94.0, "speed": 0.9}, {"acc": 50.0, "speed": 0.1}]
+    assert pick(points, OBJ, "max-accuracy") == 1
+    assert pick(points, OBJ, "max-throughput") == 0
+    assert pick(points, OBJ, "fastest-within=0.2") == 2
+    assert pick(points, OBJ, "fastest-within=1.0") == 3
+    assert pick(points, OBJ, "knee") in (2, 3)
+    with pytest.raises(ValueError, match="unknown pick"):
+        pick(points, OBJ, "best")
+    with pytest.raises(ValueError, match="margin"):
+        pick(points, OBJ, "fastest-within=abc")
+    with pytest.raises(ValueError, match="no finished trial"):
+        pick([], OBJ, "knee")

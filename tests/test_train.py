@@ -1,0 +1,70 @@
+import math
+
+import pytest
+import torch
+
+from esam.config import train_config_from_dict
+from esam.train import train
+
+QUICK = {"model": "small_cnn", "epochs": 2, "batch_size": 64, "probe_steps": 2, "timing_warmup_steps": 1,
+         "data": {"name": "digits", "crop_padding": 1, "flip": False, "cutout": 0, "train_limit": 512, "test_limit": 256}}
+
+
+def config(**optimizer):
+    return train_config_from_dict(QUICK, {"optimizer": optimizer})
+
+
+@pytest.mark.parametrize("name", ["sgd", "sam", "esam"])
+def test_reports_every_epoch_with_all_metrics(name):
+    reports = []
+    final = train(config(name=name), lambda m, ckpt: reports.append(m))
+    assert [r["epoch"] for r in reports] == [1, 2]
+    for key in ("train_loss", "test_loss", "test_acc", "images_per_s", "step_time_vs_sgd", "speed_vs_sgd",
+                "relative_cost", "epoch_time_s", "learning_rate"):
+        assert math.isfinite(final[key]), key
+    assert reports[1]["train_loss"] < reports[0]["train_loss"]
+    assert 0 <= final["test_acc"] <= 100 and final["images_per_s"] > 0
+    expected_cost = {"sgd": 1.0, "sam": 2.0}
+    if name in expected_cost:
+        assert final["relative_cost"] == pytest.approx(expected_cost[name])
+    else:  # ESAM sits between SGD and SAM at beta 0.6, gamma 0.5 (cost model: about 1.7)
+        assert 1.4 < final["relative_cost"] < 1.95
+    if name == "sgd":
+        assert final["step_time_vs_sgd"] == 1.0
+
+
+def test_same_seed_same_run():
+    a = train(config(name="esam"))
+    b = train(config(name="esam"))
+    assert a["train_loss"] == b["train_loss"] and a["test_acc"] == b["test_acc"]
+
+
+def test_resume_from_checkpoint_continues_identically(tmp_path):
+    straight = []
+    train(config(name="esam"), lambda m, c: straight.append(m))
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_first(metrics, saved):
+        assert (saved / "checkpoint.pt").is_file()
+        raise Stop  # the run dies after epoch 1's checkpoint
+    with pytest.raises(Stop):
+        train(config(name="esam"), stop_after_first, checkpoint_dir=tmp_path / "ck")
+    resumed = []
+    train(config(name="esam"), lambda m, c: resumed.append(m), checkpoint_dir=tmp_path / "ck",
+          resume_from=tmp_path / "ck")
+    assert [r["epoch"] for r in resumed] == [2]
+    assert resumed[0]["train_loss"] == straight[1]["train_loss"]
+    assert resumed[0]["test_acc"] == straight[1]["test_acc"]
+
+
+def test_diverging_loss_raises():
+    with pytest.raises(FloatingPointError, match="training loss is"):
+        train(config(name="sgd", lr=1e6))
+
+
+def test_train_knows_nothing_of_ray():
+    import esam.train
+    source = open(esam.train.__file__).read()
+    assert "import ray" not in source and "from ray" not in source and "mlflow" not in source
