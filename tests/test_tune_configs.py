@@ -1,0 +1,23 @@
+"""Every shipped search config validates and says how to run it."""
+from pathlib import Path
+
+import pytest
+
+from esam.search_config import load_search_config
+
+CONFIGS = sorted((Path(__file__).resolve().parent.parent / "tune_configs").glob("*.yaml"))
+
+
+def test_the_paper_setups_are_shipped():
+    names = {p.stem for p in CONFIGS}
+    assert {"quickstart", "cifar10_resnet18", "cifar100_resnet18", "cifar10_wrn28_10", "cifar100_wrn28_10",
+            "cifar10_pyramidnet110", "cifar100_pyramidnet110", "imagenet_resnet50"} <= names
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+def test_config_validates_and_opens_with_how_to_run(path):
+    cfg = load_search_config(path)
+    assert cfg.name == path.stem
+    header = path.read_text().splitlines()[:6]
+    assert header[0].startswith("#") and any("esam search" in line for line in header)
+    assert any("Expect" in line for line in header)
