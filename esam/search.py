@@ -122,6 +122,13 @@ def _tuner(cfg: SearchConfig, experiment: str, param_space: dict, tune_config, c
     return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config)
 
 
+def _fit(tuner, expected: int) -> None:
+    """Run an experiment; a stop (Ctrl-C: Ray stops gracefully and returns) counts as an interrupt."""
+    grid = tuner.fit()
+    if grid.num_terminated + grid.num_errors < expected:
+        raise KeyboardInterrupt
+
+
 def _trial_name(config: dict) -> str:
     if "optimizer" in config:
         return str(config["optimizer"])
@@ -165,8 +172,8 @@ def run_search(cfg: SearchConfig, *, address: str | None = None, echo: Callable[
                          Progress("references", len(cfg.references), objectives, echo)]
             tune_config = tune.TuneConfig(num_samples=1, max_concurrent_trials=cfg.concurrency,
                                           trial_dirname_creator=lambda t: f"{t.config['optimizer']}_{t.trial_id}")
-            _tuner(cfg, "references", {"optimizer": tune.grid_search(list(cfg.references))},
-                   tune_config, callbacks, restore=bool(state)).fit()
+            _fit(_tuner(cfg, "references", {"optimizer": tune.grid_search(list(cfg.references))},
+                        tune_config, callbacks, restore=bool(state)), len(cfg.references))
         searcher = _optuna_searcher()(
             space=_distributions(cfg), metric=[m for m, _ in objectives], mode=[d for _, d in objectives],
             sampler=_sampler(cfg), study_name=cfg.name, storage=storage)
@@ -175,7 +182,7 @@ def run_search(cfg: SearchConfig, *, address: str | None = None, echo: Callable[
                                       trial_dirname_creator=lambda t: f"esam_{t.trial_id}")
         callbacks = [MlflowTrialRuns(uri, parent, "trial", _trial_name, params_of),
                      Progress("esam", cfg.trials, objectives, echo)]
-        _tuner(cfg, "search", {}, tune_config, callbacks, restore=bool(state)).fit()
+        _fit(_tuner(cfg, "search", {}, tune_config, callbacks, restore=bool(state)), cfg.trials)
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
