@@ -149,6 +149,8 @@ def train(config: TrainConfig, report: Report | None = None, *,
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng_cpu"])
+        if device.type == "cuda" and state.get("rng_cuda") is not None:
+            torch.cuda.set_rng_state(state["rng_cuda"], device)
         start_epoch = state["epoch"] + 1
 
     metrics: dict = {}
@@ -198,6 +200,7 @@ def train(config: TrainConfig, report: Report | None = None, *,
             saved = Path(checkpoint_dir)
             _save_checkpoint(saved, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                      "scheduler": scheduler.state_dict(), "rng_cpu": torch.get_rng_state(),
+                                     "rng_cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
                                      "epoch": epoch, "metrics": metrics})
         if report is not None:
             report(dict(metrics), saved)
