@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from esam.models import register_model
+from esam.models.init import kaiming_conv_init
 
 
 class PyramidBlock(nn.Module):
@@ -59,9 +60,7 @@ class PyramidNet(nn.Module):
         self.blocks = nn.Sequential(*blocks)
         self.head = nn.Sequential(nn.BatchNorm2d(c_in), nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.fc = nn.Linear(c_in, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        kaiming_conv_init(self)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.fc(self.head(self.blocks(self.stem(x))))

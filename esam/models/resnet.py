@@ -10,6 +10,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from esam.models import register_model
+from esam.models.init import kaiming_conv_init
 
 
 class BasicBlock(nn.Module):
@@ -44,9 +45,7 @@ class ResNet(nn.Module):
         self.layers = nn.Sequential(*layers)
         self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.fc = nn.Linear(c_in, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        kaiming_conv_init(self)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.fc(self.pool(self.layers(self.stem(x))))
