@@ -124,6 +124,9 @@ def train(config: TrainConfig, report: Report | None = None, *,
     device = resolve_device(config.device)
     precision = config.precision if config.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
     channels_last = config.channels_last and device.type == "cuda"
+    if device.type == "cuda":
+        # Shapes are static (batch, ESAM's subset k, eval batch): let cudnn time its algorithms once.
+        torch.backends.cudnn.benchmark = True
     _seed_everything(config.seed)
 
     data = build_data(config.data, device, config.seed, config.batch_size, config.eval_batch_size)
