@@ -24,9 +24,9 @@ class DataConfig:
     root: str | None = None  # data root (cifar*, imagefolder); None: ./data
     download: bool = False  # cifar*: fetch torchvision's files when missing (needs network)
     augment: bool = True  # the paper's augmentation: random crop, horizontal flip, Cutout
-    crop_padding: int = 4  # random-crop padding in pixels (0 turns the crop off)
-    flip: bool = True  # random horizontal flip (off for digits: a flipped 3 is no 3)
-    cutout: int = 16  # Cutout square side in pixels (0 turns it off)
+    crop_padding: int | None = None  # random-crop padding in px (0: off; None: 1 for digits, else 4)
+    flip: bool | None = None  # random horizontal flip (None: off for digits, a mirrored 3 is no 3; else on)
+    cutout: int | None = None  # Cutout square side in px (0: off; None: 0 for digits' 8x8 images, else 16)
     cutout_prob: float = 0.5  # probability that a sample gets Cutout
     train_limit: int | None = None  # use only the first N training samples (quick runs)
     test_limit: int | None = None  # use only the first N test samples
@@ -36,6 +36,16 @@ class DataConfig:
     synthetic_classes: int = 10  # synthetic: number of classes
     num_workers: int = 4  # DataLoader workers for datasets too large for device memory
     cache_dir: str | None = None  # decoded uint8 tensors are cached here; None: ~/.cache/esam
+
+    def __post_init__(self) -> None:
+        # The paper's CIFAR augmentation would erase an 8x8 digit: each dataset fills what is left unset.
+        crop, flip, cutout = _AUGMENTATION_DEFAULTS.get(self.name, (4, True, 16))
+        for key, value in (("crop_padding", crop), ("flip", flip), ("cutout", cutout)):
+            if getattr(self, key) is None:
+                object.__setattr__(self, key, value)
+
+
+_AUGMENTATION_DEFAULTS = {"digits": (1, False, 0)}  # dataset -> (crop_padding, flip, cutout)
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,7 @@ METHODS = {
 def base_config(args) -> dict:
     if args.quick:
         return {"model": "small_cnn", "epochs": 2, "batch_size": 64, "schedule": "onecycle", "probe_steps": 2,
-                "data": {"name": "digits", "crop_padding": 1, "flip": False, "cutout": 0},
+                "data": {"name": "digits"},
                 "optimizer": {"lr": 0.05, "weight_decay": 5e-4, "rho": 0.05, "beta": 0.6, "gamma": 0.5}}
     data = {"name": args.dataset, "root": args.data_root, "crop_padding": 4, "flip": True, "cutout": 16,
             "cutout_prob": 0.5}

@@ -59,3 +59,12 @@ def test_search_and_exported_files_load_as_training_configs(tmp_path):
     assert load_train_config(search).epochs == 2
     exported = write(tmp_path, yaml.safe_dump({"epochs": 4, "exported": {"mlflow_run_id": "abc"}}), "e.yaml")
     assert load_train_config(exported).epochs == 4
+
+
+def test_augmentation_defaults_follow_the_dataset():
+    digits = load_train_config(None).data  # an 8x8 digit survives neither a 16 px Cutout nor a mirror
+    assert (digits.crop_padding, digits.flip, digits.cutout) == (1, False, 0)
+    cifar = load_train_config(None, ["data.name=cifar10"]).data  # the paper's recipe
+    assert (cifar.crop_padding, cifar.flip, cifar.cutout) == (4, True, 16)
+    chosen = load_train_config(None, ["data.name=cifar10", "data.cutout=0"]).data
+    assert chosen.cutout == 0 and chosen.flip is True
