@@ -144,6 +144,8 @@ def validate_search(cfg: SearchConfig) -> SearchConfig:
             raise ConfigError(f"objectives[{i}].metric {o.metric!r} names no metric (valid: {', '.join(METRICS)})")
         if o.mode not in ("max", "min"):
             raise ConfigError(f"objectives[{i}].mode must be max or min, got {o.mode!r}")
+    if cfg.train.probe_steps == 0 and {o.metric for o in cfg.objective_list} & {"speed_vs_sgd", "step_time_vs_sgd"}:
+        raise ConfigError("train.probe_steps is 0, so speed_vs_sgd is not measured: raise it or choose another objective")
     if cfg.sampler.name not in SAMPLERS:
         raise ConfigError(f"sampler.name: unknown sampler {cfg.sampler.name!r} (valid: {', '.join(SAMPLERS)})")
     if cfg.sampler.population_size is not None and cfg.sampler.population_size < 2:

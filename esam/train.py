@@ -177,7 +177,7 @@ def train(config: TrainConfig, report: Report | None = None, *,
         train_loss = loss_sum.item() / steps
         if not math.isfinite(train_loss):
             raise FloatingPointError(f"training loss is {train_loss} at epoch {epoch + 1}")
-        ratio = 1.0
+        ratio = 1.0 if config.optimizer.name == "sgd" else float("nan")  # nan: probing switched off
         if probe is not None:
             ratio = probe.step_time_ratio(
                 _closure_factory(*probe_batch, device, precision, channels_last, config.label_smoothing),
