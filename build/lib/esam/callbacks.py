@@ -1,0 +1,113 @@
+"""Ray Tune callbacks run on the driver: MLflow child runs per trial, and a terse progress line."""
+from __future__ import annotations
+
+import math
+import os
+from typing import Callable
+
+from ray import tune
+
+from esam import tracking
+
+
+def error_line(trial) -> str:
+    """The last line of a trial's traceback, e.g. 'FloatingPointError: training loss is nan ...'."""
+    text = ""
+    if trial.error_file and os.path.isfile(trial.error_file):  # written locally before callbacks run
+        with open(trial.error_file) as f:
+            text = f.read()
+    text = text or trial.get_error() or ""
+    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    return lines[-1] if lines else "trial failed"
+
+
+class MlflowTrialRuns(tune.Callback):
+    """One MLflow run per trial, nested under the search's parent run; metrics per epoch.
+
+    Only the driver writes, which keeps a SQLite store free of lock contention. A resumed
+    experiment finds its trials' runs again by their `trial_id` tag instead of duplicating them.
+    """
+
+    def __init__(self, uri: str, parent_run_id: str, kind: str, name_of: Callable[[dict], str],
+                 params_of: Callable[[dict], dict]):
+        self.uri, self.parent_run_id, self.kind = uri, parent_run_id, kind
+        self.name_of, self.params_of = name_of, params_of
+        self._client = None
+        self._runs: dict[str, str] = {}
+
+    def __getstate__(self):  # Ray pickles callbacks with the experiment; clients do not pickle
+        return {**self.__dict__, "_client": None}
+
+    @property
+    def client(self):
+        if self._client is None:
+            from mlflow.tracking import MlflowClient
+            self._client = MlflowClient(tracking_uri=self.uri)
+        return self._client
+
+    def _run_id(self, trial) -> str:
+        if trial.trial_id not in self._runs:
+            existing = [r for r in tracking.trial_runs(self.client, self.parent_run_id)
+                        if r.data.tags.get("trial_id") == trial.trial_id]
+            if existing:
+                self._runs[trial.trial_id] = existing[0].info.run_id
+                self.client.update_run(existing[0].info.run_id, status="RUNNING")
+            else:
+                self._runs[trial.trial_id] = tracking.start_trial_run(
+                    self.client, self.parent_run_id, self.name_of(trial.config), self.kind,
+                    self.params_of(trial.config), trial.trial_id)
+        return self._runs[trial.trial_id]
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self._run_id(trial)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        metrics = {k: result[k] for k in result if k in _METRICS}
+        tracking.log_epoch(self.client, self._run_id(trial), metrics, step=int(result.get("epoch", 0)))
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        tracking.end_trial_run(self.client, self._run_id(trial))
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        tracking.end_trial_run(self.client, self._run_id(trial), error=error_line(trial))
+
+
+_METRICS = ("epoch", "train_loss", "test_loss", "test_acc", "images_per_s", "step_time_vs_sgd",
+            "speed_vs_sgd", "relative_cost", "epoch_time_s", "learning_rate")
+
+
+class Progress(tune.Callback):
+    """One line per finished or failed trial: counts and the best values so far."""
+
+    def __init__(self, label: str, total: int, objectives: list[tuple[str, str]], echo: Callable[[str], None] = print):
+        self.label, self.total, self.objectives, self.echo = label, total, objectives, echo
+        self.best: dict[str, float] = {}
+        self.ended = self.failed = 0
+
+    def __getstate__(self):
+        return {**self.__dict__, "echo": print}
+
+    def _line(self, trials, what: str) -> str:
+        # The callback runs before Ray updates the trial's status: count ends here instead.
+        running = sum(t.status == "RUNNING" for t in trials) - 1
+        best = ", ".join(f"best {m} {v:.4g}" for m, v in self.best.items())
+        return (f"[{self.label}] {self.ended}/{self.total} ended ({self.failed} failed), {max(running, 0)} running"
+                f" | {what}" + (f" | {best}" if best else ""))
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        result = trial.last_result or {}
+        for metric, mode in self.objectives:
+            v = result.get(metric)
+            if isinstance(v, (int, float)) and math.isfinite(v):
+                old = self.best.get(metric)
+                if old is None or (v > old if mode == "max" else v < old):
+                    self.best[metric] = v
+        self.ended += 1
+        shown = ", ".join(f"{m} {result[m]:.4g}" for m, _ in self.objectives if m in result)
+        params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.config.items())
+        self.echo(self._line(trials, f"{params}: {shown}"))
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.ended += 1
+        self.failed += 1
+        self.echo(self._line(trials, f"FAILED {trial.config}: {error_line(trial)}"))

@@ -1,0 +1,159 @@
+"""`esam train | search | pareto | export`: the command line.
+
+User mistakes (EsamError) end in one line on stderr and exit status 2, never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from importlib import resources
+from pathlib import Path
+
+from esam.errors import ConfigError, EsamError
+
+DEFAULT_SEARCH = "quickstart.yaml"
+
+
+def default_search_config() -> Path:
+    """tune_configs/quickstart.yaml, found from a checkout or from the installed package."""
+    try:
+        packaged = resources.files("esam.tune_configs") / DEFAULT_SEARCH
+        if packaged.is_file():
+            return Path(str(packaged))
+    except ModuleNotFoundError:
+        pass
+    return Path(__file__).resolve().parent.parent / "tune_configs" / DEFAULT_SEARCH
+
+
+def _print_epoch(metrics: dict, _saved) -> None:
+    print(f"epoch {metrics['epoch']:>3}  loss {metrics['train_loss']:.4f}  test acc {metrics['test_acc']:6.2f}%  "
+          f"{metrics['images_per_s']:9.0f} img/s  speed/SGD {metrics['speed_vs_sgd']:.3f}  "
+          f"cost {metrics['relative_cost']:.2f}  {metrics['epoch_time_s']:.1f}s", flush=True)
+
+
+def cmd_train(args) -> int:
+    from esam.config import load_train_config
+    from esam.train import train
+
+    config = load_train_config(args.config, args.set)
+    o = config.optimizer
+    print(f"training {config.model} on {config.data.name} with {o.name} "
+          f"(rho {o.rho}, beta {o.beta}, gamma {o.gamma}, score {o.score}) for {config.epochs} epochs", flush=True)
+    resume = args.checkpoint_dir if args.resume else None
+    if args.resume and not (Path(args.checkpoint_dir or "") / "checkpoint.pt").is_file():
+        raise ConfigError(f"--resume: no checkpoint.pt in --checkpoint-dir {args.checkpoint_dir!r}")
+    final = train(config, _print_epoch, checkpoint_dir=args.checkpoint_dir, resume_from=resume)
+    if not final:
+        print("nothing to do: the checkpoint has already finished every epoch")
+        return 0
+    print(f"done: test acc {final['test_acc']:.2f}%, {final['images_per_s']:.0f} img/s, "
+          f"speed vs SGD {final['speed_vs_sgd']:.3f}, relative cost {final['relative_cost']:.2f}")
+    return 0
+
+
+def cmd_search(args) -> int:
+    from esam.search import run_search
+    from esam.search_config import load_search_config
+
+    path = Path(args.config) if args.config else default_search_config()
+    cfg = load_search_config(path, args.set)
+    outcome = run_search(cfg, address=args.address)
+    print("\nPareto front (accuracy vs throughput) and references:")
+    print(outcome.table)
+    print(f"\nresults: MLflow run {outcome.parent_run_id} at {outcome.tracking_uri}")
+    print(f"         Ray experiments and Optuna study in {outcome.directory}")
+    if outcome.tracking_uri.startswith("sqlite:///"):
+        print(f"browse:  mlflow ui --backend-store-uri {outcome.tracking_uri}")
+    print(f"export:  esam export {cfg.name} --pick knee --out esam_{cfg.name}_knee.yaml")
+    return 0
+
+
+def _client(args):
+    from esam import tracking
+    return tracking.connect(tracking.tracking_uri(args.tracking_uri))
+
+
+def cmd_pareto(args) -> int:
+    from esam.export import objectives_of, resolve_search, search_config_of
+    from esam.pareto_report import format_table, update_pareto
+
+    client = _client(args)
+    parent = resolve_search(client, args.experiment, args.search)
+    objectives = objectives_of(search_config_of(client, parent))
+    rows, front, references = update_pareto(client, parent, objectives)
+    failed = sum(r["status"] == "FAILED" for r in rows)
+    print(f"search run {parent}: {len(rows)} runs ({failed} failed), {len(front)} on the front")
+    print(format_table(front, references))
+    print(f"artifacts rewritten under run {parent}: pareto/pareto.{{csv,json,png,html}}, pareto/best_configs.json")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from esam.export import export_config, resolve_search
+
+    client = _client(args)
+    parent = resolve_search(client, args.experiment, args.search)
+    doc = export_config(client, parent, args.pick, args.out)
+    o, m = doc["optimizer"], doc["exported"]["metrics"]
+    print(f"wrote {args.out}: rho {o['rho']:.4g}, beta {o['beta']:.3f}, gamma {o['gamma']:.3f} "
+          f"(test acc {m.get('test_acc', float('nan')):.2f}%, speed vs SGD {m.get('speed_vs_sgd', float('nan')):.3f}, "
+          f"run {doc['exported']['mlflow_run_id']})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="esam", description="Tune Efficient SAM: accuracy vs throughput.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def overrides(p):
+        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config value, e.g. --set optimizer.rho=0.1 (repeatable)")
+
+    def store(p):
+        p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
+        p.add_argument("--experiment", default="esam", help="MLflow experiment (default: esam)")
+
+    p = sub.add_parser("train", help="train one model from a config (a search's exported config too)")
+    p.add_argument("config", nargs="?", help="YAML training config (default: built-in defaults)")
+    overrides(p)
+    p.add_argument("--checkpoint-dir", help="write a checkpoint here after each epoch")
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --checkpoint-dir")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("search", help="run or continue a search (default: tune_configs/quickstart.yaml)")
+    p.add_argument("config", nargs="?", help="YAML search config")
+    overrides(p)
+    p.add_argument("--address", help="Ray cluster to join (default: $RAY_ADDRESS, else a local Ray)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue a stopped search (running the same command again does the same)")
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("pareto", help="print a search's Pareto front and rewrite its artifacts")
+    p.add_argument("search", nargs="?", help="search name or parent run id (default: the newest search)")
+    store(p)
+    p.set_defaults(func=cmd_pareto)
+
+    p = sub.add_parser("export", help="write one front point as a runnable ESAM config")
+    p.add_argument("search", nargs="?", help="search name or parent run id (default: the newest search)")
+    p.add_argument("--pick", default="knee",
+                   help="max-accuracy | max-throughput | knee | fastest-within=D (D: accuracy points)")
+    p.add_argument("--out", required=True, help="output YAML file")
+    store(p)
+    p.set_defaults(func=cmd_export)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except EsamError as err:
+        print(f"esam: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("esam: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,243 @@
+"""Typed training configs: the defaults live here, YAML files hold only what differs.
+
+Every field has a one-line comment. `load_train_config` merges a YAML file and `--set key=value`
+overrides into these frozen dataclasses and validates them; a bad value raises `ConfigError`
+naming the field (for example `optimizer.beta`) and the value.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from esam.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    name: str = "digits"  # digits | cifar10 | cifar100 | imagefolder | synthetic
+    root: str | None = None  # data root (cifar*, imagefolder); None: ./data
+    download: bool = False  # cifar*: fetch torchvision's files when missing (needs network)
+    augment: bool = True  # the paper's augmentation: random crop, horizontal flip, Cutout
+    crop_padding: int | None = None  # random-crop padding in px (0: off; None: 1 for digits, else 4)
+    flip: bool | None = None  # random horizontal flip (None: off for digits, a mirrored 3 is no 3; else on)
+    cutout: int | None = None  # Cutout square side in px (0: off; None: 0 for digits' 8x8 images, else 16)
+    cutout_prob: float = 0.5  # probability that a sample gets Cutout
+    train_limit: int | None = None  # use only the first N training samples (quick runs)
+    test_limit: int | None = None  # use only the first N test samples
+    image_size: int | None = None  # imagefolder: resize to this side (None: keep the files' size)
+    synthetic_size: int = 4096  # synthetic: number of training samples (test: a quarter)
+    synthetic_shape: tuple[int, int, int] = (3, 32, 32)  # synthetic: C, H, W
+    synthetic_classes: int = 10  # synthetic: number of classes
+    num_workers: int = 4  # DataLoader workers for datasets too large for device memory
+    cache_dir: str | None = None  # decoded uint8 tensors are cached here; None: ~/.cache/esam
+
+    def __post_init__(self) -> None:
+        # The paper's CIFAR augmentation would erase an 8x8 digit: each dataset fills what is left unset.
+        crop, flip, cutout = _AUGMENTATION_DEFAULTS.get(self.name, (4, True, 16))
+        for key, value in (("crop_padding", crop), ("flip", flip), ("cutout", cutout)):
+            if getattr(self, key) is None:
+                object.__setattr__(self, key, value)
+
+
+_AUGMENTATION_DEFAULTS = {"digits": (1, False, 0)}  # dataset -> (crop_padding, flip, cutout)
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    name: str = "esam"  # sgd | sam | esam
+    lr: float = 0.05  # peak learning rate of the base SGD
+    momentum: float = 0.9  # SGD momentum
+    weight_decay: float = 5e-4  # inside SGD, as in the authors' code
+    nesterov: bool = False  # Nesterov momentum
+    rho: float = 0.05  # SAM/ESAM neighbourhood size
+    beta: float = 0.6  # ESAM SWP: probability that a parameter tensor is perturbed
+    gamma: float = 0.5  # ESAM SDS: fraction of the batch used in the descent pass
+    score: str = "loss_rise"  # ESAM SDS rule: loss_rise (paper) | clean_loss (no extra forward)
+    adaptive: bool = False  # ASAM's scale-invariant perturbation
+    bn_update: str = "all"  # BatchNorm stats: all forwards update (authors) | clean: only the clean pass
+    max_grad_norm: float | None = None  # clip the descent gradient to this norm (None: no clipping)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model: str = "small_cnn"  # a name from esam.models (small_cnn, resnet18, wrn28_10, ...)
+    data: DataConfig = field(default_factory=DataConfig)  # the dataset and its augmentation
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)  # SGD/SAM/ESAM settings
+    epochs: int = 10  # training epochs
+    batch_size: int = 128  # training batch (images/s counts all of it)
+    eval_batch_size: int = 1024  # test-time batch
+    schedule: str = "cosine"  # learning-rate schedule: cosine | onecycle | constant
+    warmup_epochs: float = 0.0  # linear warm-up before the schedule (cosine, constant)
+    label_smoothing: float = 0.0  # cross-entropy label smoothing
+    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
+    channels_last: bool = True  # NHWC activations on CUDA (ignored on the CPU)
+    compile: bool = False  # torch.compile the model (compilation is excluded from timing)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    threads: int | None = None  # torch CPU threads (None: torch's default)
+    seed: int = 0  # one seed for weights, data order, augmentation and SWP
+    timing_warmup_steps: int = 3  # steps per epoch excluded from images/s (warm-up, autotuning)
+    probe_steps: int = 3  # per epoch: method/SGD step pairs timed interleaved (0: off)
+    checkpoint_every: int = 1  # epochs between checkpoints when a checkpoint dir is given (0: never)
+
+
+def _is_optional(tp: Any) -> bool:
+    return typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in typing.get_args(tp)
+
+
+def _convert(value: Any, tp: Any, where: str) -> Any:
+    """Check `value` against the annotation `tp`; YAML ints are accepted for floats."""
+    if _is_optional(tp):
+        if value is None:
+            return None
+        (tp,) = [a for a in typing.get_args(tp) if a is not type(None)]
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where} must be a mapping, got {value!r}")
+        return from_dict(tp, value, where + ".")
+    if typing.get_origin(tp) is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise ConfigError(f"{where} must be a list of {len(args)} values, got {value!r}")
+        return tuple(_convert(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float, str, bool) and (type(value) is not tp):
+        raise ConfigError(f"{where} must be {tp.__name__}, got {value!r}")
+    return value
+
+
+def from_dict(cls: type, values: dict, prefix: str = "") -> Any:
+    """Build dataclass `cls` from a (partial) mapping; unknown keys are an error."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ConfigError(f"unknown key {prefix}{unknown[0]} (valid: {', '.join(sorted(names))})")
+    return cls(**{k: _convert(v, hints[k], prefix + k) for k, v in values.items()})
+
+
+def to_dict(config: Any) -> dict:
+    """A plain nested dict (YAML-friendly: tuples become lists)."""
+    def plain(v: Any) -> Any:
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+    return plain(dataclasses.asdict(config))
+
+
+def parse_overrides(pairs: list[str] | tuple[str, ...]) -> dict:
+    """`["optimizer.rho=0.1", "epochs=3"]` -> nested dict; values are parsed as YAML scalars."""
+    nested: dict = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set expects key=value, got {pair!r}")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            value = raw
+        node = nested
+        *parents, leaf = key.strip().split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {key}: {p} is not a section")
+        node[leaf] = value
+    return nested
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    merged = dict(base)
+    for k, v in override.items():
+        merged[k] = deep_merge(merged[k], v) if isinstance(v, dict) and isinstance(merged.get(k), dict) else v
+    return merged
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}: not valid YAML{at}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping, got {type(data).__name__}")
+    return data
+
+
+_CHOICES = {
+    "schedule": ("cosine", "onecycle", "constant"),
+    "precision": ("auto", "fp32", "bf16"),
+    "optimizer.name": ("sgd", "sam", "esam"),
+    "optimizer.score": ("loss_rise", "clean_loss"),
+    "optimizer.bn_update": ("all", "clean"),
+    "data.name": ("digits", "cifar10", "cifar100", "imagefolder", "synthetic"),
+}
+
+
+def validate(config: TrainConfig) -> TrainConfig:
+    """Range checks that the types cannot express; returns the config unchanged."""
+    def get(path: str) -> Any:
+        obj = config
+        for part in path.split("."):
+            obj = getattr(obj, part)
+        return obj
+
+    for path, choices in _CHOICES.items():
+        if get(path) not in choices:
+            if path == "precision" and get(path) == "fp16":
+                raise ConfigError("precision: fp16 needs a GradScaler, which SAM/ESAM steps do not support; use bf16")
+            raise ConfigError(f"{path}: unknown value {get(path)!r} (valid: {', '.join(choices)})")
+    positive = ["epochs", "batch_size", "eval_batch_size", "data.synthetic_size", "data.synthetic_classes"]
+    for path in positive:
+        if get(path) <= 0:
+            raise ConfigError(f"{path} must be positive, got {get(path)!r}")
+    non_negative = ["optimizer.lr", "optimizer.momentum", "optimizer.weight_decay", "optimizer.rho",
+                    "warmup_epochs", "timing_warmup_steps", "probe_steps", "checkpoint_every",
+                    "data.crop_padding", "data.cutout", "data.num_workers"]
+    for path in non_negative:
+        if get(path) < 0:
+            raise ConfigError(f"{path} must be >= 0, got {get(path)!r}")
+    for path in ("optimizer.beta", "optimizer.gamma"):
+        if not 0.0 < get(path) <= 1.0:
+            raise ConfigError(f"{path} must be in (0, 1], got {get(path)!r}")
+    for path in ("label_smoothing", "data.cutout_prob"):
+        if not 0.0 <= get(path) <= 1.0:
+            raise ConfigError(f"{path} must be in [0, 1], got {get(path)!r}")
+    for path in ("data.train_limit", "data.test_limit", "data.image_size", "threads", "optimizer.max_grad_norm"):
+        if get(path) is not None and get(path) <= 0:
+            raise ConfigError(f"{path} must be positive or null, got {get(path)!r}")
+    if config.data.name in ("cifar10", "cifar100", "imagefolder") and config.data.root is None and config.data.name == "imagefolder":
+        raise ConfigError("data.root is required for data.name imagefolder")
+    return config
+
+
+def train_config_from_dict(values: dict, overrides: dict | None = None) -> TrainConfig:
+    merged = deep_merge(values, overrides or {})
+    return validate(from_dict(TrainConfig, merged))
+
+
+def load_train_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+    """YAML file (or defaults when None) + `key=value` overrides -> validated TrainConfig.
+
+    A search config (its `train:` section) and an exported config (its `exported:` provenance
+    section is skipped) load too.
+    """
+    values = read_yaml(path) if path is not None else {}
+    if "train" in values and isinstance(values["train"], dict):
+        values = values["train"]  # a search config: train its training section
+    values = {k: v for k, v in values.items() if k != "exported"}  # provenance of an exported config
+    return train_config_from_dict(values, parse_overrides(overrides))

@@ -1,0 +1,88 @@
+"""Export one Pareto-front ESAM config as a self-contained, runnable YAML file.
+
+The file is a training config (`esam train FILE.yaml` runs it; `ESAM.from_config(params, base,
+FILE.yaml)` builds the optimizer from its `optimizer:` section) plus an `exported:` section with
+the measured metrics and the MLflow run ids it came from.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+
+import yaml
+
+from esam import tracking
+from esam.config import deep_merge, to_dict, train_config_from_dict
+from esam.errors import ConfigError
+from esam.pareto import pick
+from esam.pareto_report import collect
+
+SEARCHED = ("rho", "beta", "gamma", "score", "bn_update", "lr", "weight_decay", "momentum")
+METRICS = ("test_acc", "images_per_s", "speed_vs_sgd", "step_time_vs_sgd", "relative_cost", "train_loss", "test_loss")
+
+
+def search_config_of(client, parent_run_id: str) -> dict:
+    """The resolved search config stored on the parent run."""
+    path = client.download_artifacts(parent_run_id, "search_config.json")
+    return json.loads(Path(path).read_text())
+
+
+def resolve_search(client, experiment: str, search: str | None) -> str:
+    """A parent run id from a run id, a search name, or (None) the newest search."""
+    if search:
+        try:
+            run = client.get_run(search)
+            if run.data.tags.get(tracking.KIND_TAG) == "search":
+                return run.info.run_id
+        except Exception:  # noqa: BLE001 - not a run id: try it as a search name
+            pass
+        found = tracking.find_parent_run(client, experiment, search)
+        if found is None:
+            raise ConfigError(f"no search named {search!r} in MLflow experiment {experiment!r}")
+        return found
+    exp = client.get_experiment_by_name(experiment)
+    runs = [] if exp is None else client.search_runs(
+        [exp.experiment_id], filter_string=f"tags.`{tracking.KIND_TAG}` = 'search'",
+        order_by=["attributes.start_time DESC"], max_results=1)
+    if not runs:
+        raise ConfigError(f"no search recorded in MLflow experiment {experiment!r} at {client.tracking_uri}")
+    return runs[0].info.run_id
+
+
+def objectives_of(search_config: dict) -> list[tuple[str, str]]:
+    return [(o["metric"], o["mode"]) for o in search_config["objectives"]]
+
+
+def export_config(client, parent_run_id: str, rule: str, out: str | Path) -> dict:
+    """Write the front point chosen by `rule` (see esam.pareto.pick) to `out`; return the document."""
+    search_config = search_config_of(client, parent_run_id)
+    objectives = objectives_of(search_config)
+    trials = [r for r in collect(client, parent_run_id) if r["kind"] == "trial" and r["status"] == "FINISHED"]
+    try:
+        chosen = trials[pick(trials, objectives, rule)]
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    optimizer = {"name": "esam", **{k: chosen[k] for k in SEARCHED if k in chosen}}
+    train = to_dict(train_config_from_dict(deep_merge(search_config["train"], {"optimizer": optimizer})))
+    document = {
+        **train,
+        "exported": {
+            "pick": rule,
+            "search": search_config["name"],
+            "mlflow_run_id": chosen["run_id"],
+            "mlflow_parent_run_id": parent_run_id,
+            "tracking_uri": client.tracking_uri,
+            "objectives": [list(o) for o in objectives],
+            "metrics": {k: chosen[k] for k in METRICS if k in chosen},
+            "exported_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            **{k: v for k, v in tracking.provenance().items() if k == "git_commit"},
+        },
+    }
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    header = (f"# ESAM config exported from search {search_config['name']!r} (pick: {rule}).\n"
+              f"# Run it: esam train {out.name}\n"
+              f"# Use it: ESAM.from_config(model.parameters(), base_optimizer, '{out.name}')\n")
+    out.write_text(header + yaml.safe_dump(document, sort_keys=False))
+    return document

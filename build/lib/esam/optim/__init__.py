@@ -1,0 +1,16 @@
+"""Step-closure optimizers: Plain (SGD's cost), SAM / ASAM, ESAM (SWP + SDS), and their cost report.
+
+    base = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    opt = ESAM(model.parameters(), base, rho=0.05, beta=0.6, gamma=0.5, model=model, seed=0)
+    loss = opt.step(lambda idx=None: F.cross_entropy(model(x if idx is None else x[idx]),
+                                                      y if idx is None else y[idx], reduction="none"))
+    opt.last_cost.relative_cost  # cost-model units / SGD's
+"""
+from .cost import StepCost, predicted_relative_cost, subset_size
+from .esam import ESAM
+from .factory import OPTIMIZERS, build_optimizer, register_optimizer
+from .plain import Plain
+from .sam import SAM
+
+__all__ = ["ESAM", "OPTIMIZERS", "Plain", "SAM", "StepCost", "build_optimizer", "predicted_relative_cost",
+           "register_optimizer", "subset_size"]

@@ -1,0 +1,84 @@
+"""What one optimizer step costs, in the units of PAPER.md's cost model.
+
+A forward pass costs 1 unit per sample and a backward pass 2: 1 for the input gradients and 1 for
+the weight gradients. So SGD costs 3 units per sample and SAM 6. ESAM's ascent pass skips the
+weight gradients of the tensors SWP leaves out (2 + f per sample, f the numel-weighted fraction
+kept), the paper's SDS rule scores the batch with one more forward (1 per sample), and the descent
+pass runs on k = ceil(gamma * B) samples (3 per sample). `relative_cost` divides by SGD's 3B:
+
+    SGD 1.0    SAM 2.0    ESAM ((2 + f) B + [loss_rise] B + 3 k) / (3 B)
+
+Every number is known on the host from shapes, so reporting it never waits for the device.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+SCORES = ("loss_rise", "clean_loss")  # SDS rules: the paper's, and the cheap one (no extra forward)
+
+
+def subset_size(gamma: float, batch_size: int) -> int:
+    """k = ceil(gamma * B), at least 1; the tiny slack keeps 0.3 * 10 from rounding up to 4."""
+    return min(batch_size, max(1, math.ceil(gamma * batch_size - 1e-9)))
+
+
+@dataclass(frozen=True)
+class StepCost:
+    """The work of the last step: samples through each pass and the cost-model total.
+
+    forward_samples / backward_samples add up all passes of the step; weight_grad_fraction is the
+    numel-weighted fraction of parameter elements that got weight gradients in the ascent (first)
+    pass; relative_cost is the step's cost units over SGD's (3 per sample of the batch).
+    """
+
+    method: str
+    batch_size: int
+    forward_samples: int
+    backward_samples: int
+    weight_grad_fraction: float
+    relative_cost: float
+
+    @classmethod
+    def one_pass(cls, method: str, batch_size: int) -> StepCost:
+        """SGD: forward + backward of the batch, 3 units per sample."""
+        return cls(method, batch_size, batch_size, batch_size, 1.0, 1.0)
+
+    @classmethod
+    def two_pass(cls, method: str, batch_size: int, descent_samples: int, weight_grad_fraction: float,
+                 scored: bool, ascent_backward: bool = True) -> StepCost:
+        """SAM and ESAM: ascent on the batch, an optional scoring forward, descent on k samples.
+
+        ascent_backward is False when SWP froze every tensor: the ascent pass is then a forward only.
+        """
+        b, k, f = batch_size, descent_samples, weight_grad_fraction if ascent_backward else 0.0
+        ascent = b * (1 + (1 + f) * ascent_backward)  # forward + input grads + kept weight grads
+        units = ascent + b * scored + 3 * k
+        return cls(method, b, b * (1 + scored) + k, b * ascent_backward + k, f, units / (3 * b))
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def predicted_relative_cost(method: str, beta: float = 1.0, gamma: float = 1.0, score: str = "loss_rise",
+                            batch_size: int | None = None) -> float:
+    """The cost model's step cost relative to SGD, before running anything.
+
+    method: sgd (or plain) 1.0, sam 2.0, esam (2 + beta + [score == loss_rise and gamma < 1] + 3 gamma) / 3,
+    with gamma replaced by ceil(gamma * B) / B when batch_size is given. esam at beta 0.6 and gamma 0.5 is
+    1.7 (paper rule) or about 1.37 (clean_loss rule): SAM's throughput times 1.18 or 1.46 at best.
+    """
+    method = method.lower()
+    if method in ("sgd", "plain"):
+        return 1.0
+    if method == "sam":
+        return 2.0
+    if method != "esam":
+        raise ValueError(f"unknown method {method!r} (valid: sgd, plain, sam, esam)")
+    if not 0 < beta <= 1 or not 0 < gamma <= 1:
+        raise ValueError(f"beta and gamma must be in (0, 1], got beta={beta}, gamma={gamma}")
+    if score not in SCORES:
+        raise ValueError(f"unknown score {score!r} (valid: {', '.join(SCORES)})")
+    g = gamma if batch_size is None else subset_size(gamma, batch_size) / batch_size
+    scored = score == "loss_rise" and g < 1
+    return (2 + beta + scored + 3 * g) / 3

@@ -1,0 +1,82 @@
+"""The accuracy/throughput Pareto front and the picks users export from it (pure functions).
+
+A point dominates another when it is at least as good on every objective and better on one.
+Objectives are (metric, mode) pairs, mode "max" or "min"; points are dicts holding the metrics.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+Objective = tuple[str, str]
+PICKS = ("max-accuracy", "max-throughput", "knee", "fastest-within=D")
+
+
+def _signed(point: dict, objectives: Sequence[Objective]) -> tuple[float, ...]:
+    """Objective values turned so that larger is better on every axis."""
+    return tuple(point[m] if mode == "max" else -point[m] for m, mode in objectives)
+
+
+def dominates(a: dict, b: dict, objectives: Sequence[Objective]) -> bool:
+    sa, sb = _signed(a, objectives), _signed(b, objectives)
+    return all(x >= y for x, y in zip(sa, sb)) and any(x > y for x, y in zip(sa, sb))
+
+
+def _usable(point: dict, objectives: Sequence[Objective]) -> bool:
+    return all(isinstance(point.get(m), (int, float)) and math.isfinite(point[m]) for m, _ in objectives)
+
+
+def pareto_front(points: Sequence[dict], objectives: Sequence[Objective]) -> list[int]:
+    """Indices of the non-dominated points (points lacking a finite objective are ignored).
+
+    Ties (equal on every objective) all stay on the front. O(n^2), fine for searches of
+    thousands of trials.
+    """
+    usable = [i for i, p in enumerate(points) if _usable(p, objectives)]
+    return [i for i in usable
+            if not any(dominates(points[j], points[i], objectives) for j in usable if j != i)]
+
+
+def _normalized(front: list[dict], objectives: Sequence[Objective]) -> list[tuple[float, ...]]:
+    """Each objective scaled to [0, 1] over the front, 1 best."""
+    signed = [_signed(p, objectives) for p in front]
+    lows = [min(s[d] for s in signed) for d in range(len(objectives))]
+    highs = [max(s[d] for s in signed) for d in range(len(objectives))]
+    return [tuple((s[d] - lows[d]) / (highs[d] - lows[d]) if highs[d] > lows[d] else 1.0
+                  for d in range(len(objectives))) for s in signed]
+
+
+def pick(points: Sequence[dict], objectives: Sequence[Objective], rule: str) -> int:
+    """Index (into `points`) of the front point chosen by `rule`.
+
+    Objectives: the first is accuracy, the second throughput.
+    - max-accuracy / max-throughput: the front's best on that axis (ties: better other axis).
+    - knee: the front point closest to the utopia point (both axes scaled to [0, 1] over the front).
+    - fastest-within=D: the fastest front point whose accuracy is at most D below the best one
+      (D in the accuracy metric's units, percentage points for test_acc).
+    """
+    front = pareto_front(points, objectives)
+    if not front:
+        raise ValueError("no finished trial has finite values for every objective")
+    members = [points[i] for i in front]
+    signed = [_signed(p, objectives) for p in members]
+    if rule == "max-accuracy":
+        best = max(range(len(front)), key=lambda i: signed[i])
+    elif rule == "max-throughput":
+        best = max(range(len(front)), key=lambda i: (signed[i][1], signed[i][0]))
+    elif rule == "knee":
+        norm = _normalized(members, objectives)
+        best = min(range(len(front)), key=lambda i: (math.dist(norm[i], [1.0] * len(objectives)), -signed[i][0]))
+    elif rule.startswith("fastest-within="):
+        try:
+            margin = float(rule.split("=", 1)[1])
+        except ValueError:
+            raise ValueError(f"pick {rule!r}: the margin must be a number, e.g. fastest-within=0.2") from None
+        if margin < 0:
+            raise ValueError(f"pick {rule!r}: the margin must be >= 0")
+        top = max(s[0] for s in signed)
+        ok = [i for i in range(len(front)) if signed[i][0] >= top - margin]
+        best = max(ok, key=lambda i: (signed[i][1], signed[i][0]))
+    else:
+        raise ValueError(f"unknown pick {rule!r} (valid: {', '.join(PICKS)})")
+    return front[best]

@@ -1,0 +1,49 @@
+"""Step time relative to SGD, measured interleaved in the same process.
+
+Trials that share a GPU (or CPU cores) slow each other down, so raw images/s depends on the
+neighbours. Timing the method's step and an SGD step alternately on the same batch exposes both
+to the same interference; their ratio stays comparable across packings and machines.
+The probe trains throw-away copies of the model, so the real training run is untouched.
+"""
+from __future__ import annotations
+
+import copy
+import statistics
+import time
+from typing import Callable
+
+import torch
+
+from esam.timing import synchronize
+
+
+class InterleavedProbe:
+    """Times `pairs` alternating (method step, SGD step) pairs on one fixed batch."""
+
+    def __init__(self, model: torch.nn.Module, make_optimizer: Callable, make_sgd: Callable,
+                 device: torch.device):
+        self.device = device
+        self.method_model = copy.deepcopy(model)
+        self.sgd_model = copy.deepcopy(model)
+        self.method_opt = make_optimizer(self.method_model)
+        self.sgd_opt = make_sgd(self.sgd_model)
+
+    def _time_step(self, opt, closure) -> float:
+        synchronize(self.device)
+        start = time.perf_counter()
+        opt.step(closure)
+        synchronize(self.device)
+        return time.perf_counter() - start
+
+    def step_time_ratio(self, make_closure: Callable, pairs: int) -> float:
+        """Median method step time / median SGD step time; one warm-up pair is discarded."""
+        method_closure = make_closure(self.method_model)
+        sgd_closure = make_closure(self.sgd_model)
+        method_times, sgd_times = [], []
+        for i in range(pairs + 1):
+            m = self._time_step(self.method_opt, method_closure)
+            s = self._time_step(self.sgd_opt, sgd_closure)
+            if i > 0:
+                method_times.append(m)
+                sgd_times.append(s)
+        return statistics.median(method_times) / statistics.median(sgd_times)

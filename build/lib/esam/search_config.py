@@ -1,0 +1,184 @@
+"""Search configs: what to train, what to search, what to optimize, where results go.
+
+Validated completely before Ray, Optuna or MLflow start, so a bad file costs no trial.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from esam.config import (OptimizerConfig, TrainConfig, deep_merge, from_dict, parse_overrides, read_yaml,
+                         train_config_from_dict)
+from esam.errors import ConfigError
+
+# Metrics that train() reports every epoch: the only valid objectives.
+METRICS = ("test_acc", "test_loss", "train_loss", "images_per_s", "speed_vs_sgd", "step_time_vs_sgd",
+           "relative_cost", "epoch_time_s")
+SAMPLERS = ("nsga2", "tpe", "gp", "random")
+REFERENCES = ("sgd", "sam")
+# Ranges that are legal for each searchable optimizer field (open/closed as the optimizer demands).
+_BOUNDS = {"rho": (0.0, None), "beta": (0.0, 1.0), "gamma": (0.0, 1.0), "lr": (0.0, None),
+           "weight_decay": (0.0, None), "momentum": (0.0, 1.0)}
+_CHOICE_PARAMS = {"score": ("loss_rise", "clean_loss"), "bn_update": ("all", "clean")}
+
+
+@dataclass(frozen=True)
+class ParamSpace:
+    low: float | None = None  # lower bound of a numeric range
+    high: float | None = None  # upper bound of a numeric range
+    log: bool = False  # sample on a log scale (needs low > 0)
+    choices: list | None = None  # categorical values instead of a range
+
+
+@dataclass(frozen=True)
+class Objective:
+    metric: str = "test_acc"  # a metric train() reports
+    mode: str = "max"  # max | min
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    name: str = "nsga2"  # nsga2 | tpe | gp | random
+    seed: int = 0  # seeds the sampler: the same search proposes the same trials
+    population_size: int | None = None  # nsga2 generation size (None: Optuna's default)
+
+
+@dataclass(frozen=True)
+class Resources:
+    cpu: float = 1.0  # CPU cores per trial (also torch's thread count)
+    gpu: float = 0.0  # GPUs per trial; a fraction packs several trials on one GPU
+
+
+@dataclass(frozen=True)
+class MlflowConfig:
+    tracking_uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here
+    experiment: str = "esam"  # MLflow experiment holding the search's parent run
+
+
+def _default_space() -> dict:
+    return {"rho": {"low": 0.01, "high": 0.5, "log": True}, "beta": {"low": 0.3, "high": 1.0},
+            "gamma": {"low": 0.3, "high": 1.0}}
+
+
+def _default_objectives() -> list:
+    return [{"metric": "test_acc", "mode": "max"}, {"metric": "speed_vs_sgd", "mode": "max"}]
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    name: str = "search"  # names the Optuna study, the Ray experiment and the MLflow parent run
+    train: TrainConfig = field(default_factory=TrainConfig)  # every trial's training config
+    space: dict = field(default_factory=_default_space)  # optimizer field -> ParamSpace
+    objectives: list = field(default_factory=_default_objectives)  # exactly two: accuracy, throughput
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)  # Optuna's sampler
+    trials: int = 8  # ESAM trials proposed by Optuna (references not counted)
+    concurrency: int = 2  # trials running at once
+    resources: Resources = field(default_factory=Resources)  # per trial
+    references: list = field(default_factory=lambda: list(REFERENCES))  # baselines trained beside: sgd, sam
+    results_dir: str = "esam_results"  # Ray results and the default Optuna store (shared storage on clusters)
+    optuna_storage: str | None = None  # an RDB URL; None: sqlite in results_dir/<name>/optuna.db
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)  # where runs are recorded
+    max_failures: int = 0  # retries of a crashed trial before it counts as failed
+
+    @property
+    def space_params(self) -> dict[str, ParamSpace]:
+        return {k: from_dict(ParamSpace, v, f"space.{k}.") for k, v in self.space.items()}
+
+    @property
+    def objective_list(self) -> list[Objective]:
+        return [from_dict(Objective, o, f"objectives[{i}].") for i, o in enumerate(self.objectives)]
+
+    @property
+    def directory(self) -> Path:
+        return Path(self.results_dir).expanduser().resolve() / self.name
+
+    def optuna_url(self) -> str:
+        return self.optuna_storage or f"sqlite:///{self.directory / 'optuna.db'}"
+
+
+def _validate_space(space: Any) -> None:
+    if not isinstance(space, dict) or not space:
+        raise ConfigError("space must be a non-empty mapping of optimizer fields to ranges")
+    searchable = set(_BOUNDS) | set(_CHOICE_PARAMS)
+    optimizer_fields = {f.name for f in dataclasses.fields(OptimizerConfig)}
+    for name, spec in space.items():
+        if name not in searchable:
+            hint = "is not searchable" if name in optimizer_fields else "is no optimizer field"
+            raise ConfigError(f"space.{name} {hint} (searchable: {', '.join(sorted(searchable))})")
+        if not isinstance(spec, dict):
+            raise ConfigError(f"space.{name} must be a mapping like {{low: 0.1, high: 1.0}}, got {spec!r}")
+        p = from_dict(ParamSpace, spec, f"space.{name}.")
+        if name in _CHOICE_PARAMS:
+            valid = _CHOICE_PARAMS[name]
+            if not p.choices or any(c not in valid for c in p.choices):
+                raise ConfigError(f"space.{name}.choices must be a non-empty list from {', '.join(valid)}, got {p.choices!r}")
+            continue
+        if p.choices is not None:
+            raise ConfigError(f"space.{name}: use low/high, not choices")
+        for end in ("low", "high"):
+            value = getattr(p, end)
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                raise ConfigError(f"space.{name}.{end} must be a number, got {value!r}")
+        if not p.low < p.high:
+            raise ConfigError(f"space.{name}: empty or inverted range low={p.low} high={p.high}")
+        lo, hi = _BOUNDS[name]
+        if (name in ("beta", "gamma") and (p.low <= lo or p.high > hi)) or p.low < lo or (hi is not None and p.high > hi):
+            interval = "(0, 1]" if name in ("beta", "gamma") else f"[{lo}, {hi if hi is not None else 'inf'})"
+            raise ConfigError(f"space.{name}: range [{p.low}, {p.high}] leaves the valid interval {interval}")
+        if p.log and p.low <= 0:
+            raise ConfigError(f"space.{name}: a log scale needs low > 0, got {p.low}")
+
+
+def validate_search(cfg: SearchConfig) -> SearchConfig:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", cfg.name):
+        raise ConfigError(f"name must be letters, digits, '_', '-', '.', got {cfg.name!r}")
+    _validate_space(cfg.space)
+    objectives = cfg.objectives
+    if not isinstance(objectives, list) or len(objectives) != 2:
+        raise ConfigError("objectives must list exactly two entries: an accuracy metric and a throughput metric")
+    for i, o in enumerate(cfg.objective_list):
+        if o.metric not in METRICS:
+            raise ConfigError(f"objectives[{i}].metric {o.metric!r} names no metric (valid: {', '.join(METRICS)})")
+        if o.mode not in ("max", "min"):
+            raise ConfigError(f"objectives[{i}].mode must be max or min, got {o.mode!r}")
+    if cfg.train.probe_steps == 0 and {o.metric for o in cfg.objective_list} & {"speed_vs_sgd", "step_time_vs_sgd"}:
+        raise ConfigError("train.probe_steps is 0, so speed_vs_sgd is not measured: raise it or choose another objective")
+    if cfg.sampler.name not in SAMPLERS:
+        raise ConfigError(f"sampler.name: unknown sampler {cfg.sampler.name!r} (valid: {', '.join(SAMPLERS)})")
+    if cfg.sampler.population_size is not None and cfg.sampler.population_size < 2:
+        raise ConfigError(f"sampler.population_size must be >= 2, got {cfg.sampler.population_size}")
+    for key in ("trials", "concurrency"):
+        if getattr(cfg, key) < 1:
+            raise ConfigError(f"{key} must be >= 1, got {getattr(cfg, key)}")
+    if cfg.max_failures < 0:
+        raise ConfigError(f"max_failures must be >= 0, got {cfg.max_failures}")
+    if cfg.resources.cpu <= 0 or cfg.resources.gpu < 0:
+        raise ConfigError(f"resources: cpu must be > 0 and gpu >= 0, got cpu={cfg.resources.cpu} gpu={cfg.resources.gpu}")
+    if not isinstance(cfg.references, list) or any(r not in REFERENCES for r in cfg.references):
+        raise ConfigError(f"references must be a list from {', '.join(REFERENCES)}, got {cfg.references!r}")
+    from esam.models import MODELS
+    if cfg.train.model not in MODELS:
+        raise ConfigError(f"train.model: unknown model {cfg.train.model!r} (valid: {', '.join(sorted(MODELS))})")
+    if cfg.train.optimizer.name != "esam":
+        raise ConfigError(f"train.optimizer.name must be esam in a search, got {cfg.train.optimizer.name!r}")
+    return cfg
+
+
+def load_search_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> SearchConfig:
+    """YAML file + `key=value` overrides (e.g. `trials=4`, `train.epochs=2`) -> validated SearchConfig."""
+    values = deep_merge(read_yaml(path), parse_overrides(overrides))
+    train_values = values.pop("train", {}) or {}
+    if not isinstance(train_values, dict):
+        raise ConfigError(f"train must be a mapping, got {train_values!r}")
+    try:
+        train = train_config_from_dict(train_values)
+    except ConfigError as err:
+        raise ConfigError(f"train: {err}") from None
+    for key in ("space", "objectives"):
+        if key in values and values[key] is None:
+            raise ConfigError(f"{key} is empty")
+    cfg = from_dict(SearchConfig, {k: v for k, v in values.items()})
+    return validate_search(dataclasses.replace(cfg, train=train))

@@ -1,0 +1,177 @@
+"""MLflow records: the search's parent run, one nested child run per trial, provenance.
+
+Only the driver writes (one writer per SQLite file avoids "database is locked"); for many
+machines point `mlflow.tracking_uri` at an MLflow server. Knows nothing of Ray.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import platform
+import subprocess
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from esam.errors import ConfigError
+
+PARENT_TAG = "mlflow.parentRunId"
+SEARCH_TAG = "esam.search"
+KIND_TAG = "esam.kind"  # search (parent), trial (Optuna's ESAM trials), reference (sgd/sam)
+
+
+def tracking_uri(configured: str | None) -> str:
+    """Config value, else $MLFLOW_TRACKING_URI, else a SQLite store mlflow.db in the working dir."""
+    uri = configured or os.environ.get("MLFLOW_TRACKING_URI")
+    return uri or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+def connect(uri: str):
+    """An MlflowClient that has answered once; an unreachable server is a ConfigError."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    if uri.startswith(("http://", "https://")):
+        # Fail in seconds, not after MLflow's default minutes of retries.
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    import logging
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # "Creating initial tables"
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    client = MlflowClient(tracking_uri=uri)
+    try:
+        client.search_experiments(max_results=1)
+    except Exception as err:  # noqa: BLE001 - any failure here means "cannot record"
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"MLflow tracking store {uri} is unreachable: {first[:200]}") from None
+    mlflow.set_tracking_uri(uri)
+    return client
+
+
+def experiment_id(client, name: str) -> str:
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        return client.create_experiment(name)
+    if exp.lifecycle_stage == "deleted":
+        raise ConfigError(f"MLflow experiment {name!r} is deleted; restore it or choose another mlflow.experiment")
+    return exp.experiment_id
+
+
+@functools.lru_cache(maxsize=1)
+def provenance() -> dict[str, str]:
+    """Git commit of the esam checkout (when there is one) and the versions that shaped results."""
+    info = {"python": platform.python_version(), "host": platform.node()}
+    for pkg in ("esam", "torch", "torchvision", "ray", "optuna", "mlflow", "mlflow-skinny"):
+        try:
+            info[f"version.{pkg}"] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    here = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=5)
+        if commit.returncode == 0:
+            info["git_commit"] = commit.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return info
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _log_params(client, run_id: str, params: dict) -> None:
+    from mlflow.entities import Param
+    items = [Param(k, str(v)[:6000]) for k, v in flatten(params).items()]
+    for i in range(0, len(items), 100):
+        client.log_batch(run_id, params=items[i:i + 100])
+
+
+def find_parent_run(client, experiment: str, search_name: str) -> str | None:
+    """The newest parent run of search `search_name`, or None."""
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return None
+    runs = client.search_runs([exp.experiment_id],
+                              filter_string=f"tags.`{SEARCH_TAG}` = '{search_name}' and tags.`{KIND_TAG}` = 'search'",
+                              order_by=["attributes.start_time DESC"], max_results=1)
+    return runs[0].info.run_id if runs else None
+
+
+def start_parent_run(client, experiment: str, search_name: str, resolved_config: dict,
+                     existing_run_id: str | None = None) -> str:
+    """Create (or reopen, when resuming) the parent run holding the config and provenance."""
+    if existing_run_id is not None:
+        client.update_run(existing_run_id, status="RUNNING")
+        return existing_run_id
+    run = client.create_run(experiment_id(client, experiment), run_name=search_name,
+                            tags={SEARCH_TAG: search_name, KIND_TAG: "search", **provenance()})
+    _log_params(client, run.info.run_id, resolved_config)
+    client.log_dict(run.info.run_id, resolved_config, "search_config.json")
+    return run.info.run_id
+
+
+def start_trial_run(client, parent_run_id: str, name: str, kind: str, params: dict, trial_id: str) -> str:
+    """A child run nested under the search's parent (the UI groups by mlflow.parentRunId)."""
+    parent = client.get_run(parent_run_id)
+    run = client.create_run(parent.info.experiment_id, run_name=name,
+                            tags={PARENT_TAG: parent_run_id, SEARCH_TAG: parent.data.tags.get(SEARCH_TAG, ""),
+                                  KIND_TAG: kind, "trial_id": trial_id, **provenance()})
+    _log_params(client, run.info.run_id, params)
+    return run.info.run_id
+
+
+def log_epoch(client, run_id: str, metrics: dict, step: int) -> None:
+    from mlflow.entities import Metric
+    import time
+    now = int(time.time() * 1000)
+    batch = [Metric(k, float(v), now, step) for k, v in metrics.items()
+             if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    client.log_batch(run_id, metrics=batch)
+
+
+def end_trial_run(client, run_id: str, error: str | None = None) -> None:
+    if error is not None:
+        client.set_tag(run_id, "error", error[:5000])
+    client.set_terminated(run_id, status="FAILED" if error is not None else "FINISHED")
+
+
+def trial_runs(client, parent_run_id: str) -> list:
+    """All child runs of a search (any status), oldest first."""
+    parent = client.get_run(parent_run_id)
+    runs, token = [], None
+    while True:
+        page = client.search_runs([parent.info.experiment_id],
+                                  filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}'",
+                                  order_by=["attributes.start_time ASC"], max_results=1000, page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def run_summary(run) -> dict:
+    """A flat dict of a child run: ids, kind, status, params and last metric values."""
+    row = {"run_id": run.info.run_id, "name": run.info.run_name, "status": run.info.status,
+           "kind": run.data.tags.get(KIND_TAG, "")}
+    row.update({k: _maybe_number(v) for k, v in run.data.params.items()})
+    row.update(run.data.metrics)
+    return row
+
+
+def _maybe_number(value: str) -> Any:
+    try:
+        return json.loads(value)
+    except (ValueError, TypeError):
+        return value

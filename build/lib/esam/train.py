@@ -1,0 +1,210 @@
+"""One training run: `train(config, report) -> metrics`. Knows nothing of Ray or MLflow.
+
+Each epoch reports: train_loss, test_loss, test_acc (%), images_per_s (timed training steps
+only, after a warm-up, full batch counted), step_time_vs_sgd and speed_vs_sgd (the method's step
+against an SGD step timed interleaved in this process: comparable when trials share a device),
+relative_cost (the optimizer's cost-model report: SGD 1, SAM 2), epoch_time_s and learning_rate.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import random
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from esam.config import TrainConfig
+from esam.data import build_data
+from esam.models import build_model
+from esam.optim import build_optimizer
+from esam.probe import InterleavedProbe
+from esam.schedule import lr_multiplier
+from esam.timing import StepTimer, synchronize
+
+Report = Callable[[dict, "Path | None"], None]
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        from esam.errors import ConfigError
+        raise ConfigError(f"device: {name!r} requested but no CUDA device is available")
+    return device
+
+
+def _autocast(device: torch.device, precision: str):
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _optimizer_factory(config: TrainConfig, seed: int, method: str | None = None) -> Callable:
+    """model -> step-closure optimizer (Plain, SAM or ESAM over a fresh SGD)."""
+    o = config.optimizer
+    name = method or o.name
+
+    def make(model: torch.nn.Module):
+        params = list(model.parameters())
+        base = torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay,
+                               nesterov=o.nesterov)
+        kwargs: dict = {"max_grad_norm": o.max_grad_norm}
+        if name in ("sam", "esam"):
+            kwargs.update(rho=o.rho, adaptive=o.adaptive, bn_update=o.bn_update, model=model)
+        if name == "esam":
+            kwargs.update(beta=o.beta, gamma=o.gamma, score=o.score, seed=seed)
+        return build_optimizer(name, params, base, **kwargs)
+    return make
+
+
+def _closure_factory(x: torch.Tensor, y: torch.Tensor, device: torch.device, precision: str,
+                     channels_last: bool, label_smoothing: float) -> Callable:
+    """model -> closure(indices=None) returning per-sample losses, as the optimizers expect."""
+    def make(model: Callable):
+        def closure(indices: torch.Tensor | None = None) -> torch.Tensor:
+            xb, yb = (x, y) if indices is None else (x.index_select(0, indices), y.index_select(0, indices))
+            if channels_last:  # indexing returns the default memory format: keep NHWC
+                xb = xb.contiguous(memory_format=torch.channels_last)
+            with _autocast(device, precision):
+                logits = model(xb)
+            return F.cross_entropy(logits.float(), yb, reduction="none", label_smoothing=label_smoothing)
+        return closure
+    return make
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, loader, device: torch.device, precision: str,
+             channels_last: bool) -> tuple[float, float]:
+    """(test accuracy in %, mean test loss)."""
+    model.eval()
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    loss_sum = torch.zeros((), device=device)
+    count = 0
+    for x, y in loader.epoch(0):
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with _autocast(device, precision):
+            logits = model(x)
+        loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
+        correct += (logits.argmax(1) == y).sum()
+        count += y.numel()
+    model.train()
+    return 100.0 * correct.item() / count, loss_sum.item() / count
+
+
+def _save_checkpoint(directory: Path, state: dict) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = directory / (CHECKPOINT_FILE + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, directory / CHECKPOINT_FILE)  # atomic: a crash never leaves half a checkpoint
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def train(config: TrainConfig, report: Report | None = None, *,
+          checkpoint_dir: str | Path | None = None, resume_from: str | Path | None = None) -> dict:
+    """Train `config.model` on `config.data` with `config.optimizer`; return the last epoch's metrics.
+
+    report(metrics, checkpoint_dir_or_None) is called after every epoch. With `checkpoint_dir`,
+    a checkpoint (model, optimizer with its base state, scheduler, RNG, epoch) is written there
+    every `config.checkpoint_every` epochs; `resume_from` (a directory holding one) continues it.
+    """
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    device = resolve_device(config.device)
+    precision = config.precision if config.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
+    channels_last = config.channels_last and device.type == "cuda"
+    if device.type == "cuda":
+        # Shapes are static (batch, ESAM's subset k, eval batch): let cudnn time its algorithms once.
+        torch.backends.cudnn.benchmark = True
+    _seed_everything(config.seed)
+
+    data = build_data(config.data, device, config.seed, config.batch_size, config.eval_batch_size)
+    model = build_model(config.model, num_classes=data.num_classes, in_channels=data.in_channels).to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    make_optimizer = _optimizer_factory(config, config.seed)
+    optimizer = make_optimizer(model)
+    total_steps = config.epochs * data.steps_per_epoch
+    warmup_steps = round(config.warmup_epochs * data.steps_per_epoch)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_multiplier(config.schedule, total_steps, warmup_steps))
+    probe = None
+    if config.probe_steps > 0 and config.optimizer.name != "sgd":
+        probe = InterleavedProbe(model, _optimizer_factory(config, config.seed + 1),
+                                 _optimizer_factory(config, config.seed + 1, method="sgd"), device)
+    forward = torch.compile(model) if config.compile else model
+
+    start_epoch = 0
+    if resume_from is not None:
+        state = torch.load(Path(resume_from) / CHECKPOINT_FILE, map_location=device, weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng_cpu"])
+        if device.type == "cuda" and state.get("rng_cuda") is not None:
+            torch.cuda.set_rng_state(state["rng_cuda"], device)
+        start_epoch = state["epoch"] + 1
+
+    metrics: dict = {}
+    for epoch in range(start_epoch, config.epochs):
+        epoch_start = time.perf_counter()
+        timer = StepTimer(device, skip=min(config.timing_warmup_steps, data.steps_per_epoch - 1))
+        loss_sum = torch.zeros((), device=device)
+        cost_sum = 0.0
+        probe_batch = None
+        for step, (x, y) in enumerate(data.train.epoch(epoch)):
+            timer.before_step(step)
+            closure = _closure_factory(x, y, device, precision, channels_last, config.label_smoothing)(forward)
+            loss_sum += optimizer.step(closure)
+            scheduler.step()
+            cost_sum += optimizer.last_cost.relative_cost
+            timer.after_step(step)
+            if probe_batch is None:
+                probe_batch = (x, y)
+        elapsed = timer.elapsed()
+        steps = data.steps_per_epoch
+        train_loss = loss_sum.item() / steps
+        if not math.isfinite(train_loss):
+            raise FloatingPointError(f"training loss is {train_loss} at epoch {epoch + 1}")
+        ratio = 1.0 if config.optimizer.name == "sgd" else float("nan")  # nan: probing switched off
+        if probe is not None:
+            ratio = probe.step_time_ratio(
+                _closure_factory(*probe_batch, device, precision, channels_last, config.label_smoothing),
+                config.probe_steps)
+        synchronize(device)
+        epoch_time = time.perf_counter() - epoch_start
+        test_acc, test_loss = evaluate(forward, data.test, device, precision, channels_last)
+        metrics = {
+            "epoch": epoch + 1,
+            "train_loss": train_loss,
+            "test_loss": test_loss,
+            "test_acc": test_acc,
+            "images_per_s": timer.steps * config.batch_size / elapsed if elapsed > 0 else float("nan"),
+            "step_time_vs_sgd": ratio,
+            "speed_vs_sgd": 1.0 / ratio,
+            "relative_cost": cost_sum / steps,
+            "epoch_time_s": epoch_time,
+            "learning_rate": scheduler.get_last_lr()[0],
+        }
+        saved = None
+        if checkpoint_dir is not None and config.checkpoint_every and (
+                (epoch + 1) % config.checkpoint_every == 0 or epoch + 1 == config.epochs):
+            saved = Path(checkpoint_dir)
+            _save_checkpoint(saved, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                     "scheduler": scheduler.state_dict(), "rng_cpu": torch.get_rng_state(),
+                                     "rng_cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+                                     "epoch": epoch, "metrics": metrics})
+        if report is not None:
+            report(dict(metrics), saved)
+    return metrics
