@@ -77,21 +77,26 @@ _METRICS = ("epoch", "train_loss", "test_loss", "test_acc", "images_per_s", "ste
 
 
 class Progress(tune.Callback):
-    """One line per finished or failed trial: counts and the best values so far."""
+    """One line per finished or failed trial: counts and the best values so far.
+
+    Counts come from the trials' states (also those finished before a resume); the callback runs
+    before Ray updates the ending trial's state, so that trial is counted by hand.
+    """
 
     def __init__(self, label: str, total: int, objectives: list[tuple[str, str]], echo: Callable[[str], None] = print):
         self.label, self.total, self.objectives, self.echo = label, total, objectives, echo
         self.best: dict[str, float] = {}
-        self.ended = self.failed = 0
 
     def __getstate__(self):
         return {**self.__dict__, "echo": print}
 
-    def _line(self, trials, what: str) -> str:
-        # The callback runs before Ray updates the trial's status: count ends here instead.
-        running = sum(t.status == "RUNNING" for t in trials) - 1
+    def _line(self, trials, trial, failed_now: bool, what: str) -> str:
+        others = [t for t in trials if t is not trial]
+        failed = sum(t.status == "ERROR" for t in others) + failed_now
+        ended = sum(t.status in ("TERMINATED", "ERROR") for t in others) + 1
+        running = sum(t.status == "RUNNING" for t in others)
         best = ", ".join(f"best {m} {v:.4g}" for m, v in self.best.items())
-        return (f"[{self.label}] {self.ended}/{self.total} ended ({self.failed} failed), {max(running, 0)} running"
+        return (f"[{self.label}] {ended}/{self.total} ended ({failed} failed), {running} running"
                 f" | {what}" + (f" | {best}" if best else ""))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
@@ -102,12 +107,9 @@ class Progress(tune.Callback):
                 old = self.best.get(metric)
                 if old is None or (v > old if mode == "max" else v < old):
                     self.best[metric] = v
-        self.ended += 1
         shown = ", ".join(f"{m} {result[m]:.4g}" for m, _ in self.objectives if m in result)
         params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.config.items())
-        self.echo(self._line(trials, f"{params}: {shown}"))
+        self.echo(self._line(trials, trial, False, f"{params}: {shown}"))
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self.ended += 1
-        self.failed += 1
-        self.echo(self._line(trials, f"FAILED {trial.config}: {error_line(trial)}"))
+        self.echo(self._line(trials, trial, True, f"FAILED {trial.config}: {error_line(trial)}"))

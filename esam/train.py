@@ -12,6 +12,7 @@ import math
 import os
 import random
 import time
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -143,6 +144,9 @@ def train(config: TrainConfig, report: Report | None = None, *,
     if config.probe_steps > 0 and config.optimizer.name != "sgd":
         probe = InterleavedProbe(model, _optimizer_factory(config, config.seed + 1),
                                  _optimizer_factory(config, config.seed + 1, method="sgd"), device)
+    if config.compile and config.optimizer.name == "esam" and config.optimizer.beta < 1:
+        warnings.warn("compile with ESAM beta < 1: SWP changes which weights need gradients every step, "
+                      "and each new pattern recompiles; expect slow steps", stacklevel=2)
     forward = torch.compile(model) if config.compile else model
 
     start_epoch = 0
