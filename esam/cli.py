@@ -1,4 +1,4 @@
-"""`esam train | search | pareto | export`: the command line.
+"""`esam train | search | pareto | export | bench`: the command line.
 
 User mistakes (EsamError) end in one line on stderr and exit status 2, never a traceback.
 """
@@ -133,6 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     store(p)
     p.set_defaults(func=cmd_pareto)
 
+    sub.add_parser("bench", add_help=False,
+                   help="time SGD, SAM and ESAM steps interleaved (esam bench --help; esam bench --quick)")
+
     p = sub.add_parser("export", help="write one front point as a runnable ESAM config")
     p.add_argument("search", nargs="?", help="search name or parent run id (default: the newest search)")
     p.add_argument("--pick", default="knee",
@@ -144,6 +147,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:  # the benchmark has its own options
+        from esam.bench import main as bench
+        try:
+            return bench(argv[1:])
+        except ValueError as err:  # bad settings, e.g. an unknown model or dtype
+            print(f"esam: error: {err}", file=sys.stderr)
+            return 2
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

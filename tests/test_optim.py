@@ -432,12 +432,7 @@ def test_ddp_single_process(tmp_path):
 # --- the benchmark's quick path ------------------------------------------------------------------------------------
 
 def test_bench_step_runs():
-    import importlib.util
-    from pathlib import Path
-    path = Path(__file__).resolve().parents[1] / "experiments" / "bench_step.py"
-    spec = importlib.util.spec_from_file_location("bench_step", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    from esam import bench
     settings = dict(model="small_cnn", batch_size=8, device="cpu", repeats=1, steps=1, warmup=0, dtype="fp32",
                     channels_last=False, compile=False, rho=0.05, beta=0.6, gamma=0.5)
     rows = bench.run_bench(**settings)
@@ -446,3 +441,11 @@ def test_bench_step_runs():
     assert rows[2]["predicted_ratio_to_sam"] == pytest.approx(2 / 1.7)
     assert "| SAM |" in bench.markdown(rows, settings)
 
+
+
+def test_esam_bench_command(capsys):
+    from esam.cli import main
+    assert main(["bench", "--quick", "--repeats", "1", "--steps", "1", "--warmup", "0"]) == 0
+    assert "| ESAM cheap (clean_loss) |" in capsys.readouterr().out
+    assert main(["bench", "--quick", "--model", "vgg"]) == 2
+    assert "unknown model 'vgg'" in capsys.readouterr().err
