@@ -135,6 +135,20 @@ def _trial_name(config: dict) -> str:
     return "esam " + " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in config.items())
 
 
+def _check_local_data(cfg: SearchConfig, address: str | None) -> None:
+    """On a local Ray, a missing data root fails now rather than in every trial.
+
+    On a cluster the driver may not see the workers' data, so the trials check it there.
+    """
+    if address or os.environ.get("RAY_ADDRESS"):
+        return
+    from esam.data.datasets import data_root
+    data = cfg.train.data
+    if data.name in ("cifar10", "cifar100", "imagefolder") and not data.download and not data_root(data).is_dir():
+        hint = " (data.download: true fetches it when online)" if data.name != "imagefolder" else ""
+        raise ConfigError(f"train.data.root {str(data_root(data))!r} is not a directory{hint}")
+
+
 def run_search(cfg: SearchConfig, *, address: str | None = None, echo: Callable[[str], None] = print) -> SearchOutcome:
     """Run (or continue) the search `cfg.name` and return its Pareto front."""
     from ray import tune
@@ -146,6 +160,7 @@ def run_search(cfg: SearchConfig, *, address: str | None = None, echo: Callable[
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     # Everything that can be wrong is checked before the first trial starts.
+    _check_local_data(cfg, address)
     uri = tracking.tracking_uri(cfg.mlflow.tracking_uri)
     client = tracking.connect(uri)
     resolved = to_dict(cfg)

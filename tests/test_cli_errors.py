@@ -41,6 +41,7 @@ def run_cli(capsys, *argv):
     ({"train": {"model": "vgg"}}, "train.model: unknown model 'vgg'"),
     ({"concurrency": 0}, "concurrency must be >= 1"),
     ({"train": {"probe_steps": 0}}, "train.probe_steps is 0, so speed_vs_sgd is not measured"),
+    ({"train": {"data": {"name": "cifar10", "root": "nowhere"}}}, "train.data.root 'nowhere' is not a directory"),
     ({"mlflow": {"tracking_uri": "http://127.0.0.1:9", "experiment": "esam"}}, "MLflow tracking store http://127.0.0.1:9 is unreachable"),
 ])
 def test_bad_search_configs_fail_before_any_trial(tmp_path, capsys, changes, message):
