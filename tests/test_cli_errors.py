@@ -90,3 +90,15 @@ def test_corrupt_image_names_the_file(tmp_path, capsys):
 def test_export_without_search(capsys):
     code, err = run_cli(capsys, "export", "--out", "x.yaml")
     assert code == 2 and "no search recorded" in err
+
+
+def test_train_cli_checkpoints_and_resumes(capsys):
+    args = ["train", "--set", "epochs=2", "--set", "data.train_limit=256", "--set", "data.test_limit=64",
+            "--set", "optimizer.name=sam", "--checkpoint-dir", "ck"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "epoch   2" in out and "done: test acc" in out
+    assert main(args + ["--resume"]) == 0
+    assert "already finished every epoch" in capsys.readouterr().out
+    code, err = run_cli(capsys, "train", "--resume", "--checkpoint-dir", "empty")
+    assert code == 2 and "no checkpoint.pt" in err

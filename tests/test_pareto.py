@@ -52,3 +52,25 @@ def test_picks():
         pick(points, OBJ, "fastest-within=abc")
     with pytest.raises(ValueError, match="no finished trial"):
         pick([], OBJ, "knee")
+
+
+def test_report_table_and_plots(tmp_path):
+    from esam.pareto_report import _plot_html, _plot_png, format_table, front_of
+
+    def run(i, acc, speed, kind="trial", status="FINISHED", **extra):
+        return {"run_id": f"run{i:02d}" + "x" * 20, "name": f"t{i}", "kind": kind, "status": status,
+                "test_acc": acc, "speed_vs_sgd": speed, "images_per_s": 1000 * speed, "relative_cost": 1.7,
+                "rho": 0.05, "beta": 0.6, "gamma": 0.5, "score": "loss_rise", **extra}
+    rows = [run(1, 90.0, 0.6), run(2, 92.0, 0.5), run(3, 89.0, 0.55), run(4, 99.0, 0.9, status="FAILED"),
+            run(5, 91.0, 1.0, kind="reference", optimizer="sgd"), run(6, 92.5, 0.5, kind="reference", optimizer="sam")]
+    objectives = [("test_acc", "max"), ("speed_vs_sgd", "max")]
+    front = front_of(rows, objectives)
+    assert [r["name"] for r in front] == ["t2", "t1"]  # failed runs and references never join the front
+    table = format_table(front, [r for r in rows if r["kind"] == "reference"])
+    assert table.splitlines()[1].split()[:2] == ["pareto", "92.00"] and "sam" in table
+    _plot_html(tmp_path / "p.html", rows, front, objectives)
+    html = (tmp_path / "p.html").read_text()
+    assert html.count("<circle") == 5 and html.count("<title>") == 5 + 1  # every finished run with hover text, + the page title
+    assert "rho: 0.05" in html and "crimson" in html
+    _plot_png(tmp_path / "p.png", rows, front, objectives)
+    assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
