@@ -77,7 +77,7 @@ class TrainConfig:
     label_smoothing: float = 0.0  # cross-entropy label smoothing
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
     channels_last: bool = True  # NHWC activations on CUDA (ignored on the CPU)
-    compile: bool = False  # torch.compile the model (compilation is excluded from timing)
+    compile: bool = False  # torch.compile the model (ESAM's SWP ascent stays eager; compile time excluded from images/s)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int | None = None  # torch CPU threads (None: torch's default)
     seed: int = 0  # one seed for weights, data order, augmentation and SWP

@@ -12,7 +12,6 @@ import math
 import os
 import random
 import time
-import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -67,14 +66,21 @@ def _optimizer_factory(config: TrainConfig, seed: int, method: str | None = None
 
 def _closure_factory(x: torch.Tensor, y: torch.Tensor, device: torch.device, precision: str,
                      channels_last: bool, label_smoothing: float) -> Callable:
-    """model -> closure(indices=None) returning per-sample losses, as the optimizers expect."""
-    def make(model: Callable):
+    """model -> closure(indices=None) returning per-sample losses, as the optimizers expect.
+
+    With `eager_ascent`, the full-batch gradient pass (ESAM's ascent) runs that module instead:
+    SWP switches requires_grad on a random subset of tensors every step, and a compiled model
+    would recompile for each new pattern. The scoring pass (no grad) and the descent pass (a fixed
+    subset size) keep the compiled model.
+    """
+    def make(model: Callable, eager_ascent: Callable | None = None):
         def closure(indices: torch.Tensor | None = None) -> torch.Tensor:
             xb, yb = (x, y) if indices is None else (x.index_select(0, indices), y.index_select(0, indices))
             if channels_last:  # indexing returns the default memory format: keep NHWC
                 xb = xb.contiguous(memory_format=torch.channels_last)
+            net = eager_ascent if eager_ascent is not None and indices is None and torch.is_grad_enabled() else model
             with _autocast(device, precision):
-                logits = model(xb)
+                logits = net(xb)
             return F.cross_entropy(logits.float(), yb, reduction="none", label_smoothing=label_smoothing)
         return closure
     return make
@@ -144,10 +150,9 @@ def train(config: TrainConfig, report: Report | None = None, *,
     if config.probe_steps > 0 and config.optimizer.name != "sgd":
         probe = InterleavedProbe(model, _optimizer_factory(config, config.seed + 1),
                                  _optimizer_factory(config, config.seed + 1, method="sgd"), device)
-    if config.compile and config.optimizer.name == "esam" and config.optimizer.beta < 1:
-        warnings.warn("compile with ESAM beta < 1: SWP changes which weights need gradients every step, "
-                      "and each new pattern recompiles; expect slow steps", stacklevel=2)
     forward = torch.compile(model) if config.compile else model
+    swp = config.optimizer.name == "esam" and config.optimizer.beta < 1
+    eager_ascent = model if config.compile and swp else None  # see _closure_factory
 
     start_epoch = 0
     if resume_from is not None:
@@ -169,7 +174,8 @@ def train(config: TrainConfig, report: Report | None = None, *,
         probe_batch = None
         for step, (x, y) in enumerate(data.train.epoch(epoch)):
             timer.before_step(step)
-            closure = _closure_factory(x, y, device, precision, channels_last, config.label_smoothing)(forward)
+            closure = _closure_factory(x, y, device, precision, channels_last, config.label_smoothing)(
+                forward, eager_ascent)
             loss_sum += optimizer.step(closure)
             scheduler.step()
             cost_sum += optimizer.last_cost.relative_cost

@@ -68,3 +68,17 @@ def test_train_knows_nothing_of_ray():
     import esam.train
     source = open(esam.train.__file__).read()
     assert "import ray" not in source and "from ray" not in source and "mlflow" not in source
+
+
+@pytest.mark.slow
+def test_compiled_esam_keeps_its_graphs():
+    """SWP's ascent runs eagerly, so a compiled ESAM run needs a handful of graphs, not one per SWP pattern."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+    torch._dynamo.reset()
+    counters.clear()
+    reports = []
+    train(train_config_from_dict({**QUICK, "compile": True}, {"optimizer": {"name": "esam"}}),
+          lambda m, c: reports.append(m))
+    assert counters["stats"]["unique_graphs"] <= 4  # descent (k), scoring (no grad), evaluation
+    assert reports[1]["train_loss"] < reports[0]["train_loss"]
