@@ -21,3 +21,15 @@ def test_config_validates_and_opens_with_how_to_run(path):
     header = path.read_text().splitlines()[:6]
     assert header[0].startswith("#") and any("esam search" in line for line in header)
     assert any("Expect" in line for line in header)
+
+
+def test_readme_documents_every_config_key():
+    import dataclasses
+
+    from esam import config, search_config
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    classes = [config.TrainConfig, config.DataConfig, config.OptimizerConfig, search_config.SearchConfig,
+               search_config.ParamSpace, search_config.Objective, search_config.SamplerConfig,
+               search_config.Resources, search_config.MlflowConfig]
+    missing = [f"{c.__name__}.{f.name}" for c in classes for f in dataclasses.fields(c) if f"| `{f.name}` |" not in readme]
+    assert not missing, f"README's configuration reference lacks {missing}"
