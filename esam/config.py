@@ -220,7 +220,7 @@ def validate(config: TrainConfig) -> TrainConfig:
     for path in ("data.train_limit", "data.test_limit", "data.image_size", "threads", "optimizer.max_grad_norm"):
         if get(path) is not None and get(path) <= 0:
             raise ConfigError(f"{path} must be positive or null, got {get(path)!r}")
-    if config.data.name in ("cifar10", "cifar100", "imagefolder") and config.data.root is None and config.data.name == "imagefolder":
+    if config.data.name == "imagefolder" and config.data.root is None:
         raise ConfigError("data.root is required for data.name imagefolder")
     return config
 

@@ -17,8 +17,8 @@ from esam.config import deep_merge, to_dict, train_config_from_dict
 from esam.errors import ConfigError
 from esam.pareto import pick
 from esam.pareto_report import collect
+from esam.search_config import SEARCHABLE
 
-SEARCHED = ("rho", "beta", "gamma", "score", "bn_update", "lr", "weight_decay", "momentum")
 METRICS = ("test_acc", "images_per_s", "speed_vs_sgd", "step_time_vs_sgd", "relative_cost", "train_loss", "test_loss")
 
 
@@ -63,7 +63,7 @@ def export_config(client, parent_run_id: str, rule: str, out: str | Path) -> dic
         chosen = trials[pick(trials, objectives, rule)]
     except ValueError as err:
         raise ConfigError(str(err)) from None
-    optimizer = {"name": "esam", **{k: chosen[k] for k in SEARCHED if k in chosen}}
+    optimizer = {"name": "esam", **{k: chosen[k] for k in SEARCHABLE if k in chosen}}
     train = to_dict(train_config_from_dict(deep_merge(search_config["train"], {"optimizer": optimizer})))
     document = {
         **train,

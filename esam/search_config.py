@@ -23,6 +23,7 @@ REFERENCES = ("sgd", "sam")
 _BOUNDS = {"rho": (0.0, None), "beta": (0.0, 1.0), "gamma": (0.0, 1.0), "lr": (0.0, None),
            "weight_decay": (0.0, None), "momentum": (0.0, 1.0)}
 _CHOICE_PARAMS = {"score": ("loss_rise", "clean_loss"), "bn_update": ("all", "clean")}
+SEARCHABLE = tuple(_BOUNDS) + tuple(_CHOICE_PARAMS)  # optimizer fields a search may vary
 
 
 @dataclass(frozen=True)
@@ -102,7 +103,7 @@ class SearchConfig:
 def _validate_space(space: Any) -> None:
     if not isinstance(space, dict) or not space:
         raise ConfigError("space must be a non-empty mapping of optimizer fields to ranges")
-    searchable = set(_BOUNDS) | set(_CHOICE_PARAMS)
+    searchable = set(SEARCHABLE)
     optimizer_fields = {f.name for f in dataclasses.fields(OptimizerConfig)}
     for name, spec in space.items():
         if name not in searchable:

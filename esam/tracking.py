@@ -10,6 +10,7 @@ import json
 import os
 import platform
 import subprocess
+import time
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -134,7 +135,6 @@ def start_trial_run(client, parent_run_id: str, name: str, kind: str, params: di
 
 def log_epoch(client, run_id: str, metrics: dict, step: int) -> None:
     from mlflow.entities import Metric
-    import time
     now = int(time.time() * 1000)
     batch = [Metric(k, float(v), now, step) for k, v in metrics.items()
              if isinstance(v, (int, float)) and not isinstance(v, bool)]

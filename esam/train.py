@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import random
 import time
 from pathlib import Path
 from typing import Callable
@@ -20,6 +19,7 @@ import torch.nn.functional as F
 
 from esam.config import TrainConfig
 from esam.data import build_data
+from esam.errors import ConfigError
 from esam.models import build_model
 from esam.optim import build_optimizer
 from esam.probe import InterleavedProbe
@@ -35,7 +35,6 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        from esam.errors import ConfigError
         raise ConfigError(f"device: {name!r} requested but no CUDA device is available")
     return device
 
@@ -113,11 +112,6 @@ def _save_checkpoint(directory: Path, state: dict) -> None:
     os.replace(tmp, directory / CHECKPOINT_FILE)  # atomic: a crash never leaves half a checkpoint
 
 
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    torch.manual_seed(seed)
-
-
 def train(config: TrainConfig, report: Report | None = None, *,
           checkpoint_dir: str | Path | None = None, resume_from: str | Path | None = None) -> dict:
     """Train `config.model` on `config.data` with `config.optimizer`; return the last epoch's metrics.
@@ -134,7 +128,7 @@ def train(config: TrainConfig, report: Report | None = None, *,
     if device.type == "cuda":
         # Shapes are static (batch, ESAM's subset k, eval batch): let cudnn time its algorithms once.
         torch.backends.cudnn.benchmark = True
-    _seed_everything(config.seed)
+    torch.manual_seed(config.seed)  # weights; data and SWP draw from their own seeded generators
 
     data = build_data(config.data, device, config.seed, config.batch_size, config.eval_batch_size)
     model = build_model(config.model, num_classes=data.num_classes, in_channels=data.in_channels).to(device)
