@@ -2,7 +2,7 @@
 
     esam bench --quick                 # CPU, small CNN, batch 32, 1 thread: about 30 s
     esam bench --model resnet18 --batch-size 128 --dtype bf16 --channels-last \
-        --device cuda --repeats 5 --steps 30 --warmup 10 [--compile] [--out results.md]
+        --device cuda --repeats 5 --steps 30 --warmup 10 [--compile | --cuda-graphs --swp-patterns 8] [--out results.md]
 
 What is timed: `steps` whole optimizer steps (every pass, the closure, the base SGD update) on
 synthetic CIFAR-sized batches already on the device, after `warmup` untimed steps (which absorb
@@ -12,6 +12,10 @@ hit all alike; the table gives the median over repeats and the min/max. Each met
 own copy of the same initial model with SGD(lr 0.05, momentum 0.9, wd 5e-4) as the base.
 Under --compile, ESAM's SWP flips requires_grad, and each new pattern is a recompile (up to
 dynamo's recompile limit, then eager): ESAM's compiled numbers include that.
+Under --cuda-graphs every method replays its passes as CUDA graphs (esam.graphs); ESAM's ascent
+is graphed only when --swp-patterns N lets its SWP patterns repeat.
+"host ops/step" counts the ATen operators one step dispatches (esam.dispatch_count): where the host
+launching kernels is the bottleneck, step time follows it.
 """
 from __future__ import annotations
 
@@ -30,6 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from esam.dispatch_count import count_ops
+from esam.graphs import GraphedPasses
 from esam.models import build_model
 from esam.optim import build_optimizer, predicted_relative_cost
 
@@ -51,7 +57,7 @@ def _closure(net: nn.Module, x: torch.Tensor, y: torch.Tensor, bf16: bool, chann
         xb, yb = (x, y) if indices is None else (x.index_select(0, indices), y.index_select(0, indices))
         if channels_last and indices is not None:  # indexing drops channels_last
             xb = xb.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16, cache_enabled=False):
             logits = net(xb)
         return F.cross_entropy(logits.float(), yb, reduction="none")
     return closure
@@ -88,7 +94,8 @@ def device_name(device: torch.device) -> str:
 def run_bench(model: str = "small_cnn", batch_size: int = 128, dtype: str = "fp32", channels_last: bool = False,
               device: str | None = None, repeats: int = 5, steps: int = 30, warmup: int = 10, compile: bool = False,
               rho: float = 0.05, beta: float = 0.6, gamma: float = 0.5, threads: int | None = None, seed: int = 0,
-              methods: Sequence[str] | None = None, num_classes: int = 10) -> list[dict]:
+              methods: Sequence[str] | None = None, num_classes: int = 10, cuda_graphs: bool = False,
+              swp_patterns: int | None = None) -> list[dict]:
     """Time each method interleaved; one row per method with images/s (median, min, max), ratios and costs."""
     if dtype not in ("fp32", "bf16"):
         raise ValueError(f"dtype must be fp32 or bf16, got {dtype!r}")
@@ -101,6 +108,8 @@ def run_bench(model: str = "small_cnn", batch_size: int = 128, dtype: str = "fp3
     if threads:
         torch.set_num_threads(threads)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if cuda_graphs and (compile or dev.type != "cuda"):
+        raise ValueError(f"--cuda-graphs needs a CUDA device and no --compile (device {dev}, compile {compile})")
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True  # static shapes (ESAM's subset size included): tune once
     torch.manual_seed(seed)
@@ -118,11 +127,11 @@ def run_bench(model: str = "small_cnn", batch_size: int = 128, dtype: str = "fp3
         base = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
         hparams = {} if name == "sgd" else {"rho": rho, "model": net}
         if name == "esam":
-            hparams.update(beta=beta, gamma=gamma, score=extra["score"], seed=seed)
+            hparams.update(beta=beta, gamma=gamma, score=extra["score"], seed=seed, swp_patterns=swp_patterns)
         opt = build_optimizer(name, net.parameters(), base, **hparams)
-        fwd = torch.compile(net) if compile else net
+        fwd = GraphedPasses(net) if cuda_graphs else torch.compile(net) if compile else net
         closures = [_closure(fwd, x, y, dtype == "bf16", channels_last) for x, y in batches]
-        runs[label] = dict(opt=opt, closures=closures, i=0, ips=[], costs=[], syncs=None)
+        runs[label] = dict(opt=opt, closures=closures, i=0, ips=[], costs=[], syncs=None, ops=None, fwd=fwd)
 
     def run_steps(r: dict, n: int, record: bool) -> torch.Tensor:
         loss = torch.zeros(())
@@ -138,8 +147,10 @@ def run_bench(model: str = "small_cnn", batch_size: int = 128, dtype: str = "fp3
         for label in order:
             r = runs[label]
             run_steps(r, warmup, record=False)
-            if dev.type == "cuda" and rep == 0:  # one extra untimed step, checked for host syncs
-                r["syncs"] = count_host_syncs(lambda: run_steps(r, 1, record=False))
+            if rep == 0:  # untimed steps: one counting dispatched operators, one checking host syncs
+                r["ops"] = sum(count_ops(lambda: run_steps(r, 1, record=False)).values())
+                if dev.type == "cuda":
+                    r["syncs"] = count_host_syncs(lambda: run_steps(r, 1, record=False))
             _sync(dev)
             start = time.perf_counter()
             loss = run_steps(r, steps, record=True)
@@ -164,6 +175,8 @@ def run_bench(model: str = "small_cnn", batch_size: int = 128, dtype: str = "fp3
             predicted_relative_cost=predicted,
             relative_cost=statistics.fmean(runs[label]["costs"]),
             host_syncs_per_step=runs[label]["syncs"],
+            host_ops_per_step=runs[label]["ops"],
+            graphs=runs[label]["fwd"].num_graphs if cuda_graphs else 0,
         ))
     return rows
 
@@ -177,22 +190,27 @@ def markdown(rows: list[dict], settings: dict) -> str:
              if dev.type == "cuda" else "- host syncs: not checked on the CPU")
     head = [
         f"## Step throughput: {s['model']}, batch {s['batch_size']}, {s['dtype']}"
-        f"{', channels_last' if s['channels_last'] else ''}{', compiled' if s['compile'] else ''}",
+        f"{', channels_last' if s['channels_last'] else ''}{', compiled' if s['compile'] else ''}"
+        f"{', CUDA graphs' if s.get('cuda_graphs') else ''}"
+        f"{', SWP pool of ' + str(s['swp_patterns']) if s.get('swp_patterns') else ''}",
         "",
         f"- device: {device_name(dev)}; torch {torch.__version__}; "
         f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
         f"- {s['repeats']} repeats x {s['steps']} timed steps after {s['warmup']} warm-up steps each, interleaved; "
         f"rho {s['rho']}, beta {s['beta']}, gamma {s['gamma']}",
         syncs,
+        *([f"- CUDA graphs captured: " + ", ".join(f"{r['method']} {r['graphs']}" for r in rows)]
+          if s.get("cuda_graphs") else []),
+        "- host ops/step: ATen operators one step dispatches (views excluded; a graph replay counts 0)",
         "- predicted: the cost model (forward 1, backward 2 per sample; PAPER.md); relative_cost: realized, "
         "mean of last_cost over timed steps",
         "",
-        "| method | images/s (median) | min | max | vs SAM | vs SGD | predicted vs SAM | relative_cost |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| method | images/s (median) | min | max | vs SAM | vs SGD | predicted vs SAM | relative_cost | host ops/step |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     body = [f"| {r['method']} | {r['images_per_s']:,.0f} | {r['min']:,.0f} | {r['max']:,.0f} | "
             f"{r['ratio_to_sam']:.2f} | {r['ratio_to_sgd']:.2f} | {r['predicted_ratio_to_sam']:.2f} | "
-            f"{r['relative_cost']:.2f} |" for r in rows]
+            f"{r['relative_cost']:.2f} | {r['host_ops_per_step']} |" for r in rows]
     return "\n".join(head + body) + "\n"
 
 
@@ -208,6 +226,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--steps", type=int, help="timed steps per method per repeat")
     p.add_argument("--warmup", type=int, help="untimed steps per method per repeat")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--cuda-graphs", action="store_true", help="replay every training pass as a CUDA graph")
+    p.add_argument("--swp-patterns", type=int, help="ESAM draws SWP masks from a pool of N (graphable)")
     p.add_argument("--rho", type=float, default=0.05)
     p.add_argument("--beta", type=float, default=0.6)
     p.add_argument("--gamma", type=float, default=0.5)

@@ -62,6 +62,7 @@ class OptimizerConfig:
     adaptive: bool = False  # ASAM's scale-invariant perturbation
     bn_update: str = "all"  # BatchNorm stats: all forwards update (authors) | clean: only the clean pass
     max_grad_norm: float | None = None  # clip the descent gradient to this norm (None: no clipping)
+    swp_patterns: int | None = None  # ESAM SWP: reuse a pool of N masks (for cuda_graphs/compile; None: fresh each step)
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,7 @@ class TrainConfig:
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
     channels_last: bool = True  # NHWC activations on CUDA (ignored on the CPU)
     compile: bool = False  # torch.compile the model (ESAM's SWP ascent stays eager; compile time excluded from images/s)
+    cuda_graphs: bool = False  # replay each training pass as a CUDA graph (CUDA only; not with compile)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int | None = None  # torch CPU threads (None: torch's default)
     seed: int = 0  # one seed for weights, data order, augmentation and SWP
@@ -217,9 +219,14 @@ def validate(config: TrainConfig) -> TrainConfig:
     for path in ("label_smoothing", "data.cutout_prob"):
         if not 0.0 <= get(path) <= 1.0:
             raise ConfigError(f"{path} must be in [0, 1], got {get(path)!r}")
-    for path in ("data.train_limit", "data.test_limit", "data.image_size", "threads", "optimizer.max_grad_norm"):
+    for path in ("data.train_limit", "data.test_limit", "data.image_size", "threads", "optimizer.max_grad_norm",
+                 "optimizer.swp_patterns"):
         if get(path) is not None and get(path) <= 0:
             raise ConfigError(f"{path} must be positive or null, got {get(path)!r}")
+    if config.cuda_graphs and config.compile:
+        raise ConfigError("cuda_graphs and compile are both true: choose one")
+    if config.cuda_graphs and config.device == "cpu":
+        raise ConfigError("cuda_graphs: true needs a CUDA device, but device is 'cpu'")
     if config.data.name == "imagefolder" and config.data.root is None:
         raise ConfigError("data.root is required for data.name imagefolder")
     return config

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from esam.config import TrainConfig
 from esam.data import build_data
 from esam.errors import ConfigError
+from esam.graphs import GraphedPasses
 from esam.models import build_model
 from esam.optim import build_optimizer
 from esam.probe import InterleavedProbe
@@ -41,7 +42,8 @@ def resolve_device(name: str) -> torch.device:
 
 def _autocast(device: torch.device, precision: str):
     if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
+        # No cast cache: each weight is used once per forward, and CUDA graphs cannot capture the cache.
+        return torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=False)
     return contextlib.nullcontext()
 
 
@@ -58,7 +60,7 @@ def _optimizer_factory(config: TrainConfig, seed: int, method: str | None = None
         if name in ("sam", "esam"):
             kwargs.update(rho=o.rho, adaptive=o.adaptive, bn_update=o.bn_update, model=model)
         if name == "esam":
-            kwargs.update(beta=o.beta, gamma=o.gamma, score=o.score, seed=seed)
+            kwargs.update(beta=o.beta, gamma=o.gamma, score=o.score, seed=seed, swp_patterns=o.swp_patterns)
         return build_optimizer(name, params, base, **kwargs)
     return make
 
@@ -75,7 +77,7 @@ def _closure_factory(x: torch.Tensor, y: torch.Tensor, device: torch.device, pre
     def make(model: Callable, eager_ascent: Callable | None = None):
         def closure(indices: torch.Tensor | None = None) -> torch.Tensor:
             xb, yb = (x, y) if indices is None else (x.index_select(0, indices), y.index_select(0, indices))
-            if channels_last:  # indexing returns the default memory format: keep NHWC
+            if channels_last:  # a no-op on the full batch (converted once per step); indexing drops NHWC
                 xb = xb.contiguous(memory_format=torch.channels_last)
             net = eager_ascent if eager_ascent is not None and indices is None and torch.is_grad_enabled() else model
             with _autocast(device, precision):
@@ -125,6 +127,8 @@ def train(config: TrainConfig, report: Report | None = None, *,
     device = resolve_device(config.device)
     precision = config.precision if config.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
     channels_last = config.channels_last and device.type == "cuda"
+    if config.cuda_graphs and device.type != "cuda":
+        raise ConfigError(f"cuda_graphs: true needs a CUDA device, but this run is on {device}")
     if device.type == "cuda":
         # Shapes are static (batch, ESAM's subset k, eval batch): let cudnn time its algorithms once.
         torch.backends.cudnn.benchmark = True
@@ -144,7 +148,15 @@ def train(config: TrainConfig, report: Report | None = None, *,
     if config.probe_steps > 0 and config.optimizer.name != "sgd":
         probe = InterleavedProbe(model, _optimizer_factory(config, config.seed + 1),
                                  _optimizer_factory(config, config.seed + 1, method="sgd"), device)
-    forward = torch.compile(model) if config.compile else model
+    graphed: dict[int, GraphedPasses] = {}  # model -> its graphs, kept across epochs (the probe's copies too)
+
+    def runner(m: torch.nn.Module) -> Callable:
+        """What the closures call: the model itself, compiled, or replaying CUDA graphs."""
+        if config.cuda_graphs:
+            return graphed.setdefault(id(m), GraphedPasses(m))
+        return torch.compile(m) if config.compile else m
+
+    forward = runner(model)
     swp = config.optimizer.name == "esam" and config.optimizer.beta < 1
     eager_ascent = model if config.compile and swp else None  # see _closure_factory
 
@@ -168,6 +180,8 @@ def train(config: TrainConfig, report: Report | None = None, *,
         probe_batch = None
         for step, (x, y) in enumerate(data.train.epoch(epoch)):
             timer.before_step(step)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)  # once per step, not once per pass
             closure = _closure_factory(x, y, device, precision, channels_last, config.label_smoothing)(
                 forward, eager_ascent)
             loss_sum += optimizer.step(closure)
@@ -183,9 +197,9 @@ def train(config: TrainConfig, report: Report | None = None, *,
             raise FloatingPointError(f"training loss is {train_loss} at epoch {epoch + 1}")
         ratio = 1.0 if config.optimizer.name == "sgd" else float("nan")  # nan: probing switched off
         if probe is not None:
-            ratio = probe.step_time_ratio(
-                _closure_factory(*probe_batch, device, precision, channels_last, config.label_smoothing),
-                config.probe_steps)
+            make_closure = _closure_factory(*probe_batch, device, precision, channels_last, config.label_smoothing)
+            ratio = probe.step_time_ratio(lambda m: make_closure(runner(m) if config.cuda_graphs else m),
+                                          config.probe_steps)
         synchronize(device)
         epoch_time = time.perf_counter() - epoch_start
         test_acc, test_loss = evaluate(forward, data.test, device, precision, channels_last)

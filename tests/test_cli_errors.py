@@ -2,6 +2,7 @@
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from esam.cli import default_search_config, main
@@ -65,7 +66,10 @@ def test_unknown_config_file_and_override(tmp_path, capsys):
     (["data.name=digits", "batch_size=5000"], "larger than"),
     (["data.name=cifar10", "data.root=nowhere"], "nowhere"),
     (["data.name=imagefolder", "data.root=nowhere"], "nowhere"),
-])
+    (["cuda_graphs=true", "compile=true"], "cuda_graphs and compile are both true"),
+    (["cuda_graphs=true", "device=cpu"], "cuda_graphs: true needs a CUDA device"),
+    (["optimizer.swp_patterns=0"], "optimizer.swp_patterns must be positive or null"),
+] + ([] if torch.cuda.is_available() else [(["cuda_graphs=true"], "needs a CUDA device, but this run is on cpu")]))
 def test_bad_train_input(capsys, overrides, message):
     args = ["train"] + [a for o in overrides for a in ("--set", o)]
     code, err = run_cli(capsys, *args)

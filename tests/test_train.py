@@ -1,3 +1,4 @@
+import dataclasses
 import math
 
 import pytest
@@ -82,3 +83,12 @@ def test_compiled_esam_keeps_its_graphs():
           lambda m, c: reports.append(m))
     assert counters["stats"]["unique_graphs"] <= 4  # descent (k), scoring (no grad), evaluation
     assert reports[1]["train_loss"] < reports[0]["train_loss"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_graphs_train_an_esam_run_on_a_gpu():
+    cfg = config(name="esam", swp_patterns=4)
+    cfg = dataclasses.replace(cfg, device="cuda", cuda_graphs=True, epochs=2)
+    history = []
+    train(cfg, lambda m, _: history.append(m))
+    assert len(history) == 2 and all(math.isfinite(m["train_loss"]) for m in history)

@@ -13,7 +13,7 @@ from .sam import SAM
 
 # Keys of an exported `optimizer:` mapping that belong to the base optimizer or the trainer, not to ESAM.
 BASE_KEYS = frozenset({"name", "lr", "momentum", "weight_decay", "nesterov", "dampening", "betas", "eps", "base"})
-ESAM_KEYS = ("rho", "beta", "gamma", "score", "adaptive", "bn_update", "max_grad_norm", "seed")
+ESAM_KEYS = ("rho", "beta", "gamma", "score", "adaptive", "bn_update", "max_grad_norm", "seed", "swp_patterns")
 
 
 class ESAM(SAM):
@@ -37,6 +37,9 @@ class ESAM(SAM):
 
     Args (beyond SAM's): beta in (0, 1], gamma in (0, 1], score "loss_rise" | "clean_loss",
     seed or generator (a CPU torch.Generator) for SWP; with neither, the seed is torch.initial_seed().
+    swp_patterns: None (the paper: a fresh draw every step) or N, a pool of N patterns drawn once
+    (each tensor still kept with probability beta) from which every step picks one uniformly: a
+    step then has at most N shapes, so CUDA graphs (esam.graphs) or torch.compile can capture each.
     The closure gets the selected indices as a LongTensor on the batch's device, sorted ascending;
     with a channels_last batch it should restore the format after indexing (see plain.py).
     Under torch.compile every new SWP pattern of requires_grad is a recompile.
@@ -47,13 +50,17 @@ class ESAM(SAM):
     def __init__(self, params: Iterable, base_optimizer: torch.optim.Optimizer, rho: float = 0.05,
                  beta: float = 0.6, gamma: float = 0.5, score: str = "loss_rise", adaptive: bool = False,
                  bn_update: str = "all", max_grad_norm: float | None = None, model: torch.nn.Module | None = None,
-                 seed: int | None = None, generator: torch.Generator | None = None) -> None:
+                 seed: int | None = None, generator: torch.Generator | None = None,
+                 swp_patterns: int | None = None) -> None:
         if not 0 < beta <= 1:
             raise ValueError(f"beta must be in (0, 1], got {beta}")
         if not 0 < gamma <= 1:
             raise ValueError(f"gamma must be in (0, 1], got {gamma}")
         if score not in SCORES:
             raise ValueError(f"unknown score {score!r} (valid: {', '.join(SCORES)})")
+        if swp_patterns is not None and (isinstance(swp_patterns, bool) or not isinstance(swp_patterns, int)
+                                         or swp_patterns < 1):
+            raise ValueError(f"swp_patterns must be a positive integer or None, got {swp_patterns!r}")
         if generator is not None and generator.device.type != "cpu":
             raise ValueError(f"generator must be a CPU torch.Generator (SWP draws on the host), got {generator.device}")
         super().__init__(params, base_optimizer, rho, adaptive, max_grad_norm, model, bn_update)
@@ -63,6 +70,10 @@ class ESAM(SAM):
         if generator is None:
             generator = torch.Generator().manual_seed(torch.initial_seed() if seed is None else int(seed))
         self.generator = generator
+        self.swp_patterns = swp_patterns
+        # The pool of SWP patterns (True: kept), drawn once; None: a fresh draw every step.
+        self._swp_pool = None if swp_patterns is None or self.beta >= 1 else \
+            torch.rand(swp_patterns, len(self._params), generator=generator) < self.beta
 
     @classmethod
     def from_config(cls, params: Iterable, base_optimizer: torch.optim.Optimizer,
@@ -103,7 +114,11 @@ class ESAM(SAM):
         if self.beta >= 1:
             return []
         # One vectorized draw per step; the generator lives on the CPU, so .tolist() never syncs a device.
-        keep = (torch.rand(len(self._params), generator=self.generator) < self.beta).tolist()
+        if self._swp_pool is None:
+            keep = (torch.rand(len(self._params), generator=self.generator) < self.beta).tolist()
+        else:
+            pick = int(torch.randint(len(self._swp_pool), (1,), generator=self.generator))
+            keep = self._swp_pool[pick].tolist()
         frozen = [p for p, k in zip(self._params, keep) if not k]
         for p in frozen:
             p.requires_grad_(False)
@@ -125,10 +140,15 @@ class ESAM(SAM):
     # --- state -------------------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:  # type: ignore[override]
-        """Base optimizer state, step counter and the SWP generator state."""
-        return {**super().state_dict(), "generator": self.generator.get_state()}
+        """Base optimizer state, step counter, the SWP generator state and pattern pool."""
+        return {**super().state_dict(), "generator": self.generator.get_state(), "swp_pool": self._swp_pool}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:  # type: ignore[override]
         super().load_state_dict(state_dict)
         if "generator" in state_dict:
             self.generator.set_state(state_dict["generator"])
+        if state_dict.get("swp_pool") is not None:
+            if self._swp_pool is None or state_dict["swp_pool"].shape != self._swp_pool.shape:
+                raise ValueError(f"the state dict holds a pool of {len(state_dict['swp_pool'])} SWP patterns; "
+                                 f"this ESAM has swp_patterns={self.swp_patterns} over {len(self._params)} tensors")
+            self._swp_pool = state_dict["swp_pool"].clone()
