@@ -9,6 +9,9 @@ Four figures, images/s over whole epochs of synthetic CIFAR-sized data (50,000 s
   loader noaug  the loader without augmentation
   esam.train    `esam.train.train` itself with optimizer sgd (its own images/s: timed steps only)
 All in bf16 autocast and channels_last on CUDA, the same SGD settings, epochs interleaved.
+A second table counts the ATen operators each loop dispatches per step (esam.dispatch_count):
+where the host launching kernels bounds the step (an H200 at CIFAR sizes), that count is what
+the loop adds to the bare step, and it can be measured on any machine.
 """
 from __future__ import annotations
 
@@ -24,9 +27,10 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from esam.config import DataConfig, train_config_from_dict  # noqa: E402
 from esam.data import build_data  # noqa: E402
+from esam.dispatch_count import count_ops  # noqa: E402
 from esam.models import build_model  # noqa: E402
 from esam.timing import synchronize  # noqa: E402
-from esam.train import train  # noqa: E402
+from esam.train import evaluate, train  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -62,10 +66,12 @@ def main(argv=None) -> int:
     steps = augmented.steps_per_epoch
     for _ in range(10):
         step(x0, y0)
-    train_cfg = train_config_from_dict({"model": args.model, "epochs": 2, "batch_size": args.batch_size,
-                                        "probe_steps": 0, "data": {"name": "synthetic", "synthetic_size": args.samples,
-                                                                   "test_limit": 256},
-                                        "optimizer": {"name": "sgd"}, "device": args.device})
+    def train_config(epochs: int):
+        return train_config_from_dict({"model": args.model, "epochs": epochs, "batch_size": args.batch_size,
+                                       "probe_steps": 0, "data": {"name": "synthetic", "synthetic_size": args.samples,
+                                                                  "test_limit": 256},
+                                       "optimizer": {"name": "sgd"}, "device": args.device})
+    train_cfg = train_config(2)
     results: dict[str, list[float]] = {"bare": [], "loader+aug": [], "loader noaug": [], "esam.train": []}
     for rep in range(args.repeats):
         for key in results:
@@ -91,6 +97,21 @@ def main(argv=None) -> int:
     for key, values in results.items():
         med = statistics.median(values)
         print(f"| {key} | {med:,.0f} | {med / bare:.3f} | {', '.join(f'{v:,.0f}' for v in values)} |")
+
+    # Host ops per step. esam.train: one more epoch's operators, less its evaluation, per step.
+    ops = {"bare": sum(count_ops(lambda: step(x0, y0)).values())}
+
+    def loader_epoch():
+        for x, y in augmented.train.epoch(0):
+            step(x, y)
+    ops["loader+aug"] = sum(count_ops(loader_epoch).values()) / steps
+    one, two = (sum(count_ops(lambda: train(train_config(e))).values()) for e in (1, 2))
+    test = build_data(train_cfg.data, dev, 0, args.batch_size, train_cfg.eval_batch_size).test
+    eval_ops = sum(count_ops(lambda: evaluate(model, test, dev, "bf16" if cuda else "fp32", cuda)).values())
+    ops["esam.train"] = (two - one - eval_ops) / steps
+    print("\n| loop | host ops/step | vs bare |\n|---|---|---|")
+    for key, n in ops.items():
+        print(f"| {key} | {n:.1f} | {n - ops['bare']:+.1f} |")
     return 0
 
 
