@@ -124,7 +124,8 @@ def run_bench(model: str = "small_cnn", batch_size: int = 128, dtype: str = "fp3
     for label in methods:
         name, extra = METHODS[label]
         net = copy.deepcopy(base_model)
-        base = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+        base = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4,
+                               foreach=True)  # as on CUDA: one launch per update, on any device
         hparams = {} if name == "sgd" else {"rho": rho, "model": net}
         if name == "esam":
             hparams.update(beta=beta, gamma=gamma, score=extra["score"], seed=seed, swp_patterns=swp_patterns)
