@@ -18,14 +18,6 @@ from esam.optim import ESAM, build_optimizer
 from test_optim import closure_for, make_batches, make_cnn, sgd
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class Recorder:
     """Stands in for the CUDA capture: runs the pass a few times, as a capture does, then eagerly."""
 
