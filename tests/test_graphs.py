@@ -112,6 +112,79 @@ def test_training_through_graphed_passes_takes_the_eager_steps():
     assert 3 <= graph_counts[0] <= 5  # descent + scoring + the ascent patterns seen twice (at most 3)
 
 
+class StaticMemory:
+    """Stands in for the CUDA capture with its memory hazards: every pass returns its output, and
+    leaves its gradients, in buffers of its own that any later replay, of any pass, overwrites with
+    NaN (graphs sharing one pool may reuse each other's memory). A step that read a pass's results
+    after another pass had run would turn NaN."""
+
+    def __init__(self):
+        self.passes: list[dict] = []
+
+    def __call__(self, model, x, pool):
+        grad = torch.is_grad_enabled()
+        params = [p for p in model.parameters() if p.requires_grad] if grad else []
+        mine = {"buffers": []}
+        self.passes.append(mine)
+        memory = self
+
+        class Replay(torch.autograd.Function):
+            @staticmethod
+            def forward(ctx, inp, *weights):
+                with torch.enable_grad():
+                    out = model(inp)
+                ctx.out = out
+                return memory.static(mine, out.detach())
+
+            @staticmethod
+            def backward(ctx, grad_out):
+                grads = torch.autograd.grad(ctx.out, params, grad_out)
+                return (None, *(memory.static(mine, g) for g in grads))
+
+        def replay(inp):
+            self.poison()
+            if grad:
+                return Replay.apply(inp, *params)
+            return self.static(mine, model(inp))
+        return replay
+
+    def static(self, owner: dict, value: torch.Tensor) -> torch.Tensor:
+        buffer = value.clone()
+        owner["buffers"].append(buffer)
+        return buffer.detach()  # a new tensor on the same memory, as make_graphed_callables returns
+
+    def poison(self) -> None:
+        for p in self.passes:
+            for b in p["buffers"]:
+                b.fill_(float("nan"))
+            p["buffers"].clear()
+
+
+@pytest.mark.parametrize("name, hparams", [
+    ("sgd", {}), ("sam", {"rho": 0.05}),
+    ("esam", {"rho": 0.05, "beta": 0.5, "gamma": 0.5, "score": "loss_rise", "swp_patterns": 2}),
+    ("esam", {"rho": 0.05, "beta": 0.5, "gamma": 0.5, "score": "clean_loss", "swp_patterns": 2, "bn_update": "clean"}),
+])
+def test_the_steps_consume_each_pass_before_the_next_replay(name, hparams):
+    """The contract that makes one shared graph pool safe, checked against the optimizers' own steps."""
+    batches = make_batches(8)
+    results = []
+    for graphed in (False, True):
+        model = make_cnn()
+        memory = StaticMemory()
+        runner = GraphedPasses(model, capture=memory) if graphed else model
+        extra = {"seed": 0} if name == "esam" else {}
+        opt = build_optimizer(name, model.parameters(), sgd(model), model=model, **hparams, **extra) \
+            if name != "sgd" else build_optimizer(name, model.parameters(), sgd(model))
+        losses = [opt.step(closure_for(runner, x, y)) for x, y in batches]
+        assert all(torch.isfinite(loss) for loss in losses)
+        results.append([p.detach().clone() for p in model.parameters()])
+        if graphed:
+            assert runner.replays >= 6
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b)
+
+
 # --- ESAM's SWP pool --------------------------------------------------------------------------
 
 def _patterns(opt: ESAM, model: nn.Module, steps: int) -> list[tuple[bool, ...]]:
