@@ -35,6 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from esam.compiling import compile_model
+from esam.config import COMPILE_MODES
 from esam.dispatch_count import count_ops
 from esam.graphs import GraphedPasses
 from esam.models import build_model
@@ -96,7 +98,7 @@ def run_bench(model: str = "small_cnn", batch_size: int = 128, dtype: str = "fp3
               device: str | None = None, repeats: int = 5, steps: int = 30, warmup: int = 10, compile: bool = False,
               rho: float = 0.05, beta: float = 0.6, gamma: float = 0.5, threads: int | None = None, seed: int = 0,
               methods: Sequence[str] | None = None, num_classes: int = 10, cuda_graphs: bool = False,
-              swp_patterns: int | None = None) -> list[dict]:
+              swp_patterns: int | None = None, compile_mode: str = "default") -> list[dict]:
     """Time each method interleaved; one row per method with images/s (median, min, max), ratios and costs."""
     if dtype not in ("fp32", "bf16"):
         raise ValueError(f"dtype must be fp32 or bf16, got {dtype!r}")
@@ -131,7 +133,7 @@ def run_bench(model: str = "small_cnn", batch_size: int = 128, dtype: str = "fp3
         if name == "esam":
             hparams.update(beta=beta, gamma=gamma, score=extra["score"], seed=seed, swp_patterns=swp_patterns)
         opt = build_optimizer(name, net.parameters(), base, **hparams)
-        fwd = GraphedPasses(net) if cuda_graphs else torch.compile(net) if compile else net
+        fwd = GraphedPasses(net) if cuda_graphs else compile_model(net, compile_mode, swp_patterns) if compile else net
         closures = [_closure(fwd, x, y, dtype == "bf16", channels_last) for x, y in batches]
         runs[label] = dict(opt=opt, closures=closures, i=0, ips=[], costs=[], syncs=None, ops=None, fwd=fwd)
 
@@ -195,7 +197,8 @@ def markdown(rows: list[dict], settings: dict) -> str:
              if dev.type == "cuda" else "- host syncs: not checked on the CPU")
     head = [
         f"## Step throughput: {s['model']}, batch {s['batch_size']}, {s['dtype']}"
-        f"{', channels_last' if s['channels_last'] else ''}{', compiled' if s['compile'] else ''}"
+        f"{', channels_last' if s['channels_last'] else ''}"
+        f"{', compiled (' + s.get('compile_mode', 'default') + ')' if s['compile'] else ''}"
         f"{', CUDA graphs' if s.get('cuda_graphs') else ''}"
         f"{', SWP pool of ' + str(s['swp_patterns']) if s.get('swp_patterns') else ''}",
         "",
@@ -231,6 +234,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--steps", type=int, help="timed steps per method per repeat")
     p.add_argument("--warmup", type=int, help="untimed steps per method per repeat")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--compile-mode", choices=COMPILE_MODES, default="default", help="torch.compile's mode")
     p.add_argument("--cuda-graphs", action="store_true", help="replay every training pass as a CUDA graph")
     p.add_argument("--swp-patterns", type=int, help="ESAM draws SWP masks from a pool of N (graphable)")
     p.add_argument("--rho", type=float, default=0.05)

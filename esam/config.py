@@ -46,6 +46,7 @@ class DataConfig:
 
 
 _AUGMENTATION_DEFAULTS = {"digits": (1, False, 0)}  # dataset -> (crop_padding, flip, cutout)
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,7 @@ class TrainConfig:
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
     channels_last: bool = True  # NHWC activations on CUDA (ignored on the CPU)
     compile: bool = False  # torch.compile the model (ESAM's SWP ascent stays eager; compile time excluded from images/s)
+    compile_mode: str = "default"  # torch.compile mode: default | reduce-overhead (CUDA graphs) | max-autotune | ...
     cuda_graphs: bool = False  # replay each training pass as a CUDA graph (CUDA only; not with compile)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int | None = None  # torch CPU threads (None: torch's default)
@@ -186,6 +188,7 @@ _CHOICES = {
     "optimizer.name": ("sgd", "sam", "esam"),
     "optimizer.score": ("loss_rise", "clean_loss"),
     "optimizer.bn_update": ("all", "clean"),
+    "compile_mode": COMPILE_MODES,
     "data.name": ("digits", "cifar10", "cifar100", "imagefolder", "synthetic"),
 }
 

@@ -17,6 +17,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from esam.compiling import compile_model
 from esam.config import TrainConfig
 from esam.data import build_data
 from esam.errors import ConfigError
@@ -154,11 +155,11 @@ def train(config: TrainConfig, report: Report | None = None, *,
         """What the closures call: the model itself, compiled, or replaying CUDA graphs."""
         if config.cuda_graphs:
             return graphed.setdefault(id(m), GraphedPasses(m))
-        return torch.compile(m) if config.compile else m
+        return compile_model(m, config.compile_mode, config.optimizer.swp_patterns) if config.compile else m
 
     forward = runner(model)
-    swp = config.optimizer.name == "esam" and config.optimizer.beta < 1
-    eager_ascent = model if config.compile and swp else None  # see _closure_factory
+    fresh_swp = config.optimizer.name == "esam" and config.optimizer.beta < 1 and not config.optimizer.swp_patterns
+    eager_ascent = model if config.compile and fresh_swp else None  # see _closure_factory and esam/compiling.py
 
     start_epoch = 0
     if resume_from is not None:

@@ -85,6 +85,20 @@ def test_compiled_esam_keeps_its_graphs():
     assert reports[1]["train_loss"] < reports[0]["train_loss"]
 
 
+@pytest.mark.slow
+def test_compiled_esam_with_an_swp_pool_compiles_each_pattern_once():
+    """With swp_patterns: 2 the ascent is compiled too: at most 2 ascent graphs + descent, scoring, evaluation."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+    torch._dynamo.reset()
+    counters.clear()
+    reports = []
+    train(train_config_from_dict({**QUICK, "compile": True}, {"optimizer": {"name": "esam", "swp_patterns": 2}}),
+          lambda m, c: reports.append(m))
+    assert 4 <= counters["stats"]["unique_graphs"] <= 6
+    assert reports[1]["train_loss"] < reports[0]["train_loss"]
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_graphs_train_an_esam_run_on_a_gpu():
     cfg = config(name="esam", swp_patterns=4)
