@@ -13,8 +13,8 @@ own copy of the same initial model with SGD(lr 0.05, momentum 0.9, wd 5e-4) as t
 Under --compile, ESAM's SWP flips requires_grad, and each new pattern is a recompile (up to
 dynamo's recompile limit, then eager): ESAM's compiled numbers include that.
 Under --cuda-graphs every method replays its passes as CUDA graphs (esam.graphs); ESAM's ascent
-is graphed only when --swp-patterns N lets its SWP patterns repeat. 10 + 6N untimed steps per
-method come first, so that (almost surely) every pass is captured before any timing.
+is graphed only when --swp-patterns N lets its SWP patterns repeat. Untimed steps come first, until
+no new pass has been captured for 10 + 4N steps, so that captures stay out of the timing.
 "host ops/step" counts the ATen operators one step dispatches (esam.dispatch_count): where the host
 launching kernels is the bottleneck, step time follows it.
 """
@@ -38,7 +38,7 @@ from torch import nn
 from esam.compiling import compile_model
 from esam.config import COMPILE_MODES
 from esam.dispatch_count import count_ops
-from esam.graphs import GraphedPasses
+from esam.graphs import GraphedPasses, graph_budget, warm_up
 from esam.models import build_model
 from esam.optim import build_optimizer, predicted_relative_cost
 
@@ -133,7 +133,7 @@ def run_bench(model: str = "small_cnn", batch_size: int = 128, dtype: str = "fp3
         if name == "esam":
             hparams.update(beta=beta, gamma=gamma, score=extra["score"], seed=seed, swp_patterns=swp_patterns)
         opt = build_optimizer(name, net.parameters(), base, **hparams)
-        fwd = GraphedPasses(net) if cuda_graphs else compile_model(net, compile_mode, swp_patterns) if compile else net
+        fwd = GraphedPasses(net, graph_budget(swp_patterns)) if cuda_graphs else compile_model(net, compile_mode, swp_patterns) if compile else net
         closures = [_closure(fwd, x, y, dtype == "bf16", channels_last) for x, y in batches]
         runs[label] = dict(opt=opt, closures=closures, i=0, ips=[], costs=[], syncs=None, ops=None, fwd=fwd)
 
@@ -148,7 +148,7 @@ def run_bench(model: str = "small_cnn", batch_size: int = 128, dtype: str = "fp3
 
     if cuda_graphs:  # untimed: each pass is captured at its second sighting, ESAM's pool patterns late
         for r in runs.values():
-            run_steps(r, 10 + 6 * (swp_patterns or 0), record=False)
+            warm_up(lambda: run_steps(r, 1, record=False), [r["fwd"]], quiet_steps=10 + 4 * (swp_patterns or 0))
     for rep in range(repeats):
         order = methods[rep % len(methods):] + methods[:rep % len(methods)]
         for label in order:

@@ -16,12 +16,16 @@ What makes a replay safe, and what the training loop must therefore respect:
 - All graphs share one memory pool, so a pass's backward must run before another graph's forward:
   true of Plain, SAM and ESAM, whose passes run forward, backward, then the next pass.
 - Parameters and buffers are updated in place and never replaced (no model.to() after capture).
-- Autocast runs with cache_enabled=False: the weight-cast cache cannot be captured.
+- Autocast runs with cache_enabled=False: the weight-cast cache cannot be captured (refused).
+- Captures use the "thread_local" capture mode where torch offers it (torch.cuda.graph always;
+  make_graphed_callables in recent releases), so a DataLoader's pin-memory thread making CUDA
+  calls does not invalidate them; with an older torch, prefer GPU-resident datasets (CIFAR, digits).
 Capturing runs the pass a few extra times on the same batch; the BatchNorm running statistics
 (all buffers) are saved before and restored after, so capture leaves no trace in the model.
 """
 from __future__ import annotations
 
+import inspect
 from typing import Callable, Hashable
 
 import torch
@@ -30,6 +34,9 @@ from torch import nn
 Pass = Callable[[torch.Tensor], torch.Tensor]
 Capture = Callable[[nn.Module, torch.Tensor, object], Pass]
 _SEEN_LIMIT = 4096  # keys seen once are forgotten beyond this (fresh SWP patterns never repeat)
+_THREAD_LOCAL = {"capture_error_mode": "thread_local"}
+_GRAPHED_CALLABLE_KWARGS = _THREAD_LOCAL if "capture_error_mode" in inspect.signature(
+    torch.cuda.make_graphed_callables).parameters else {}
 
 
 class _Forward(nn.Module):
@@ -47,9 +54,12 @@ def capture_cuda_graph(model: nn.Module, x: torch.Tensor, pool: object) -> Pass:
     """Capture model(x) as it would run now (grad mode, autocast, requires_grad pattern) into `pool`."""
     if not x.is_cuda:
         raise ValueError(f"CUDA graphs need a CUDA input, got one on {x.device}")
+    if torch.is_autocast_enabled("cuda") and torch.is_autocast_cache_enabled():
+        raise ValueError("CUDA graphs need torch.autocast(..., cache_enabled=False): the cast cache would "
+                         "hold weight copies that the graph cannot refresh")
     static_x = x.detach().clone()  # clone keeps the strides (channels_last)
     if torch.is_grad_enabled():  # forward and backward, as an autograd function
-        return torch.cuda.make_graphed_callables(_Forward(model), (static_x,), pool=pool)
+        return torch.cuda.make_graphed_callables(_Forward(model), (static_x,), pool=pool, **_GRAPHED_CALLABLE_KWARGS)
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):  # warm-up off the capture: cudnn autotuning, lazy init
@@ -57,7 +67,7 @@ def capture_cuda_graph(model: nn.Module, x: torch.Tensor, pool: object) -> Pass:
             model(static_x)
     torch.cuda.current_stream().wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph, pool=pool):
+    with torch.cuda.graph(graph, pool=pool, stream=stream, **_THREAD_LOCAL):
         static_out = model(static_x)
 
     def replay(inp: torch.Tensor) -> torch.Tensor:
@@ -92,7 +102,7 @@ class GraphedPasses(nn.Module):
         return grad, tuple(x.shape), x.stride(), x.dtype, x.device, autocast, pattern
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.model.training:
+        if not self.model.training or x.requires_grad:  # a replay would drop the input's gradient
             return self.model(x)
         key = self._key(x)
         graph = self._graphs.get(key)
@@ -117,3 +127,23 @@ class GraphedPasses(nn.Module):
             with torch.no_grad():
                 for b, s in zip(buffers, saved):
                     b.copy_(s)
+
+
+def warm_up(step: Callable[[], object], graphed: list[GraphedPasses], quiet_steps: int, max_steps: int = 1000) -> int:
+    """Call step() until none of `graphed` has captured a new pass for `quiet_steps` calls in a row.
+
+    A pass is captured at its second sighting, ESAM's pool patterns whenever they first repeat:
+    benchmarks run this untimed so that captures stay out of what they time. Returns the calls made.
+    """
+    quiet = calls = 0
+    while quiet < quiet_steps and calls < max_steps:
+        before = sum(g.num_graphs for g in graphed)
+        step()
+        calls += 1
+        quiet = quiet + 1 if sum(g.num_graphs for g in graphed) == before else 0
+    return calls
+
+
+def graph_budget(swp_patterns: int | None) -> int:
+    """Graphs a run may need: ESAM's ascent patterns, scoring, descent, and room to spare."""
+    return max(16, (swp_patterns or 0) + 4)

@@ -35,6 +35,16 @@ class InterleavedProbe:
         synchronize(self.device)
         return time.perf_counter() - start
 
+    def warm_up(self, make_closure: Callable, repeat: Callable[[Callable[[], None]], object]) -> None:
+        """Untimed pairs, as many as `repeat(step)` calls step (for example until CUDA graphs are captured)."""
+        method_closure = make_closure(self.method_model)
+        sgd_closure = make_closure(self.sgd_model)
+
+        def step() -> None:
+            self.method_opt.step(method_closure)
+            self.sgd_opt.step(sgd_closure)
+        repeat(step)
+
     def step_time_ratio(self, make_closure: Callable, pairs: int) -> float:
         """Median method step time / median SGD step time; one warm-up pair is discarded."""
         method_closure = make_closure(self.method_model)

@@ -21,7 +21,7 @@ from esam.compiling import compile_model
 from esam.config import TrainConfig
 from esam.data import build_data
 from esam.errors import ConfigError
-from esam.graphs import GraphedPasses
+from esam.graphs import GraphedPasses, graph_budget, warm_up
 from esam.models import build_model
 from esam.optim import build_optimizer
 from esam.probe import InterleavedProbe
@@ -154,7 +154,9 @@ def train(config: TrainConfig, report: Report | None = None, *,
     def runner(m: torch.nn.Module) -> Callable:
         """What the closures call: the model itself, compiled, or replaying CUDA graphs."""
         if config.cuda_graphs:
-            return graphed.setdefault(id(m), GraphedPasses(m))
+            if id(m) not in graphed:
+                graphed[id(m)] = GraphedPasses(m, graph_budget(config.optimizer.swp_patterns))
+            return graphed[id(m)]
         return compile_model(m, config.compile_mode, config.optimizer.swp_patterns) if config.compile else m
 
     forward = runner(model)
@@ -163,7 +165,8 @@ def train(config: TrainConfig, report: Report | None = None, *,
 
     start_epoch = 0
     if resume_from is not None:
-        state = torch.load(Path(resume_from) / CHECKPOINT_FILE, map_location=device, weights_only=False)
+        # On the CPU first: RNG and SWP generator states must stay there; load_state_dict moves the rest.
+        state = torch.load(Path(resume_from) / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -173,6 +176,7 @@ def train(config: TrainConfig, report: Report | None = None, *,
         start_epoch = state["epoch"] + 1
 
     metrics: dict = {}
+    probe_warmed = False
     for epoch in range(start_epoch, config.epochs):
         epoch_start = time.perf_counter()
         timer = StepTimer(device, skip=min(config.timing_warmup_steps, data.steps_per_epoch - 1))
@@ -199,8 +203,15 @@ def train(config: TrainConfig, report: Report | None = None, *,
         ratio = 1.0 if config.optimizer.name == "sgd" else float("nan")  # nan: probing switched off
         if probe is not None:
             make_closure = _closure_factory(*probe_batch, device, precision, channels_last, config.label_smoothing)
-            ratio = probe.step_time_ratio(lambda m: make_closure(runner(m) if config.cuda_graphs else m),
-                                          config.probe_steps)
+
+            def probe_closure(m: torch.nn.Module) -> Callable:
+                return make_closure(runner(m) if config.cuda_graphs else m)
+            if config.cuda_graphs and not probe_warmed:  # captures out of the probe's timing, once per run
+                wrappers = [runner(probe.method_model), runner(probe.sgd_model)]
+                quiet = 10 + 4 * (config.optimizer.swp_patterns or 0)
+                probe.warm_up(probe_closure, lambda step: warm_up(step, wrappers, quiet_steps=quiet))
+                probe_warmed = True
+            ratio = probe.step_time_ratio(probe_closure, config.probe_steps)
         synchronize(device)
         epoch_time = time.perf_counter() - epoch_start
         test_acc, test_loss = evaluate(forward, data.test, device, precision, channels_last)

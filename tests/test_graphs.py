@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from esam.dispatch_count import count_ops
-from esam.graphs import GraphedPasses
+from esam.graphs import GraphedPasses, graph_budget, warm_up
 from esam.optim import ESAM, build_optimizer
 from test_optim import closure_for, make_batches, make_cnn, sgd
 
@@ -185,6 +185,31 @@ def test_the_steps_consume_each_pass_before_the_next_replay(name, hparams):
         torch.testing.assert_close(a, b)
 
 
+def test_inputs_that_need_a_gradient_run_eagerly():
+    model, rec = make_cnn(), Recorder()
+    g = GraphedPasses(model, capture=rec)
+    x = torch.randn(4, 3, 8, 8, requires_grad=True)
+    for _ in range(3):
+        g(x).sum().backward()
+    assert rec.captured == [] and x.grad is not None
+
+
+def test_warm_up_runs_until_every_pool_pattern_has_its_graph():
+    model = make_cnn()
+    g = GraphedPasses(model, capture=Recorder(), max_graphs=graph_budget(4))
+    opt = build_optimizer("esam", model.parameters(), sgd(model), rho=0.05, beta=0.5, gamma=0.5, swp_patterns=4,
+                          seed=0, model=model)
+    x, y = make_batches(1)[0]
+    calls = warm_up(lambda: opt.step(closure_for(g, x, y)), [g], quiet_steps=26)
+    assert calls >= 26
+    distinct = len({tuple(row.tolist()) for row in opt._swp_pool})
+    assert g.num_graphs == distinct + 2  # every pool pattern, scoring, descent
+    for _ in range(20):
+        opt.step(closure_for(g, x, y))
+    assert g.num_graphs == distinct + 2
+    assert graph_budget(None) == 16 and graph_budget(40) == 44
+
+
 # --- ESAM's SWP pool --------------------------------------------------------------------------
 
 def _patterns(opt: ESAM, model: nn.Module, steps: int) -> list[tuple[bool, ...]]:
@@ -288,3 +313,16 @@ def test_cuda_graphs_train_like_eager_on_a_gpu():
             assert runner.replays > 0
     for a, b in zip(*results):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_the_probe_warms_up_both_copies_untimed():
+    from esam.probe import InterleavedProbe
+    model = make_cnn()
+
+    def make_opt(name):
+        return lambda m: build_optimizer(name, m.parameters(), sgd(m), **({"rho": 0.05} if name == "sam" else {}))
+    probe = InterleavedProbe(model, make_opt("sam"), make_opt("sgd"), torch.device("cpu"))
+    x, y = make_batches(1)[0]
+    probe.warm_up(lambda m: closure_for(m, x, y), lambda step: [step() for _ in range(3)])
+    assert probe.method_opt.num_steps == 3 and probe.sgd_opt.num_steps == 3
+    assert probe.step_time_ratio(lambda m: closure_for(m, x, y), 2) > 0

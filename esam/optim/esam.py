@@ -145,10 +145,10 @@ class ESAM(SAM):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:  # type: ignore[override]
         super().load_state_dict(state_dict)
-        if "generator" in state_dict:
-            self.generator.set_state(state_dict["generator"])
+        if "generator" in state_dict:  # the CPU, wherever torch.load's map_location put it
+            self.generator.set_state(state_dict["generator"].cpu())
         if state_dict.get("swp_pool") is not None:
             if self._swp_pool is None or state_dict["swp_pool"].shape != self._swp_pool.shape:
                 raise ValueError(f"the state dict holds a pool of {len(state_dict['swp_pool'])} SWP patterns; "
                                  f"this ESAM has swp_patterns={self.swp_patterns} over {len(self._params)} tensors")
-            self._swp_pool = state_dict["swp_pool"].clone()
+            self._swp_pool = state_dict["swp_pool"].cpu().clone()  # on the host: picking a pattern never syncs
