@@ -38,7 +38,7 @@ from torch import nn
 from esam.compiling import compile_model
 from esam.config import COMPILE_MODES
 from esam.dispatch_count import count_ops
-from esam.graphs import GraphedPasses, graph_budget, warm_up
+from esam.graphs import GraphedPasses, graph_budget, warm_up, warm_up_quiet_steps
 from esam.models import build_model
 from esam.optim import build_optimizer, predicted_relative_cost
 
@@ -148,7 +148,7 @@ def run_bench(model: str = "small_cnn", batch_size: int = 128, dtype: str = "fp3
 
     if cuda_graphs:  # untimed: each pass is captured at its second sighting, ESAM's pool patterns late
         for r in runs.values():
-            warm_up(lambda: run_steps(r, 1, record=False), [r["fwd"]], quiet_steps=10 + 4 * (swp_patterns or 0))
+            warm_up(lambda: run_steps(r, 1, record=False), [r["fwd"]], quiet_steps=warm_up_quiet_steps(swp_patterns))
     for rep in range(repeats):
         order = methods[rep % len(methods):] + methods[:rep % len(methods)]
         for label in order:

@@ -144,6 +144,11 @@ def warm_up(step: Callable[[], object], graphed: list[GraphedPasses], quiet_step
     return calls
 
 
+def warm_up_quiet_steps(swp_patterns: int | None) -> int:
+    """Capture-free steps after which warm_up stops: a pool pattern unseen for 4N steps is unlikely."""
+    return 10 + 4 * (swp_patterns or 0)
+
+
 def graph_budget(swp_patterns: int | None) -> int:
     """Graphs a run may need: ESAM's ascent patterns, scoring, descent, and room to spare."""
     return max(16, (swp_patterns or 0) + 4)

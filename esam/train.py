@@ -21,7 +21,7 @@ from esam.compiling import compile_model
 from esam.config import TrainConfig
 from esam.data import build_data
 from esam.errors import ConfigError
-from esam.graphs import GraphedPasses, graph_budget, warm_up
+from esam.graphs import GraphedPasses, graph_budget, warm_up, warm_up_quiet_steps
 from esam.models import build_model
 from esam.optim import build_optimizer
 from esam.probe import InterleavedProbe
@@ -208,7 +208,7 @@ def train(config: TrainConfig, report: Report | None = None, *,
                 return make_closure(runner(m) if config.cuda_graphs else m)
             if config.cuda_graphs and not probe_warmed:  # captures out of the probe's timing, once per run
                 wrappers = [runner(probe.method_model), runner(probe.sgd_model)]
-                quiet = 10 + 4 * (config.optimizer.swp_patterns or 0)
+                quiet = warm_up_quiet_steps(config.optimizer.swp_patterns)
                 probe.warm_up(probe_closure, lambda step: warm_up(step, wrappers, quiet_steps=quiet))
                 probe_warmed = True
             ratio = probe.step_time_ratio(probe_closure, config.probe_steps)

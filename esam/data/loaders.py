@@ -68,7 +68,26 @@ class Normalize:
         return torch.addcmul(self.shift, images.float(), self.scale)
 
 
-class DeviceLoader:
+class _EpochSize:
+    """Batches and samples per epoch: training drops the last partial batch, evaluation keeps it."""
+
+    batch_size: int
+    train: bool
+
+    def _dataset_size(self) -> int:
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        n = self._dataset_size()
+        return n // self.batch_size if self.train else -(-n // self.batch_size)
+
+    @property
+    def num_samples(self) -> int:
+        """Samples yielded per epoch."""
+        return len(self) * self.batch_size if self.train else self._dataset_size()
+
+
+class DeviceLoader(_EpochSize):
     """Batches from a device-resident uint8 dataset.
 
     train=True: a fresh permutation per epoch, full batches only (the last partial batch is
@@ -85,14 +104,8 @@ class DeviceLoader:
         sample_bytes = 4 * images[0].numel()
         self.chunk = batch_size * max(1, CHUNK_BYTES // (sample_bytes * batch_size))
 
-    def __len__(self) -> int:
-        n = len(self.images)
-        return n // self.batch_size if self.train else -(-n // self.batch_size)
-
-    @property
-    def num_samples(self) -> int:
-        """Samples yielded per epoch."""
-        return len(self) * self.batch_size if self.train else len(self.images)
+    def _dataset_size(self) -> int:
+        return len(self.images)
 
     def epoch(self, epoch: int) -> Iterator[Batch]:
         if not self.train:
@@ -129,7 +142,7 @@ class DeviceLoader:
                 yield x[b:b + self.batch_size], y[b:b + self.batch_size]
 
 
-class StreamLoader:
+class StreamLoader(_EpochSize):
     """Batches from a map-style dataset of (uint8 image tensor, label) through a torch DataLoader.
 
     The dataset's transforms do the decoding and geometric augmentation in `num_workers`
@@ -143,13 +156,8 @@ class StreamLoader:
         self.dataset, self.batch_size, self.normalize, self.device = dataset, batch_size, normalize, device
         self.train, self.seed, self.num_workers = train, seed, num_workers
 
-    def __len__(self) -> int:
-        n = len(self.dataset)
-        return n // self.batch_size if self.train else -(-n // self.batch_size)
-
-    @property
-    def num_samples(self) -> int:
-        return len(self) * self.batch_size if self.train else len(self.dataset)
+    def _dataset_size(self) -> int:
+        return len(self.dataset)
 
     def epoch(self, epoch: int) -> Iterator[Batch]:
         loader = torch.utils.data.DataLoader(
