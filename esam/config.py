@@ -7,6 +7,7 @@ naming the field (for example `optimizer.beta`) and the value.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -90,6 +91,13 @@ class TrainConfig:
     checkpoint_every: int = 1  # epochs between checkpoints when a checkpoint dir is given (0: never)
 
 
+def brief(value: Any, limit: int = 60, quote: bool = True) -> str:
+    """`repr(value)` (or str) cut to about `limit` characters: an error message stays one short line."""
+    text = repr(value) if quote else str(value)
+    text = text.encode("unicode_escape").decode("ascii") if not quote else text  # no newline in a key
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
 def _is_optional(tp: Any) -> bool:
     return typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in typing.get_args(tp)
 
@@ -102,17 +110,23 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
         (tp,) = [a for a in typing.get_args(tp) if a is not type(None)]
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
-            raise ConfigError(f"{where} must be a mapping, got {value!r}")
+            raise ConfigError(f"{where} must be a mapping, got {brief(value)}")
         return from_dict(tp, value, where + ".")
     if typing.get_origin(tp) is tuple:
         args = typing.get_args(tp)
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
-            raise ConfigError(f"{where} must be a list of {len(args)} values, got {value!r}")
+            raise ConfigError(f"{where} must be a list of {len(args)} values, got {brief(value)}")
         return tuple(_convert(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+        try:
+            value = float(value)
+        except OverflowError:
+            raise ConfigError(f"{where} must be a finite number, got an integer of {len(str(value))} digits") from None
     if tp in (int, float, str, bool) and (type(value) is not tp):
-        raise ConfigError(f"{where} must be {tp.__name__}, got {value!r}")
+        raise ConfigError(f"{where} must be {tp.__name__}, got {brief(value)}")
+    if tp is float and not math.isfinite(value):
+        # nan slips past every range check (all comparisons are false) and inf breaks the schedule.
+        raise ConfigError(f"{where} must be a finite number, got {value}")
     return value
 
 
@@ -120,9 +134,9 @@ def from_dict(cls: type, values: dict, prefix: str = "") -> Any:
     """Build dataclass `cls` from a (partial) mapping; unknown keys are an error."""
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - names)
+    unknown = sorted((k for k in values if k not in names), key=str)  # YAML keys may be ints or null
     if unknown:
-        raise ConfigError(f"unknown key {prefix}{unknown[0]} (valid: {', '.join(sorted(names))})")
+        raise ConfigError(f"unknown key {prefix}{brief(unknown[0], quote=False)} (valid: {', '.join(sorted(names))})")
     return cls(**{k: _convert(v, hints[k], prefix + k) for k, v in values.items()})
 
 
@@ -143,17 +157,21 @@ def parse_overrides(pairs: list[str] | tuple[str, ...]) -> dict:
     for pair in pairs:
         key, sep, raw = pair.partition("=")
         if not sep or not key.strip():
-            raise ConfigError(f"--set expects key=value, got {pair!r}")
+            raise ConfigError(f"--set expects key=value, got {brief(pair)}")
         try:
-            value = yaml.safe_load(raw) if raw.strip() else None
-        except yaml.YAMLError:
+            value = _load_yaml(raw) if raw.strip() else None
+        except ConfigError as err:
+            raise ConfigError(f"--set {brief(key.strip(), quote=False)}: {err}") from None
+        except (yaml.YAMLError, ValueError):  # not YAML (or an int past Python's digit limit): a string
             value = raw
+        except RecursionError:
+            raise ConfigError(f"--set {brief(key.strip(), quote=False)}: the value is nested too deeply") from None
         node = nested
         *parents, leaf = key.strip().split(".")
         for p in parents:
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
-                raise ConfigError(f"--set {key}: {p} is not a section")
+                raise ConfigError(f"--set {brief(key, quote=False)}: {brief(p, quote=False)} is not a section")
         node[leaf] = value
     return nested
 
@@ -165,22 +183,95 @@ def deep_merge(base: dict, override: dict) -> dict:
     return merged
 
 
+MAX_CONFIG_BYTES = 1_000_000  # configs are a few hundred bytes; this bounds time and memory of a bad file
+MAX_YAML_NODES = 10_000  # scalars, lists and mappings after alias expansion (a config has ~100)
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """SafeLoader that refuses documents whose aliases expand past MAX_YAML_NODES, or loop.
+
+    Anchors and aliases stay legal (sharing a section is ordinary YAML), but a few hundred bytes
+    of nested aliases ("billion laughs") expand to 10**9 values in every later walk: repr, merge,
+    validation. Counting the expansion on the composed node graph (shared nodes counted once per
+    use, memoized) costs time linear in the file, so a bomb is refused in milliseconds.
+    """
+
+    def compose_document(self):  # noqa: D102 - PyYAML's hook between parsing and constructing
+        node = super().compose_document()
+        if node is not None:
+            _expanded_size(node, {}, set())
+        return node
+
+
+def _expanded_size(node: yaml.Node, sizes: dict[int, int], open_nodes: set[int]) -> int:
+    """Nodes under `node` with every alias expanded; ConfigError above the bound or on a cycle."""
+    key = id(node)
+    if key in sizes:
+        return sizes[key]
+    if key in open_nodes:
+        raise ConfigError("a YAML alias refers to a node that contains it (a recursive structure)")
+    open_nodes.add(key)
+    size = 1
+    if isinstance(node, yaml.SequenceNode):
+        children = node.value
+    elif isinstance(node, yaml.MappingNode):
+        children = [n for pair in node.value for n in pair]
+    else:
+        children = []
+    for child in children:
+        size += _expanded_size(child, sizes, open_nodes)
+        if size > MAX_YAML_NODES:
+            raise ConfigError(f"YAML aliases expand to more than {MAX_YAML_NODES} values (refused: an alias bomb?)")
+    open_nodes.discard(key)
+    sizes[key] = size
+    return size
+
+
+def _load_yaml(text: str) -> Any:
+    """yaml.safe_load with the expansion bound of _BoundedLoader."""
+    loader = _BoundedLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
 def read_yaml(path: str | Path) -> dict:
+    """A YAML config file's top-level mapping; any problem with the file is one ConfigError line."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
+        raise ConfigError(f"config file not found: {brief(str(path), 200, quote=False)}")
     try:
-        data = yaml.safe_load(path.read_text())
+        with path.open("rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)  # never more, whatever the file claims to be
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read ({err.strerror or type(err).__name__})") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: larger than {MAX_CONFIG_BYTES} bytes, not an esam config")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {err.start})") from None
+    try:
+        data = _load_yaml(text)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark else ""
         raise ConfigError(f"{path}: not valid YAML{at}") from None
+    except ValueError as err:  # e.g. an integer longer than Python's 4300-digit limit
+        raise ConfigError(f"{path}: not a valid config value ({brief(str(err), 100, quote=False)})") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping, got {type(data).__name__}")
     return data
 
+
+MAX_SEED = 2**32 - 1  # numpy's and Optuna's seed range; torch accepts it too
 
 _CHOICES = {
     "schedule": ("cosine", "onecycle", "constant"),
@@ -205,27 +296,29 @@ def validate(config: TrainConfig) -> TrainConfig:
         if get(path) not in choices:
             if path == "precision" and get(path) == "fp16":
                 raise ConfigError("precision: fp16 needs a GradScaler, which SAM/ESAM steps do not support; use bf16")
-            raise ConfigError(f"{path}: unknown value {get(path)!r} (valid: {', '.join(choices)})")
+            raise ConfigError(f"{path}: unknown value {brief(get(path))} (valid: {', '.join(choices)})")
     positive = ["epochs", "batch_size", "eval_batch_size", "data.synthetic_size", "data.synthetic_classes"]
     for path in positive:
         if get(path) <= 0:
-            raise ConfigError(f"{path} must be positive, got {get(path)!r}")
+            raise ConfigError(f"{path} must be positive, got {brief(get(path))}")
     non_negative = ["optimizer.lr", "optimizer.momentum", "optimizer.weight_decay", "optimizer.rho",
                     "warmup_epochs", "timing_warmup_steps", "probe_steps", "checkpoint_every",
                     "data.crop_padding", "data.cutout", "data.num_workers"]
     for path in non_negative:
         if get(path) < 0:
-            raise ConfigError(f"{path} must be >= 0, got {get(path)!r}")
+            raise ConfigError(f"{path} must be >= 0, got {brief(get(path))}")
     for path in ("optimizer.beta", "optimizer.gamma"):
         if not 0.0 < get(path) <= 1.0:
-            raise ConfigError(f"{path} must be in (0, 1], got {get(path)!r}")
+            raise ConfigError(f"{path} must be in (0, 1], got {brief(get(path))}")
     for path in ("label_smoothing", "data.cutout_prob"):
         if not 0.0 <= get(path) <= 1.0:
-            raise ConfigError(f"{path} must be in [0, 1], got {get(path)!r}")
+            raise ConfigError(f"{path} must be in [0, 1], got {brief(get(path))}")
     for path in ("data.train_limit", "data.test_limit", "data.image_size", "threads", "optimizer.max_grad_norm",
                  "optimizer.swp_patterns"):
         if get(path) is not None and get(path) <= 0:
-            raise ConfigError(f"{path} must be positive or null, got {get(path)!r}")
+            raise ConfigError(f"{path} must be positive or null, got {brief(get(path))}")
+    if not 0 <= config.seed <= MAX_SEED:
+        raise ConfigError(f"seed must be in [0, {MAX_SEED}], got {brief(config.seed)}")
     if config.cuda_graphs and config.compile:
         raise ConfigError("cuda_graphs and compile are both true: choose one")
     if config.cuda_graphs and config.device == "cpu":

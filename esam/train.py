@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import pickle
 import time
 from pathlib import Path
 from typing import Callable
@@ -20,7 +21,7 @@ import torch.nn.functional as F
 from esam.compiling import compile_model
 from esam.config import TrainConfig
 from esam.data import build_data
-from esam.errors import ConfigError
+from esam.errors import ConfigError, DataError
 from esam.graphs import GraphedPasses, graph_budget, warm_up, warm_up_quiet_steps
 from esam.models import build_model
 from esam.optim import build_optimizer
@@ -115,6 +116,49 @@ def _save_checkpoint(directory: Path, state: dict) -> None:
     os.replace(tmp, directory / CHECKPOINT_FILE)  # atomic: a crash never leaves half a checkpoint
 
 
+_CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "rng_cpu", "epoch")
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """A checkpoint's state dict, read without running code: tensors and plain containers only.
+
+    Shared storage (results_dir on a cluster) lets others replace checkpoints; a full unpickler
+    would run whatever a crafted file asks for. A refused, cut or corrupt file is a DataError.
+    """
+    path = Path(path)
+    try:
+        # On the CPU first: RNG and SWP generator states must stay there; load_state_dict moves the rest.
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise DataError(f"checkpoint {path} is not a plain esam checkpoint "
+                        "(refused: loading it would run code)") from None
+    except Exception as err:  # noqa: BLE001 - zip, EOF, magic-number and key errors of a cut or corrupt file
+        raise DataError(f"checkpoint {path} is truncated or corrupt ({_first_line(err)})") from None
+    if not isinstance(state, dict) or any(k not in state for k in _CHECKPOINT_KEYS):
+        raise DataError(f"checkpoint {path} is not an esam checkpoint (expected keys {', '.join(_CHECKPOINT_KEYS)})")
+    return state
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return (text.splitlines()[0][:160] if text else "") or type(err).__name__
+
+
+def _restore(state: dict, path: Path, model, optimizer, scheduler, device: torch.device) -> int:
+    """Load a checkpoint's states into the run; returns the first epoch still to train."""
+    try:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng_cpu"])
+        if device.type == "cuda" and state.get("rng_cuda") is not None:
+            torch.cuda.set_rng_state(state["rng_cuda"], device)
+        return int(state["epoch"]) + 1
+    except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as err:
+        # A checkpoint of another model or optimizer: torch's multi-line report becomes one line.
+        raise DataError(f"checkpoint {path} does not fit this config: {_first_line(err)}") from None
+
+
 def train(config: TrainConfig, report: Report | None = None, *,
           checkpoint_dir: str | Path | None = None, resume_from: str | Path | None = None) -> dict:
     """Train `config.model` on `config.data` with `config.optimizer`; return the last epoch's metrics.
@@ -165,15 +209,8 @@ def train(config: TrainConfig, report: Report | None = None, *,
 
     start_epoch = 0
     if resume_from is not None:
-        # On the CPU first: RNG and SWP generator states must stay there; load_state_dict moves the rest.
-        state = torch.load(Path(resume_from) / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng_cpu"])
-        if device.type == "cuda" and state.get("rng_cuda") is not None:
-            torch.cuda.set_rng_state(state["rng_cuda"], device)
-        start_epoch = state["epoch"] + 1
+        path = Path(resume_from) / CHECKPOINT_FILE
+        start_epoch = _restore(load_checkpoint(path), path, model, optimizer, scheduler, device)
 
     metrics: dict = {}
     probe_warmed = False
