@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from esam.config import (OptimizerConfig, TrainConfig, deep_merge, from_dict, parse_overrides, read_yaml,
-                         train_config_from_dict)
+from esam.config import (MAX_SEED, OptimizerConfig, TrainConfig, brief, deep_merge, from_dict, parse_overrides,
+                         read_yaml, train_config_from_dict)
 from esam.errors import ConfigError
 
 # Metrics that train() reports every epoch: the only valid objectives.
@@ -108,21 +108,21 @@ def _validate_space(space: Any) -> None:
     for name, spec in space.items():
         if name not in searchable:
             hint = "is not searchable" if name in optimizer_fields else "is no optimizer field"
-            raise ConfigError(f"space.{name} {hint} (searchable: {', '.join(sorted(searchable))})")
+            raise ConfigError(f"space.{brief(name, quote=False)} {hint} (searchable: {', '.join(sorted(searchable))})")
         if not isinstance(spec, dict):
-            raise ConfigError(f"space.{name} must be a mapping like {{low: 0.1, high: 1.0}}, got {spec!r}")
+            raise ConfigError(f"space.{name} must be a mapping like {{low: 0.1, high: 1.0}}, got {brief(spec)}")
         p = from_dict(ParamSpace, spec, f"space.{name}.")
         if name in _CHOICE_PARAMS:
             valid = _CHOICE_PARAMS[name]
             if not p.choices or any(c not in valid for c in p.choices):
-                raise ConfigError(f"space.{name}.choices must be a non-empty list from {', '.join(valid)}, got {p.choices!r}")
+                raise ConfigError(f"space.{name}.choices must be a non-empty list from {', '.join(valid)}, got {brief(p.choices)}")
             continue
         if p.choices is not None:
             raise ConfigError(f"space.{name}: use low/high, not choices")
         for end in ("low", "high"):
             value = getattr(p, end)
             if not isinstance(value, (int, float)) or isinstance(value, bool):
-                raise ConfigError(f"space.{name}.{end} must be a number, got {value!r}")
+                raise ConfigError(f"space.{name}.{end} must be a number, got {brief(value)}")
         if not p.low < p.high:
             raise ConfigError(f"space.{name}: empty or inverted range low={p.low} high={p.high}")
         lo, hi = _BOUNDS[name]
@@ -135,36 +135,41 @@ def _validate_space(space: Any) -> None:
 
 def validate_search(cfg: SearchConfig) -> SearchConfig:
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", cfg.name):
-        raise ConfigError(f"name must be letters, digits, '_', '-', '.', got {cfg.name!r}")
+        raise ConfigError(f"name must be letters, digits, '_', '-', '.', got {brief(cfg.name)}")
     _validate_space(cfg.space)
     objectives = cfg.objectives
     if not isinstance(objectives, list) or len(objectives) != 2:
         raise ConfigError("objectives must list exactly two entries: an accuracy metric and a throughput metric")
+    for i, o in enumerate(objectives):
+        if not isinstance(o, dict):
+            raise ConfigError(f"objectives[{i}] must be a mapping {{metric: ..., mode: max|min}}, got {brief(o)}")
     for i, o in enumerate(cfg.objective_list):
         if o.metric not in METRICS:
-            raise ConfigError(f"objectives[{i}].metric {o.metric!r} names no metric (valid: {', '.join(METRICS)})")
+            raise ConfigError(f"objectives[{i}].metric {brief(o.metric)} names no metric (valid: {', '.join(METRICS)})")
         if o.mode not in ("max", "min"):
-            raise ConfigError(f"objectives[{i}].mode must be max or min, got {o.mode!r}")
+            raise ConfigError(f"objectives[{i}].mode must be max or min, got {brief(o.mode)}")
     if cfg.train.probe_steps == 0 and {o.metric for o in cfg.objective_list} & {"speed_vs_sgd", "step_time_vs_sgd"}:
         raise ConfigError("train.probe_steps is 0, so speed_vs_sgd is not measured: raise it or choose another objective")
     if cfg.sampler.name not in SAMPLERS:
-        raise ConfigError(f"sampler.name: unknown sampler {cfg.sampler.name!r} (valid: {', '.join(SAMPLERS)})")
+        raise ConfigError(f"sampler.name: unknown sampler {brief(cfg.sampler.name)} (valid: {', '.join(SAMPLERS)})")
+    if not 0 <= cfg.sampler.seed <= MAX_SEED:
+        raise ConfigError(f"sampler.seed must be in [0, {MAX_SEED}], got {brief(cfg.sampler.seed)}")
     if cfg.sampler.population_size is not None and cfg.sampler.population_size < 2:
-        raise ConfigError(f"sampler.population_size must be >= 2, got {cfg.sampler.population_size}")
+        raise ConfigError(f"sampler.population_size must be >= 2, got {brief(cfg.sampler.population_size)}")
     for key in ("trials", "concurrency"):
         if getattr(cfg, key) < 1:
-            raise ConfigError(f"{key} must be >= 1, got {getattr(cfg, key)}")
+            raise ConfigError(f"{key} must be >= 1, got {brief(getattr(cfg, key))}")
     if cfg.max_failures < 0:
-        raise ConfigError(f"max_failures must be >= 0, got {cfg.max_failures}")
+        raise ConfigError(f"max_failures must be >= 0, got {brief(cfg.max_failures)}")
     if cfg.resources.cpu <= 0 or cfg.resources.gpu < 0:
         raise ConfigError(f"resources: cpu must be > 0 and gpu >= 0, got cpu={cfg.resources.cpu} gpu={cfg.resources.gpu}")
     if not isinstance(cfg.references, list) or any(r not in REFERENCES for r in cfg.references):
-        raise ConfigError(f"references must be a list from {', '.join(REFERENCES)}, got {cfg.references!r}")
+        raise ConfigError(f"references must be a list from {', '.join(REFERENCES)}, got {brief(cfg.references)}")
     from esam.models import MODELS
     if cfg.train.model not in MODELS:
-        raise ConfigError(f"train.model: unknown model {cfg.train.model!r} (valid: {', '.join(sorted(MODELS))})")
+        raise ConfigError(f"train.model: unknown model {brief(cfg.train.model)} (valid: {', '.join(sorted(MODELS))})")
     if cfg.train.optimizer.name != "esam":
-        raise ConfigError(f"train.optimizer.name must be esam in a search, got {cfg.train.optimizer.name!r}")
+        raise ConfigError(f"train.optimizer.name must be esam in a search, got {brief(cfg.train.optimizer.name)}")
     return cfg
 
 
@@ -173,7 +178,7 @@ def load_search_config(path: str | Path, overrides: list[str] | tuple[str, ...] 
     values = deep_merge(read_yaml(path), parse_overrides(overrides))
     train_values = values.pop("train", {}) or {}
     if not isinstance(train_values, dict):
-        raise ConfigError(f"train must be a mapping, got {train_values!r}")
+        raise ConfigError(f"train must be a mapping, got {brief(train_values)}")
     try:
         train = train_config_from_dict(train_values)
     except ConfigError as err:
