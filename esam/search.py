@@ -18,6 +18,7 @@ from typing import Callable
 from esam import tracking
 from esam.config import to_dict
 from esam.errors import ConfigError
+from esam.local_ray import init_ray
 from esam.pareto_report import format_table, update_pareto
 from esam.search_config import SearchConfig
 
@@ -87,19 +88,6 @@ def _read_state(directory: Path) -> dict:
 def _write_state(directory: Path, state: dict) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     (directory / STATE_FILE).write_text(json.dumps(state, indent=2))
-
-
-def _init_ray(address: str | None) -> bool:
-    """Join `address` (or $RAY_ADDRESS) or start a local Ray; True when this call started it."""
-    import ray
-    if ray.is_initialized():
-        return False
-    # Quiet terminal: our Progress callback prints one line per trial; Ray's tables would drown it.
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
-             configure_logging=True)
-    return True
 
 
 def _tuner(cfg: SearchConfig, experiment: str, param_space: dict, tune_config, callbacks, restore: bool):
@@ -179,7 +167,7 @@ def run_search(cfg: SearchConfig, *, address: str | None = None, echo: Callable[
          f"{cfg.concurrency} at a time; MLflow run {parent} at {uri}")
 
     params_of = functools.partial(trial_params, resolved["train"]["optimizer"])
-    started_ray = _init_ray(address)
+    started_ray = init_ray(address)
     status = "FAILED"
     try:
         if cfg.references:
