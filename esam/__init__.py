@@ -11,6 +11,6 @@ __all__ = ["ESAM", "SAM", "Plain", "train", "__version__"]
 
 def __getattr__(name: str):
     if name == "train":  # imported lazily: the optimizers need no models or data
-        from esam.train import train
+        from esam.training.trainer import train
         return train
     raise AttributeError(f"module 'esam' has no attribute {name!r}")

@@ -33,7 +33,7 @@ def _print_epoch(metrics: dict, _saved) -> None:
 
 def cmd_train(args) -> int:
     from esam.config import load_train_config
-    from esam.train import train
+    from esam.training.trainer import train
 
     config = load_train_config(args.config, args.set)
     o = config.optimizer
@@ -52,8 +52,8 @@ def cmd_train(args) -> int:
 
 
 def cmd_search(args) -> int:
-    from esam.search import run_search
-    from esam.search_config import load_search_config
+    from esam.search.runner import run_search
+    from esam.search.config import load_search_config
 
     path = Path(args.config) if args.config else default_search_config()
     cfg = load_search_config(path, args.set)
@@ -69,13 +69,13 @@ def cmd_search(args) -> int:
 
 
 def _client(args):
-    from esam import tracking
+    from esam.search import tracking
     return tracking.connect(tracking.tracking_uri(args.tracking_uri))
 
 
 def cmd_pareto(args) -> int:
-    from esam.export import objectives_of, resolve_search, search_config_of
-    from esam.pareto_report import format_table, update_pareto
+    from esam.search.export import objectives_of, resolve_search, search_config_of
+    from esam.search.pareto_report import format_table, update_pareto
 
     client = _client(args)
     parent = resolve_search(client, args.experiment, args.search)
@@ -89,7 +89,7 @@ def cmd_pareto(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from esam.export import export_config, resolve_search
+    from esam.search.export import export_config, resolve_search
 
     client = _client(args)
     parent = resolve_search(client, args.experiment, args.search)
@@ -149,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["bench"]:  # the benchmark has its own options
-        from esam.bench import main as bench
+        from esam.perf.bench import main as bench
         try:
             return bench(argv[1:])
         except ValueError as err:  # bad settings, e.g. an unknown model or dtype

@@ -27,10 +27,10 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from esam.config import DataConfig, train_config_from_dict  # noqa: E402
 from esam.data import build_data  # noqa: E402
-from esam.dispatch_count import count_ops  # noqa: E402
+from esam.perf.dispatch_count import count_ops  # noqa: E402
 from esam.models import build_model  # noqa: E402
-from esam.timing import synchronize  # noqa: E402
-from esam.train import evaluate, train  # noqa: E402
+from esam.training.timing import synchronize  # noqa: E402
+from esam.training.trainer import evaluate, train  # noqa: E402
 
 
 def main(argv=None) -> int:

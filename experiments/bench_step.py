@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # a bare checkout, no install needed
-from esam.bench import main  # noqa: E402
+from esam.perf.bench import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -19,12 +19,12 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from esam.bench import _closure  # noqa: E402
+from esam.perf.bench import _closure  # noqa: E402
 from esam.config import train_config_from_dict  # noqa: E402
-from esam.graphs import GraphedPasses  # noqa: E402
+from esam.training.cuda_graphs import GraphedPasses  # noqa: E402
 from esam.models import build_model  # noqa: E402
 from esam.optim import build_optimizer  # noqa: E402
-from esam.train import train  # noqa: E402
+from esam.training.trainer import train  # noqa: E402
 
 METHODS = {"SGD": ("sgd", {}), "SAM": ("sam", {"rho": 0.05}),
            "ESAM paper, pool 4": ("esam", {"rho": 0.05, "score": "loss_rise", "swp_patterns": 4}),

@@ -24,7 +24,7 @@ def trial(config: dict, base: dict) -> None:
     from ray import tune
 
     from esam.config import train_config_from_dict
-    from esam.train import train
+    from esam.training.trainer import train
     train(train_config_from_dict(base), lambda m, _: tune.report(m))
 
 

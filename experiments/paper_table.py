@@ -23,7 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # runnable from a bare checkout
 
 from esam.config import train_config_from_dict  # noqa: E402
-from esam.train import train  # noqa: E402
+from esam.training.trainer import train  # noqa: E402
 
 METHODS = {
     "SGD": {"name": "sgd"},
@@ -52,7 +52,7 @@ def log_to_mlflow(name: str, config, history: list[dict]) -> str | None:
     except ImportError:
         return None
     from esam.config import to_dict
-    from esam.tracking import flatten, provenance
+    from esam.search.tracking import flatten, provenance
     mlflow.set_experiment("esam-paper-table")
     with mlflow.start_run(run_name=name) as run:
         mlflow.set_tags(provenance())

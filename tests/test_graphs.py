@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from esam.dispatch_count import count_ops
-from esam.graphs import GraphedPasses, graph_budget, warm_up
+from esam.perf.dispatch_count import count_ops
+from esam.training.cuda_graphs import GraphedPasses, graph_budget, warm_up
 from esam.optim import ESAM, build_optimizer
 from test_optim import closure_for, make_batches, make_cnn, sgd
 
@@ -316,7 +316,7 @@ def test_cuda_graphs_train_like_eager_on_a_gpu():
 
 
 def test_the_probe_warms_up_both_copies_untimed():
-    from esam.probe import InterleavedProbe
+    from esam.training.speed_probe import InterleavedProbe
     model = make_cnn()
 
     def make_opt(name):

@@ -432,7 +432,7 @@ def test_ddp_single_process(tmp_path):
 # --- the benchmark's quick path ------------------------------------------------------------------------------------
 
 def test_bench_step_runs():
-    from esam import bench
+    from esam.perf import bench
     settings = dict(model="small_cnn", batch_size=8, device="cpu", repeats=1, steps=1, warmup=0, dtype="fp32",
                     channels_last=False, compile=False, rho=0.05, beta=0.6, gamma=0.5)
     rows = bench.run_bench(**settings)

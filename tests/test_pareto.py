@@ -3,7 +3,7 @@ import random
 
 import pytest
 
-from esam.pareto import dominates, pareto_front, pick
+from esam.search.pareto import dominates, pareto_front, pick
 
 OBJ = [("acc", "max"), ("speed", "max")]
 
@@ -55,7 +55,7 @@ def test_picks():
 
 
 def test_report_table_and_plots(tmp_path):
-    from esam.pareto_report import _plot_html, _plot_png, format_table, front_of
+    from esam.search.pareto_report import _plot_html, _plot_png, format_table, front_of
 
     def run(i, acc, speed, kind="trial", status="FINISHED", **extra):
         return {"run_id": f"run{i:02d}" + "x" * 20, "name": f"t{i}", "kind": kind, "status": status,

@@ -11,7 +11,7 @@ from mlflow.tracking import MlflowClient
 from esam import ESAM
 from esam.cli import default_search_config, main
 from esam.config import load_train_config
-from esam.pareto import dominates
+from esam.search.pareto import dominates
 
 pytestmark = pytest.mark.slow
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from esam.config import train_config_from_dict
-from esam.train import train
+from esam.training.trainer import train
 
 QUICK = {"model": "small_cnn", "epochs": 2, "batch_size": 64, "probe_steps": 2, "timing_warmup_steps": 1,
          "data": {"name": "digits", "crop_padding": 1, "flip": False, "cutout": 0, "train_limit": 512, "test_limit": 256}}
@@ -66,8 +66,8 @@ def test_diverging_loss_raises():
 
 
 def test_train_knows_nothing_of_ray():
-    import esam.train
-    source = open(esam.train.__file__).read()
+    import esam.training.trainer
+    source = open(esam.training.trainer.__file__).read()
     assert "import ray" not in source and "from ray" not in source and "mlflow" not in source
 
 

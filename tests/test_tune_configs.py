@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from esam.search_config import load_search_config
+from esam.search.config import load_search_config
 
 CONFIGS = sorted((Path(__file__).resolve().parent.parent / "tune_configs").glob("*.yaml"))
 
@@ -26,7 +26,8 @@ def test_config_validates_and_opens_with_how_to_run(path):
 def test_readme_documents_every_config_key():
     import dataclasses
 
-    from esam import config, search_config
+    from esam import config
+    from esam.search import config as search_config
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     classes = [config.TrainConfig, config.DataConfig, config.OptimizerConfig, search_config.SearchConfig,
                search_config.ParamSpace, search_config.Objective, search_config.SamplerConfig,

@@ -18,16 +18,16 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from esam.compiling import compile_model
+from esam.training.compiling import compile_model
 from esam.config import TrainConfig
 from esam.data import build_data
 from esam.errors import ConfigError, DataError
-from esam.graphs import GraphedPasses, graph_budget, warm_up, warm_up_quiet_steps
+from esam.training.cuda_graphs import GraphedPasses, graph_budget, warm_up, warm_up_quiet_steps
 from esam.models import build_model
 from esam.optim import build_optimizer
-from esam.probe import InterleavedProbe
-from esam.schedule import lr_multiplier
-from esam.timing import StepTimer, synchronize
+from esam.training.speed_probe import InterleavedProbe
+from esam.training.schedule import lr_multiplier
+from esam.training.timing import StepTimer, synchronize
 
 Report = Callable[[dict, "Path | None"], None]
 CHECKPOINT_FILE = "checkpoint.pt"

@@ -15,8 +15,8 @@ import math
 import tempfile
 from pathlib import Path
 
-from esam.pareto import PICKS, pareto_front, pick
-from esam.tracking import run_summary, trial_runs
+from esam.search.pareto import PICKS, pareto_front, pick
+from esam.search.tracking import run_summary, trial_runs
 
 TABLE_COLUMNS = ("test_acc", "images_per_s", "speed_vs_sgd", "relative_cost", "rho", "beta", "gamma", "score", "run_id")
 

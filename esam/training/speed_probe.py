@@ -14,7 +14,7 @@ from typing import Callable
 
 import torch
 
-from esam.timing import synchronize
+from esam.training.timing import synchronize
 
 
 class InterleavedProbe:

@@ -15,12 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from esam import tracking
+from esam.search import tracking
 from esam.config import to_dict
 from esam.errors import ConfigError
-from esam.local_ray import init_ray
-from esam.pareto_report import format_table, update_pareto
-from esam.search_config import SearchConfig
+from esam.search.local_ray import init_ray
+from esam.search.pareto_report import format_table, update_pareto
+from esam.search.config import SearchConfig
 
 STATE_FILE = "search.json"
 
@@ -93,7 +93,7 @@ def _write_state(directory: Path, state: dict) -> None:
 def _tuner(cfg: SearchConfig, experiment: str, param_space: dict, tune_config, callbacks, restore: bool):
     from ray import tune
 
-    from esam.trial import run_trial
+    from esam.search.trial import run_trial
 
     threads = max(1, int(cfg.resources.cpu))
     trainable = tune.with_resources(
@@ -141,8 +141,8 @@ def run_search(cfg: SearchConfig, *, address: str | None = None, echo: Callable[
     """Run (or continue) the search `cfg.name` and return its Pareto front."""
     from ray import tune
 
-    from esam.callbacks import MlflowTrialRuns, Progress
-    from esam.trial import trial_params
+    from esam.search.callbacks import MlflowTrialRuns, Progress
+    from esam.search.trial import trial_params
 
     import optuna
     optuna.logging.set_verbosity(optuna.logging.WARNING)

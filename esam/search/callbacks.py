@@ -7,7 +7,7 @@ from typing import Callable
 
 from ray import tune
 
-from esam import tracking
+from esam.search import tracking
 
 
 def error_line(trial) -> str:

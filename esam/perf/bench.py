@@ -35,10 +35,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from esam.compiling import compile_model
+from esam.training.compiling import compile_model
 from esam.config import COMPILE_MODES
-from esam.dispatch_count import count_ops
-from esam.graphs import GraphedPasses, graph_budget, warm_up, warm_up_quiet_steps
+from esam.perf.dispatch_count import count_ops
+from esam.training.cuda_graphs import GraphedPasses, graph_budget, warm_up, warm_up_quiet_steps
 from esam.models import build_model
 from esam.optim import build_optimizer, predicted_relative_cost
 

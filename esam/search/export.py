@@ -12,12 +12,12 @@ from pathlib import Path
 
 import yaml
 
-from esam import tracking
+from esam.search import tracking
 from esam.config import deep_merge, to_dict, train_config_from_dict
 from esam.errors import ConfigError
-from esam.pareto import pick
-from esam.pareto_report import collect
-from esam.search_config import SEARCHABLE
+from esam.search.pareto import pick
+from esam.search.pareto_report import collect
+from esam.search.config import SEARCHABLE
 
 METRICS = ("test_acc", "images_per_s", "speed_vs_sgd", "step_time_vs_sgd", "relative_cost", "train_loss", "test_loss")
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from ray import tune
 
 from esam.config import train_config_from_dict
-from esam.train import train
+from esam.training.trainer import train
 
 
 def trial_overrides(trial_config: dict) -> dict:

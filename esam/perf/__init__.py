@@ -1,0 +1,1 @@
+"""Measuring tools: the step benchmark and the operator counter."""

@@ -1,0 +1,1 @@
+"""The search: Ray Tune runs trials, Optuna proposes settings, MLflow records them."""

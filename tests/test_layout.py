@@ -1,0 +1,51 @@
+"""The package layout is the architecture: the training core never reaches the search side or its libraries."""
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import esam
+
+ROOT = Path(esam.__file__).resolve().parent
+CORE = ("config.py", "errors.py", "optim", "models", "data", "training")
+SEARCH_LIBRARIES = ("ray", "optuna", "mlflow")
+
+
+def _imports(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+            names.update(f"{node.module}.{a.name}" for a in node.names)
+    return names
+
+
+def test_core_imports_neither_the_search_side_nor_the_tools():
+    for part in CORE:
+        for path in [ROOT / part] if part.endswith(".py") else sorted((ROOT / part).rglob("*.py")):
+            bad = {n for n in _imports(path) if n.startswith(("esam.search", "esam.perf", "esam.cli"))
+                   or n.split(".")[0] in SEARCH_LIBRARIES}
+            assert not bad, f"{path.relative_to(ROOT)} imports {sorted(bad)}"
+
+
+def test_core_in_a_fresh_interpreter_loads_no_search_library():
+    code = ("import sys, esam, esam.config, esam.optim, esam.models, esam.data, esam.training.trainer, "
+            "esam.training.cuda_graphs, esam.training.compiling, esam.training.speed_probe; "
+            "from esam import train; "
+            f"print(sorted(m for m in {SEARCH_LIBRARIES!r} if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_the_function_train_is_not_shadowed_by_a_module():
+    code = ("import esam.training.trainer, esam.search.trial\n"  # import what used to shadow esam.train
+            "from esam import train\n"
+            "from esam.config import train_config_from_dict\n"
+            "cfg = train_config_from_dict({'epochs': 1, 'probe_steps': 0, 'optimizer': {'name': 'sgd'},\n"
+            "    'data': {'name': 'synthetic', 'synthetic_size': 64, 'synthetic_shape': [1, 8, 8]}, 'batch_size': 32})\n"
+            "import esam; assert esam.train is train and callable(train)\n"
+            "print(train(cfg)['epoch'])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "1", out.stderr[-2000:]
