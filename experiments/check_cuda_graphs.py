@@ -4,10 +4,10 @@
 
 For SGD, SAM and ESAM (an SWP pool of 4 patterns, both SDS rules), two copies of one model take the
 same steps on the same batches (bf16, channels_last): one eagerly, one through
-esam.graphs.GraphedPasses. Printed per method: the largest parameter difference relative to the
+esam.training.cuda_graphs.GraphedPasses. Printed per method: the largest parameter difference relative to the
 parameter's norm, and how many passes were replayed from graphs. Graph replays run the same kernels,
 so differences come only from nondeterministic kernels (atomics in weight gradients). Then
-esam.train runs two epochs of synthetic data with `cuda_graphs: true`. Exit 1 on a mismatch.
+esam.train() runs two epochs of synthetic data with `cuda_graphs: true`. Exit 1 on a mismatch.
 """
 from __future__ import annotations
 
@@ -19,16 +19,15 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from esam.perf.bench import _closure  # noqa: E402
-from esam.config import train_config_from_dict  # noqa: E402
+from esam.config import OptimizerConfig, train_config_from_dict  # noqa: E402
 from esam.training.cuda_graphs import GraphedPasses  # noqa: E402
 from esam.models import build_model  # noqa: E402
-from esam.optim import build_optimizer  # noqa: E402
+from esam.training.step import build_step_optimizer, loss_closure  # noqa: E402
 from esam.training.trainer import train  # noqa: E402
 
-METHODS = {"SGD": ("sgd", {}), "SAM": ("sam", {"rho": 0.05}),
-           "ESAM paper, pool 4": ("esam", {"rho": 0.05, "score": "loss_rise", "swp_patterns": 4}),
-           "ESAM clean_loss, pool 4": ("esam", {"rho": 0.05, "score": "clean_loss", "swp_patterns": 4})}
+METHODS = {"SGD": OptimizerConfig(name="sgd"), "SAM": OptimizerConfig(name="sam", rho=0.05),
+           "ESAM paper, pool 4": OptimizerConfig(name="esam", rho=0.05, score="loss_rise", swp_patterns=4),
+           "ESAM clean_loss, pool 4": OptimizerConfig(name="esam", rho=0.05, score="clean_loss", swp_patterns=4)}
 
 
 def main(argv=None) -> int:
@@ -38,7 +37,7 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=12)
     p.add_argument("--tolerance", type=float, default=1e-2, help="largest relative parameter difference allowed")
     p.add_argument("--cpu-standin", action="store_true",
-                   help="try this script on the CPU: an eager stand-in replaces the capture, esam.train is skipped")
+                   help="try this script on the CPU: an eager stand-in replaces the capture, esam.train() is skipped")
     args = p.parse_args(argv)
     standin = args.cpu_standin
     if not torch.cuda.is_available() and not standin:
@@ -56,16 +55,14 @@ def main(argv=None) -> int:
     device_name = "CPU stand-in" if standin else torch.cuda.get_device_name(dev)
     print(f"{args.model}, batch {args.batch_size}, bf16, {device_name}, torch {torch.__version__}")
     print("| method | max relative parameter difference | graphs | replayed passes |\n|---|---|---|---|")
-    for label, (name, hparams) in METHODS.items():
+    for label, settings in METHODS.items():
         params, runner = [], None
         for graphed in (False, True):
             net = copy.deepcopy(initial)
-            base = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
-            extra = {"model": net, "seed": 0} if name == "esam" else {"model": net} if name == "sam" else {}
-            opt = build_optimizer(name, net.parameters(), base, **hparams, **extra)
+            opt = build_step_optimizer(net, settings, seed=0)
             runner = graphs(net) if graphed else net
             for x, y in batches:
-                opt.step(_closure(runner, x, y, bf16=True, channels_last=True))
+                opt.step(loss_closure(runner, x, y, precision="bf16", channels_last=True))
             if not standin:
                 torch.cuda.synchronize()
             params.append([q.detach().float() for q in net.parameters()])
@@ -81,7 +78,7 @@ def main(argv=None) -> int:
                                   "optimizer": {"name": "esam", "swp_patterns": 4}})
     train(cfg, lambda m, _: history.append(m))
     for m in history:
-        print(f"esam.train with cuda_graphs, epoch {m['epoch']}: train_loss {m['train_loss']:.3f}, "
+        print(f"train() with cuda_graphs, epoch {m['epoch']}: train_loss {m['train_loss']:.3f}, "
               f"{m['images_per_s']:,.0f} img/s, speed_vs_sgd {m['speed_vs_sgd']:.3f}")
     ok &= all(torch.isfinite(torch.tensor(m["train_loss"])) for m in history)
     print("OK" if ok else "MISMATCH")

@@ -16,18 +16,20 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from esam.models import build_model  # noqa: E402
-from esam.optim import build_optimizer  # noqa: E402
+from esam.config import OptimizerConfig  # noqa: E402
+from esam.training.step import build_step_optimizer, loss_closure  # noqa: E402
 
+# Base SGD: lr 0.05, momentum 0.9, no weight decay (as profiled before); rho 0.05.
+_SGD = dict(lr=0.05, momentum=0.9, weight_decay=0.0, rho=0.05)
 VARIANTS = {
-    "SAM": ("sam", {}),
-    "ESAM b0.6 g0.5 loss_rise": ("esam", {"beta": 0.6, "gamma": 0.5, "score": "loss_rise"}),
-    "ESAM b1.0 g0.5 loss_rise (SDS only)": ("esam", {"beta": 1.0, "gamma": 0.5, "score": "loss_rise"}),
-    "ESAM b0.6 g1.0 (SWP only)": ("esam", {"beta": 0.6, "gamma": 1.0}),
-    "ESAM b1.0 g0.5 clean_loss": ("esam", {"beta": 1.0, "gamma": 0.5, "score": "clean_loss"}),
+    "SAM": OptimizerConfig(name="sam", **_SGD),
+    "ESAM b0.6 g0.5 loss_rise": OptimizerConfig(name="esam", beta=0.6, gamma=0.5, score="loss_rise", **_SGD),
+    "ESAM b1.0 g0.5 loss_rise (SDS only)": OptimizerConfig(name="esam", beta=1.0, gamma=0.5, score="loss_rise", **_SGD),
+    "ESAM b0.6 g1.0 (SWP only)": OptimizerConfig(name="esam", beta=0.6, gamma=1.0, **_SGD),
+    "ESAM b1.0 g0.5 clean_loss": OptimizerConfig(name="esam", beta=1.0, gamma=0.5, score="clean_loss", **_SGD),
 }
 
 
@@ -51,16 +53,11 @@ def main(argv=None) -> int:
     y = torch.randint(0, 10, (batch,), device=dev)
     lines = [f"{model_name} batch {batch} {'bf16' if cuda else 'fp32'} {fmt} on {torch.cuda.get_device_name(0) if cuda else 'CPU'}"]
 
-    for label, (name, extra) in VARIANTS.items():
+    for label, settings in VARIANTS.items():
         net = copy.deepcopy(base_model)
-        opt = build_optimizer(name, net.parameters(), torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9),
-                              rho=0.05, model=net, **({"seed": 0, **extra} if name == "esam" else {}))
-
-        def closure(indices=None):
-            xb, yb = (x, y) if indices is None else (x.index_select(0, indices), y.index_select(0, indices))
-            xb = xb.contiguous(memory_format=fmt)
-            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cuda):
-                return F.cross_entropy(net(xb).float(), yb, reduction="none")
+        opt = build_step_optimizer(net, settings, seed=0)
+        closure = loss_closure(net, x, y, precision="bf16" if cuda else "fp32",
+                               channels_last=fmt == torch.channels_last)
         for _ in range(10):
             opt.step(closure)
         if cuda:

@@ -432,14 +432,16 @@ def test_ddp_single_process(tmp_path):
 # --- the benchmark's quick path ------------------------------------------------------------------------------------
 
 def test_bench_step_runs():
+    from esam.config import train_config_from_dict
     from esam.perf import bench
-    settings = dict(model="small_cnn", batch_size=8, device="cpu", repeats=1, steps=1, warmup=0, dtype="fp32",
-                    channels_last=False, compile=False, rho=0.05, beta=0.6, gamma=0.5)
-    rows = bench.run_bench(**settings)
+    config = train_config_from_dict({"model": "small_cnn", "batch_size": 8, "device": "cpu", "precision": "fp32",
+                                     "channels_last": False, "optimizer": {"rho": 0.05, "beta": 0.6, "gamma": 0.5}})
+    timing = dict(repeats=1, steps=1, warmup=0)
+    rows = bench.run_bench(config, **timing)
     assert [r["method"] for r in rows] == list(bench.METHODS)
     assert rows[1]["ratio_to_sam"] == 1.0 and rows[0]["relative_cost"] == 1.0
     assert rows[2]["predicted_ratio_to_sam"] == pytest.approx(2 / 1.7)
-    assert "| SAM |" in bench.markdown(rows, settings)
+    assert "| SAM |" in bench.markdown(rows, config, **timing)
 
 
 

@@ -13,7 +13,6 @@ from .sam import SAM
 
 # Keys of an exported `optimizer:` mapping that belong to the base optimizer or the trainer, not to ESAM.
 BASE_KEYS = frozenset({"name", "lr", "momentum", "weight_decay", "nesterov", "dampening", "betas", "eps", "base"})
-ESAM_KEYS = ("rho", "beta", "gamma", "score", "adaptive", "bn_update", "max_grad_norm", "seed", "swp_patterns")
 
 
 class ESAM(SAM):
@@ -46,6 +45,7 @@ class ESAM(SAM):
     """
 
     method = "esam"
+    hyperparameters = SAM.hyperparameters + ("beta", "gamma", "score", "swp_patterns")
 
     def __init__(self, params: Iterable, base_optimizer: torch.optim.Optimizer, rho: float = 0.05,
                  beta: float = 0.6, gamma: float = 0.5, score: str = "loss_rise", adaptive: bool = False,
@@ -76,6 +76,10 @@ class ESAM(SAM):
             torch.rand(swp_patterns, len(self._params), generator=generator) < self.beta
 
     @classmethod
+    def _config_keys(cls) -> tuple[str, ...]:
+        return cls.hyperparameters + ("seed",)
+
+    @classmethod
     def from_config(cls, params: Iterable, base_optimizer: torch.optim.Optimizer,
                     path_or_dict: str | os.PathLike | Mapping[str, Any], **overrides: Any) -> ESAM:
         """ESAM from an exported config: a YAML file or dict with an `optimizer:` mapping (or the mapping itself).
@@ -95,11 +99,11 @@ class ESAM(SAM):
             raise ValueError(f"config's optimizer must be a mapping, got {opt!r}")
         if opt.get("name", "esam") != "esam":
             raise ValueError(f"config's optimizer.name is {opt['name']!r}, not 'esam'")
-        unknown = sorted(set(opt) - BASE_KEYS - set(ESAM_KEYS))
+        unknown = sorted(set(opt) - BASE_KEYS - set(cls._config_keys()))
         if unknown:
-            raise ValueError(f"unknown ESAM config keys {unknown} (valid: {', '.join(ESAM_KEYS)}; "
+            raise ValueError(f"unknown ESAM config keys {unknown} (valid: {', '.join(cls._config_keys())}; "
                              f"ignored: {', '.join(sorted(BASE_KEYS))})")
-        kwargs = {k: opt[k] for k in ESAM_KEYS if k in opt}
+        kwargs = {k: opt[k] for k in cls._config_keys() if k in opt}
         for k in ("rho", "beta", "gamma", "max_grad_norm"):  # YAML reads 5e-2 (no dot) as a string
             if isinstance(kwargs.get(k), str):
                 try:

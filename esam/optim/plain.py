@@ -33,6 +33,8 @@ class Plain(torch.optim.Optimizer):
     """
 
     method = "sgd"
+    # Settings of an optimizer config (`optimizer:` in YAML) this method uses, beyond the base SGD's.
+    hyperparameters: tuple[str, ...] = ("max_grad_norm",)
 
     def __init__(self, params: Iterable, base_optimizer: torch.optim.Optimizer,
                  max_grad_norm: float | None = None) -> None:

@@ -42,6 +42,7 @@ class SAM(Plain):
     """
 
     method = "sam"
+    hyperparameters = Plain.hyperparameters + ("rho", "adaptive", "bn_update")
 
     def __init__(self, params: Iterable, base_optimizer: torch.optim.Optimizer, rho: float = 0.05,
                  adaptive: bool = False, max_grad_norm: float | None = None, model: torch.nn.Module | None = None,

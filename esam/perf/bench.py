@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import datetime
 import platform
 import statistics
@@ -32,43 +33,26 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
-from esam.training.compiling import compile_model
-from esam.config import COMPILE_MODES
-from esam.perf.dispatch_count import count_ops
-from esam.training.cuda_graphs import GraphedPasses, graph_budget, warm_up, warm_up_quiet_steps
+from esam.config import COMPILE_MODES, TrainConfig, train_config_from_dict
+from esam.errors import ConfigError
 from esam.models import build_model
-from esam.optim import build_optimizer, predicted_relative_cost
+from esam.optim import predicted_relative_cost
+from esam.perf.dispatch_count import count_ops
+from esam.training.cuda_graphs import warm_up, warm_up_quiet_steps
+from esam.training.step import PassMode, build_step_optimizer, loss_closure, resolve_device
+from esam.training.timing import synchronize
 
-# label -> (registry name, its hyperparameter names)
+# label -> (registry name, optimizer settings that differ from the config's)
 METHODS = {
     "SGD": ("sgd", {}),
     "SAM": ("sam", {}),
     "ESAM paper (loss_rise)": ("esam", {"score": "loss_rise"}),
     "ESAM cheap (clean_loss)": ("esam", {"score": "clean_loss"}),
 }
+# The bench's own settings, and the training config's fields it reads (the rest are unused).
 QUICK = dict(model="small_cnn", batch_size=32, steps=5, warmup=2, repeats=3, device="cpu", threads=1)
-FULL = dict(model="resnet18", batch_size=128, steps=30, warmup=10, repeats=5, device=None, threads=None)
-
-
-def _closure(net: nn.Module, x: torch.Tensor, y: torch.Tensor, bf16: bool, channels_last: bool):
-    device_type = x.device.type
-
-    def closure(indices: torch.Tensor | None = None) -> torch.Tensor:
-        xb, yb = (x, y) if indices is None else (x.index_select(0, indices), y.index_select(0, indices))
-        if channels_last and indices is not None:  # indexing drops channels_last
-            xb = xb.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16, cache_enabled=False):
-            logits = net(xb)
-        return F.cross_entropy(logits.float(), yb, reduction="none")
-    return closure
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+FULL = dict(model="resnet18", batch_size=128, steps=30, warmup=10, repeats=5, device="auto", threads=None)
 
 
 def count_host_syncs(fn) -> int:
@@ -94,48 +78,54 @@ def device_name(device: torch.device) -> str:
     return f"CPU {cpu}, {torch.get_num_threads()} threads"
 
 
-def run_bench(model: str = "small_cnn", batch_size: int = 128, dtype: str = "fp32", channels_last: bool = False,
-              device: str | None = None, repeats: int = 5, steps: int = 30, warmup: int = 10, compile: bool = False,
-              rho: float = 0.05, beta: float = 0.6, gamma: float = 0.5, threads: int | None = None, seed: int = 0,
-              methods: Sequence[str] | None = None, num_classes: int = 10, cuda_graphs: bool = False,
-              swp_patterns: int | None = None, compile_mode: str = "default") -> list[dict]:
-    """Time each method interleaved; one row per method with images/s (median, min, max), ratios and costs."""
-    if dtype not in ("fp32", "bf16"):
-        raise ValueError(f"dtype must be fp32 or bf16, got {dtype!r}")
+def run_bench(config: TrainConfig, *, repeats: int = 5, steps: int = 30, warmup: int = 10,
+              methods: Sequence[str] | None = None) -> list[dict]:
+    """Time each method interleaved; one row per method with images/s (median, min, max), ratios and costs.
+
+    The step is the trainer's (esam.training.step), on synthetic batches: `config` gives the model,
+    batch size, precision, channels_last, device, compile / cuda_graphs, threads, seed and the
+    optimizer's rho, beta, gamma and swp_patterns; `config.data.synthetic_classes` the classes.
+    """
     if min(repeats, steps) < 1 or warmup < 0:
-        raise ValueError(f"repeats and steps must be >= 1 and warmup >= 0, got {repeats}, {steps}, {warmup}")
+        raise ConfigError(f"repeats and steps must be >= 1 and warmup >= 0, got {repeats}, {steps}, {warmup}")
     methods = list(methods or METHODS)
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
-        raise ValueError(f"unknown methods {unknown} (valid: {', '.join(METHODS)})")
-    if threads:
-        torch.set_num_threads(threads)
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if cuda_graphs and (compile or dev.type != "cuda"):
-        raise ValueError(f"--cuda-graphs needs a CUDA device and no --compile (device {dev}, compile {compile})")
+        raise ConfigError(f"unknown methods {unknown} (valid: {', '.join(METHODS)})")
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    dev = resolve_device(config.device)
+    if config.cuda_graphs and dev.type != "cuda":
+        raise ConfigError(f"--cuda-graphs needs a CUDA device, got {dev}")
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True  # static shapes (ESAM's subset size included): tune once
+    precision = "bf16" if config.precision == "bf16" else "fp32"
+    num_classes, batch_size, seed = config.data.synthetic_classes, config.batch_size, config.seed
     torch.manual_seed(seed)
-    base_model = build_model(model, num_classes=num_classes, in_channels=3).to(dev)
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    try:
+        base_model = build_model(config.model, num_classes=num_classes, in_channels=3).to(dev)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     base_model = base_model.to(memory_format=memory_format)
     g = torch.Generator().manual_seed(seed)
     batches = [(torch.randn(batch_size, 3, 32, 32, generator=g).to(dev, memory_format=memory_format),
                 torch.randint(0, num_classes, (batch_size,), generator=g).to(dev)) for _ in range(4)]
+    passes = PassMode.of(config)
+    swp_patterns = config.optimizer.swp_patterns
 
     runs = {}
     for label in methods:
         name, extra = METHODS[label]
         net = copy.deepcopy(base_model)
-        base = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4,
-                               foreach=True)  # as on CUDA: one launch per update, on any device
-        hparams = {} if name == "sgd" else {"rho": rho, "model": net}
-        if name == "esam":
-            hparams.update(beta=beta, gamma=gamma, score=extra["score"], seed=seed, swp_patterns=swp_patterns)
-        opt = build_optimizer(name, net.parameters(), base, **hparams)
-        fwd = GraphedPasses(net, graph_budget(swp_patterns)) if cuda_graphs else compile_model(net, compile_mode, swp_patterns) if compile else net
-        closures = [_closure(fwd, x, y, dtype == "bf16", channels_last) for x, y in batches]
-        runs[label] = dict(opt=opt, closures=closures, i=0, ips=[], costs=[], syncs=None, ops=None, fwd=fwd)
+        settings = dataclasses.replace(config.optimizer, name=name, **extra)
+        # foreach everywhere, as on CUDA: one launch per update, on any device
+        opt = build_step_optimizer(net, settings, seed, foreach=True)
+        fwd = passes.wrap(net)  # under compile, ESAM's ascent is compiled too: each new SWP pattern recompiles
+        closures = [loss_closure(fwd, x, y, precision=precision, channels_last=config.channels_last)
+                    for x, y in batches]
+        runs[label] = dict(opt=opt, closures=closures, i=0, ips=[], costs=[], syncs=None, ops=None, fwd=fwd,
+                           score=settings.score)
 
     def run_steps(r: dict, n: int, record: bool) -> torch.Tensor:
         loss = torch.zeros(())
@@ -146,7 +136,7 @@ def run_bench(model: str = "small_cnn", batch_size: int = 128, dtype: str = "fp3
                 r["costs"].append(r["opt"].last_cost.relative_cost)
         return loss
 
-    if cuda_graphs:  # untimed: each pass is captured at its second sighting, ESAM's pool patterns late
+    if config.cuda_graphs:  # untimed: each pass is captured at its second sighting, ESAM's pool patterns late
         for r in runs.values():
             warm_up(lambda: run_steps(r, 1, record=False), [r["fwd"]], quiet_steps=warm_up_quiet_steps(swp_patterns))
     for rep in range(repeats):
@@ -158,10 +148,10 @@ def run_bench(model: str = "small_cnn", batch_size: int = 128, dtype: str = "fp3
                 r["ops"] = sum(count_ops(lambda: run_steps(r, 1, record=False)).values())
                 if dev.type == "cuda":
                     r["syncs"] = count_host_syncs(lambda: run_steps(r, 1, record=False))
-            _sync(dev)
+            synchronize(dev)
             start = time.perf_counter()
             loss = run_steps(r, steps, record=True)
-            _sync(dev)
+            synchronize(dev)
             elapsed = time.perf_counter() - start
             if not torch.isfinite(loss).item():  # outside the timed region
                 raise RuntimeError(f"{label}: loss is {loss.item()} after {r['i']} steps")
@@ -170,9 +160,10 @@ def run_bench(model: str = "small_cnn", batch_size: int = 128, dtype: str = "fp3
     medians = {label: statistics.median(runs[label]["ips"]) for label in methods}
     rows = []
     for label in methods:
-        name, extra = METHODS[label]
+        name, _ = METHODS[label]
         ips = runs[label]["ips"]
-        predicted = predicted_relative_cost(name, beta, gamma, extra["score"], batch_size) \
+        o = config.optimizer
+        predicted = predicted_relative_cost(name, o.beta, o.gamma, runs[label]["score"], batch_size) \
             if name == "esam" else predicted_relative_cost(name)
         rows.append(dict(
             method=label, images_per_s=medians[label], min=min(ips), max=max(ips),
@@ -183,35 +174,36 @@ def run_bench(model: str = "small_cnn", batch_size: int = 128, dtype: str = "fp3
             relative_cost=statistics.fmean(runs[label]["costs"]),
             host_syncs_per_step=runs[label]["syncs"],
             host_ops_per_step=runs[label]["ops"],
-            graphs=runs[label]["fwd"].num_graphs if cuda_graphs else 0,
+            graphs=runs[label]["fwd"].num_graphs if config.cuda_graphs else 0,
         ))
     return rows
 
 
-def markdown(rows: list[dict], settings: dict) -> str:
+def markdown(rows: list[dict], config: TrainConfig, *, repeats: int, steps: int, warmup: int) -> str:
     """The rows as a markdown table under a header naming the machine and the settings."""
-    s = settings
-    dev = torch.device(s["device"] or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = resolve_device(config.device)
+    o = config.optimizer
+    precision = "bf16" if config.precision == "bf16" else "fp32"
     syncs = ("- host syncs in one step (CUDA sync debug mode): "
              + ", ".join(f"{r['method']} {r['host_syncs_per_step']}" for r in rows)
              if dev.type == "cuda" else "- host syncs: not checked on the CPU")
     head = [
-        f"## Step throughput: {s['model']}, batch {s['batch_size']}, {s['dtype']}"
-        f"{', channels_last' if s['channels_last'] else ''}"
-        f"{', compiled (' + s.get('compile_mode', 'default') + ')' if s['compile'] else ''}"
-        f"{', CUDA graphs' if s.get('cuda_graphs') else ''}"
-        f"{', SWP pool of ' + str(s['swp_patterns']) if s.get('swp_patterns') else ''}",
+        f"## Step throughput: {config.model}, batch {config.batch_size}, {precision}"
+        f"{', channels_last' if config.channels_last else ''}"
+        f"{', compiled (' + config.compile_mode + ')' if config.compile else ''}"
+        f"{', CUDA graphs' if config.cuda_graphs else ''}"
+        f"{', SWP pool of ' + str(o.swp_patterns) if o.swp_patterns else ''}",
         "",
         f"- device: {device_name(dev)}; torch {torch.__version__}; "
         f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
-        f"- {s['repeats']} repeats x {s['steps']} timed steps after {s['warmup']} warm-up steps each, interleaved; "
-        f"rho {s['rho']}, beta {s['beta']}, gamma {s['gamma']}",
+        f"- {repeats} repeats x {steps} timed steps after {warmup} warm-up steps each, interleaved; "
+        f"rho {o.rho}, beta {o.beta}, gamma {o.gamma}",
         syncs,
         *([f"- CUDA graphs captured: " + ", ".join(f"{r['method']} {r['graphs']}" for r in rows)]
-          if s.get("cuda_graphs") else []),
+          if config.cuda_graphs else []),
         "- host ops/step: ATen operators one step dispatches (views excluded; a graph replay counts 0)",
-        "- predicted: the cost model (forward 1, backward 2 per sample; PAPER.md); relative_cost: realized, "
-        "mean of last_cost over timed steps",
+        "- predicted: the cost model (forward 1, backward 2 per sample; esam/optim/cost.py); relative_cost: "
+        "realized, mean of last_cost over timed steps",
         "",
         "| method | images/s (median) | min | max | vs SAM | vs SGD | predicted vs SAM | relative_cost | host ops/step |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -222,8 +214,8 @@ def markdown(rows: list[dict], settings: dict) -> str:
     return "\n".join(head + body) + "\n"
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="esam bench", description=__doc__.split("\n")[0])
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """`esam bench`'s options (the CLI's subcommand and experiments/bench_step.py share them)."""
     p.add_argument("--quick", action="store_true", help=f"CPU smoke run: {QUICK}")
     p.add_argument("--model", help="a name from esam.models (default resnet18)")
     p.add_argument("--batch-size", type=int)
@@ -243,18 +235,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="also write the table to this markdown file")
-    args = p.parse_args(argv)
+
+
+def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, dict]:
+    """(the training config the bench steps with, its repeats/steps/warmup) from parsed options."""
     defaults = QUICK if args.quick else FULL
-    settings = {k: v for k, v in vars(args).items() if k not in ("quick", "out")}
-    for k, v in defaults.items():
-        if settings.get(k) is None:
-            settings[k] = v
-    rows = run_bench(**settings)
-    table = markdown(rows, settings)
+    pick = {k: getattr(args, k) if getattr(args, k, None) is not None else v for k, v in defaults.items()}
+    config = train_config_from_dict({
+        "model": pick["model"], "batch_size": pick["batch_size"], "device": pick["device"],
+        "threads": pick["threads"], "precision": args.dtype, "channels_last": args.channels_last,
+        "compile": args.compile, "compile_mode": args.compile_mode, "cuda_graphs": args.cuda_graphs,
+        "seed": args.seed, "data": {"name": "synthetic"},
+        "optimizer": {"rho": args.rho, "beta": args.beta, "gamma": args.gamma, "swp_patterns": args.swp_patterns}})
+    return config, {k: pick[k] for k in ("repeats", "steps", "warmup")}
+
+
+def run(args: argparse.Namespace) -> int:
+    config, timing = config_from_args(args)
+    table = markdown(run_bench(config, **timing), config, **timing)
     print(table)
     if args.out:
         Path(args.out).write_text(table)
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="esam bench", description=__doc__.split("\n")[0])
+    add_arguments(p)
+    return run(p.parse_args(argv))
 
 
 if __name__ == "__main__":
