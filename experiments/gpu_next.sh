@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# The GPU measurements still owed to issues #2 and #3, in one device call (no Ray/Optuna/MLflow needed).
+# The GPU measurements still owed (RESULTS.md, sections 4 and 5), in one device call (no Ray/Optuna/MLflow needed).
 #   bash experiments/gpu_next.sh OUT_DIR
 # 1. CUDA graphs train like eager steps (check_cuda_graphs.py; exit 1 on a mismatch).
-# 2. #3: esam.train's loop against bare steps, ResNet-18, batch 512 (target: within 10%, >= 55k img/s on an H200).
-# 3. #2: the step benchmark at batch 128 and 512, eager and with CUDA graphs (ESAM's SWP from a pool of 8).
-# 4. #2: the same on WRN-28-10 at batch 128, where convolutions, not BatchNorm, dominate.
+# 2. train()'s loop against bare steps, ResNet-18, batch 512 (target: within 10%, >= 55k img/s on an H200).
+# 3. The step benchmark at batch 128 and 512, eager and with CUDA graphs (ESAM's SWP from a pool of 8).
+# 4. The same on WRN-28-10 at batch 128, where convolutions, not BatchNorm, dominate.
 # Each step has its own time limit (500 s in all), so a slow one cannot eat the rest; expect about 6 minutes.
 set -uo pipefail
 out=${1:-gpu_out}

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # GPU packing (Ray Tune fractional GPUs), then the step profile, in one device call.
-#   ../shared/tools/device-wheelhouse .wheelhouse   # here, once; carry .wheelhouse to the GPU machine
+#   pip wheel -w .wheelhouse 'ray[tune]' optuna mlflow   # once, on a machine with network and the GPU machine's Python;
+#                                                       # carry .wheelhouse to the GPU machine (it may have no network)
 #   bash experiments/gpu_packing.sh OUT_DIR
 set -uo pipefail
 out=${1:-gpu_out}

@@ -1,4 +1,4 @@
-"""What one optimizer step costs, in the units of PAPER.md's cost model.
+"""What one optimizer step costs, in the units of the paper's cost model.
 
 A forward pass costs 1 unit per sample and a backward pass 2: 1 for the input gradients and 1 for
 the weight gradients. So SGD costs 3 units per sample and SAM 6. ESAM's ascent pass skips the
@@ -13,7 +13,7 @@ Every number is known on the host from shapes, so reporting it never waits for t
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 SCORES = ("loss_rise", "clean_loss")  # SDS rules: the paper's, and the cheap one (no extra forward)
 
@@ -55,9 +55,6 @@ class StepCost:
         ascent = b * (1 + (1 + f) * ascent_backward)  # forward + input grads + kept weight grads
         units = ascent + b * scored + 3 * k
         return cls(method, b, b * (1 + scored) + k, b * ascent_backward + k, f, units / (3 * b))
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 def predicted_relative_cost(method: str, beta: float = 1.0, gamma: float = 1.0, score: str = "loss_rise",
