@@ -32,6 +32,8 @@ def test_reports_every_epoch_with_all_metrics(name):
         assert 1.4 < final["relative_cost"] < 1.95
     if name == "sgd":
         assert final["step_time_vs_sgd"] == 1.0
+    from esam.training.metrics import METRICS
+    assert tuple(final) == METRICS  # the one list of metric names is what train() reports
 
 
 def test_same_seed_same_run():

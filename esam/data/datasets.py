@@ -17,6 +17,7 @@ from torch import Tensor
 
 from esam.config import DataConfig
 from esam.errors import ConfigError, DataError
+from esam.registry import Registry
 
 
 @dataclass
@@ -43,22 +44,16 @@ class Streamed:
 
 DatasetFn = Callable[[DataConfig], "InMemory | Streamed"]
 
-DATASETS: dict[str, DatasetFn] = {}
+DATASETS = Registry("dataset")
 
 
 def register_dataset(name: str) -> Callable[[DatasetFn], DatasetFn]:
-    def add(fn: DatasetFn) -> DatasetFn:
-        if name in DATASETS:
-            raise ValueError(f"dataset {name!r} is already registered")
-        DATASETS[name] = fn
-        return fn
-    return add
+    """Decorator: `@register_dataset("digits")` adds `fn(DataConfig) -> InMemory | Streamed` under `name`."""
+    return DATASETS.decorator(name)
 
 
 def load_dataset(cfg: DataConfig) -> InMemory | Streamed:
-    if cfg.name not in DATASETS:
-        raise ConfigError(f"data.name: unknown dataset {cfg.name!r} (valid: {', '.join(sorted(DATASETS))})")
-    return DATASETS[cfg.name](cfg)
+    return DATASETS.lookup(cfg.name, "data.name")(cfg)
 
 
 def data_root(cfg: DataConfig) -> Path:

@@ -15,20 +15,16 @@ from collections.abc import Callable
 from torch import nn
 
 from esam.errors import ConfigError
+from esam.registry import Registry
 
 ModelBuilder = Callable[[int, int], nn.Module]
 
-MODELS: dict[str, ModelBuilder] = {}
+MODELS = Registry("model")
 
 
 def register_model(name: str) -> Callable[[ModelBuilder], ModelBuilder]:
     """Decorator: `@register_model("resnet18")` adds the builder to `MODELS` under `name`."""
-    def add(builder: ModelBuilder) -> ModelBuilder:
-        if name in MODELS:
-            raise ValueError(f"model {name!r} is already registered")
-        MODELS[name] = builder
-        return builder
-    return add
+    return MODELS.decorator(name)
 
 
 def build_model(name: str, num_classes: int, in_channels: int = 3) -> nn.Module:
@@ -36,12 +32,11 @@ def build_model(name: str, num_classes: int, in_channels: int = 3) -> nn.Module:
 
     An unknown name raises `ConfigError` listing the valid ones.
     """
-    if name not in MODELS:
-        raise ConfigError(f"unknown model {name!r} (valid: {', '.join(sorted(MODELS))})")
+    builder = MODELS.lookup(name)
     if num_classes <= 0 or in_channels <= 0:
         raise ConfigError(f"model {name}: num_classes and in_channels must be positive, "
                           f"got {num_classes} and {in_channels}")
-    return MODELS[name](num_classes, in_channels)
+    return builder(num_classes, in_channels)
 
 
 # Importing the families registers them.

@@ -6,21 +6,26 @@ from typing import Any, Callable, Iterable
 
 import torch
 
+from esam.registry import Registry
+
 from .esam import ESAM
 from .plain import Plain
 from .sam import SAM
 
 OptimizerFactory = Callable[..., Plain]
 
-OPTIMIZERS: dict[str, OptimizerFactory] = {"sgd": Plain, "sam": SAM, "esam": ESAM}
+OPTIMIZERS = Registry("optimizer")
+for _cls in (Plain, SAM, ESAM):
+    OPTIMIZERS.add(_cls.method, _cls)
 
 
 def register_optimizer(name: str, factory: OptimizerFactory) -> OptimizerFactory:
-    """Add `factory(params, base_optimizer, **hparams)` to the registry under `name`."""
-    if name in OPTIMIZERS:
-        raise ValueError(f"optimizer {name!r} is already registered")
-    OPTIMIZERS[name] = factory
-    return factory
+    """Add `factory(params, base_optimizer, **hparams)` to the registry under `name`.
+
+    A class may list the optimizer-config fields it takes in `hyperparameters` (see Plain), so
+    that the trainer passes them from YAML.
+    """
+    return OPTIMIZERS.add(name, factory)
 
 
 def build_optimizer(name: str, params: Iterable, base_optimizer: torch.optim.Optimizer, **hparams: Any) -> Plain:
@@ -28,9 +33,7 @@ def build_optimizer(name: str, params: Iterable, base_optimizer: torch.optim.Opt
 
     An unknown name, or a hyperparameter the optimizer does not take, raises ValueError listing the valid ones.
     """
-    if name not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {name!r} (valid: {', '.join(sorted(OPTIMIZERS))})")
-    factory = OPTIMIZERS[name]
+    factory = OPTIMIZERS.lookup(name)
     accepted = inspect.signature(factory).parameters
     if not any(p.kind is p.VAR_KEYWORD for p in accepted.values()):
         unknown = sorted(set(hparams) - set(accepted))
