@@ -315,14 +315,26 @@ def test_cuda_graphs_train_like_eager_on_a_gpu():
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
-def test_the_probe_warms_up_both_copies_untimed():
-    from esam.training.speed_probe import InterleavedProbe
+def test_the_probe_warms_up_both_copies_untimed(monkeypatch):
+    from esam.training import speed_probe
     model = make_cnn()
 
     def make_opt(name):
         return lambda m: build_optimizer(name, m.parameters(), sgd(m), **({"rho": 0.05} if name == "sam" else {}))
-    probe = InterleavedProbe(model, make_opt("sam"), make_opt("sgd"), torch.device("cpu"))
+    probe = speed_probe.InterleavedProbe(model, make_opt("sam"), make_opt("sgd"), torch.device("cpu"))
     x, y = make_batches(1)[0]
     probe.warm_up(lambda m: closure_for(m, x, y), lambda step: [step() for _ in range(3)])
     assert probe.method_opt.num_steps == 3 and probe.sgd_opt.num_steps == 3
-    assert probe.step_time_ratio(lambda m: closure_for(m, x, y), 2) > 0
+    # A clock that ticks once per pass: SAM's step (ascent + descent) takes 2 ticks, SGD's 1.
+    clock = [0.0]
+    monkeypatch.setattr(speed_probe.time, "perf_counter", lambda: clock[0])
+
+    def ticking(m):
+        closure = closure_for(m, x, y)
+
+        def counted(indices=None):
+            clock[0] += 1.0
+            return closure(indices)
+        return counted
+    assert probe.step_time_ratio(ticking, 2) == 2.0
+    assert probe.method_opt.num_steps == 6 and probe.sgd_opt.num_steps == 6  # 2 timed pairs and 1 discarded

@@ -421,10 +421,18 @@ def test_ddp_single_process(tmp_path):
     dist.init_process_group("gloo", init_method=f"file://{tmp_path}/store", rank=0, world_size=1)
     try:
         model = nn.parallel.DistributedDataParallel(make_cnn())
+        synced = []  # per gradient pass: whether DDP would all-reduce its gradients
+
+        def record(module, inputs):
+            if torch.is_grad_enabled():
+                synced.append(model.require_backward_grad_sync)
+        model.module.register_forward_pre_hook(record)
         (x, y), = make_batches(1)
         opt = ESAM(model.parameters(), sgd(model), beta=0.5, gamma=0.5, model=model, seed=0)
         losses = train(opt, model, [(x, y)] * 3)
         assert all(torch.isfinite(loss) for loss in losses)
+        # Each step: the ascent pass under no_sync (its gradient stays local), the descent pass all-reduced.
+        assert synced == [False, True] * 3
     finally:
         dist.destroy_process_group()
 
