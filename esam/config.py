@@ -17,6 +17,10 @@ from typing import Any
 import yaml
 
 from esam.errors import ConfigError
+from esam.models import MODELS
+from esam.optim import OPTIMIZERS
+from esam.optim.cost import SCORES
+from esam.optim.sam import BN_UPDATES
 
 
 @dataclass(frozen=True)
@@ -276,12 +280,18 @@ MAX_SEED = 2**32 - 1  # numpy's and Optuna's seed range; torch accepts it too
 _CHOICES = {
     "schedule": ("cosine", "onecycle", "constant"),
     "precision": ("auto", "fp32", "bf16"),
-    "optimizer.name": ("sgd", "sam", "esam"),
-    "optimizer.score": ("loss_rise", "clean_loss"),
-    "optimizer.bn_update": ("all", "clean"),
+    "optimizer.score": SCORES,
+    "optimizer.bn_update": BN_UPDATES,
     "compile_mode": COMPILE_MODES,
-    "data.name": ("digits", "cifar10", "cifar100", "imagefolder", "synthetic"),
 }
+
+
+def _check_registered(config: TrainConfig) -> None:
+    """Names are valid when their registry holds them, so registered additions work from YAML and the CLI."""
+    from esam.data import DATASETS  # esam.data builds on DataConfig: looked up here, not at import
+    MODELS.check(config.model, "model")
+    OPTIMIZERS.check(config.optimizer.name, "optimizer.name")
+    DATASETS.check(config.data.name, "data.name")
 
 
 def validate(config: TrainConfig) -> TrainConfig:
@@ -297,6 +307,7 @@ def validate(config: TrainConfig) -> TrainConfig:
             if path == "precision" and get(path) == "fp16":
                 raise ConfigError("precision: fp16 needs a GradScaler, which SAM/ESAM steps do not support; use bf16")
             raise ConfigError(f"{path}: unknown value {brief(get(path))} (valid: {', '.join(choices)})")
+    _check_registered(config)
     positive = ["epochs", "batch_size", "eval_batch_size", "data.synthetic_size", "data.synthetic_classes"]
     for path in positive:
         if get(path) <= 0:

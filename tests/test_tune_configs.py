@@ -34,3 +34,10 @@ def test_readme_documents_every_config_key():
                search_config.Resources, search_config.MlflowConfig]
     missing = [f"{c.__name__}.{f.name}" for c in classes for f in dataclasses.fields(c) if f"| `{f.name}` |" not in readme]
     assert not missing, f"README's configuration reference lacks {missing}"
+
+
+def test_readme_config_reference_is_generated_from_the_code():
+    # Field comments, metric meanings and registered names: `python -m esam.config_docs` rewrites the section.
+    from esam import config_docs
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    assert config_docs.render(readme) == readme

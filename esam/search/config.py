@@ -13,6 +13,8 @@ from typing import Any
 from esam.config import (MAX_SEED, OptimizerConfig, TrainConfig, brief, deep_merge, from_dict, parse_overrides,
                          read_yaml, train_config_from_dict)
 from esam.errors import ConfigError
+from esam.optim.cost import SCORES
+from esam.optim.sam import BN_UPDATES
 
 # Metrics that train() reports every epoch: the only valid objectives.
 METRICS = ("test_acc", "test_loss", "train_loss", "images_per_s", "speed_vs_sgd", "step_time_vs_sgd",
@@ -22,8 +24,9 @@ REFERENCES = ("sgd", "sam")
 # Ranges that are legal for each searchable optimizer field (open/closed as the optimizer demands).
 _BOUNDS = {"rho": (0.0, None), "beta": (0.0, 1.0), "gamma": (0.0, 1.0), "lr": (0.0, None),
            "weight_decay": (0.0, None), "momentum": (0.0, 1.0)}
-_CHOICE_PARAMS = {"score": ("loss_rise", "clean_loss"), "bn_update": ("all", "clean")}
-SEARCHABLE = tuple(_BOUNDS) + tuple(_CHOICE_PARAMS)  # optimizer fields a search may vary
+# Categorical optimizer fields and their values, as the optimizers define them.
+CHOICE_PARAMS = {"score": SCORES, "bn_update": BN_UPDATES}
+SEARCHABLE = tuple(_BOUNDS) + tuple(CHOICE_PARAMS)  # optimizer fields a search may vary
 
 
 @dataclass(frozen=True)
@@ -112,8 +115,8 @@ def _validate_space(space: Any) -> None:
         if not isinstance(spec, dict):
             raise ConfigError(f"space.{name} must be a mapping like {{low: 0.1, high: 1.0}}, got {brief(spec)}")
         p = from_dict(ParamSpace, spec, f"space.{name}.")
-        if name in _CHOICE_PARAMS:
-            valid = _CHOICE_PARAMS[name]
+        if name in CHOICE_PARAMS:
+            valid = CHOICE_PARAMS[name]
             if not p.choices or any(c not in valid for c in p.choices):
                 raise ConfigError(f"space.{name}.choices must be a non-empty list from {', '.join(valid)}, got {brief(p.choices)}")
             continue
@@ -165,9 +168,6 @@ def validate_search(cfg: SearchConfig) -> SearchConfig:
         raise ConfigError(f"resources: cpu must be > 0 and gpu >= 0, got cpu={cfg.resources.cpu} gpu={cfg.resources.gpu}")
     if not isinstance(cfg.references, list) or any(r not in REFERENCES for r in cfg.references):
         raise ConfigError(f"references must be a list from {', '.join(REFERENCES)}, got {brief(cfg.references)}")
-    from esam.models import MODELS
-    if cfg.train.model not in MODELS:
-        raise ConfigError(f"train.model: unknown model {brief(cfg.train.model)} (valid: {', '.join(sorted(MODELS))})")
     if cfg.train.optimizer.name != "esam":
         raise ConfigError(f"train.optimizer.name must be esam in a search, got {brief(cfg.train.optimizer.name)}")
     return cfg
@@ -182,7 +182,9 @@ def load_search_config(path: str | Path, overrides: list[str] | tuple[str, ...] 
     try:
         train = train_config_from_dict(train_values)
     except ConfigError as err:
-        raise ConfigError(f"train: {err}") from None
+        # "model: unknown model ..." names a field: qualify it (train.model); other messages get a "train:" prefix.
+        message = str(err)
+        raise ConfigError(f"train.{message}" if re.match(r"[A-Za-z_][\w.]*: ", message) else f"train: {message}") from None
     for key in ("space", "objectives"):
         if key in values and values[key] is None:
             raise ConfigError(f"{key} is empty")
