@@ -7,6 +7,7 @@ trials resume from their last epoch) and Optuna's study lives in an RDB storage.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -142,6 +143,7 @@ def run_search(cfg: SearchConfig, *, address: str | None = None, echo: Callable[
     from ray import tune
 
     from esam.callbacks import MlflowTrialRuns, Progress
+    from esam.trial_records import finish_records, open_records, retry
     from esam.trial import trial_params
 
     import optuna
@@ -167,6 +169,7 @@ def run_search(cfg: SearchConfig, *, address: str | None = None, echo: Callable[
          f"{cfg.concurrency} at a time; MLflow run {parent} at {uri}")
 
     params_of = functools.partial(trial_params, resolved["train"]["optimizer"])
+    open_records(uri, parent, directory, echo)  # trial records an outage kept go first
     started_ray = init_ray(address)
     status = "FAILED"
     try:
@@ -186,6 +189,8 @@ def run_search(cfg: SearchConfig, *, address: str | None = None, echo: Callable[
         callbacks = [MlflowTrialRuns(uri, parent, "trial", _trial_name, params_of),
                      Progress("esam", cfg.trials, objectives, echo)]
         _fit(_tuner(cfg, "search", {}, tune_config, callbacks, restore=bool(state)), cfg.trials)
+        finish_records(uri, parent, wait=True)  # every trial's record is in MLflow before the parent ends
+        retry(lambda: client.set_terminated(parent, status="FINISHED"), "the search run's status", echo=echo)
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
@@ -194,9 +199,12 @@ def run_search(cfg: SearchConfig, *, address: str | None = None, echo: Callable[
         if started_ray:
             import ray
             ray.shutdown()
-        client.set_terminated(parent, status=status)
+        finish_records(uri, parent, wait=False)  # after a stop, what MLflow did not take is kept on disk
         if status != "FINISHED":
+            with contextlib.suppress(Exception):  # MLflow may be away; the next run reopens the parent
+                client.set_terminated(parent, status=status)
             echo(f"search {cfg.name} stopped; run the same command again to continue it")
-    rows, front, references = update_pareto(client, parent, objectives)
+    rows, front, references = retry(lambda: update_pareto(client, parent, objectives), "the Pareto artifacts",
+                                    echo=echo)
     table = format_table(front, references)
     return SearchOutcome(parent, uri, directory, front, references, rows, table)

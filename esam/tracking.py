@@ -123,19 +123,40 @@ def start_parent_run(client, experiment: str, search_name: str, resolved_config:
     return run.info.run_id
 
 
-def start_trial_run(client, parent_run_id: str, name: str, kind: str, params: dict, trial_id: str) -> str:
-    """A child run nested under the search's parent (the UI groups by mlflow.parentRunId)."""
+def find_trial_run(client, parent_run_id: str, trial_id: str) -> str | None:
+    """The child run of `parent_run_id` tagged with Ray's `trial_id`, or None."""
     parent = client.get_run(parent_run_id)
-    run = client.create_run(parent.info.experiment_id, run_name=name,
-                            tags={PARENT_TAG: parent_run_id, SEARCH_TAG: parent.data.tags.get(SEARCH_TAG, ""),
-                                  KIND_TAG: kind, "trial_id": trial_id, **provenance()})
-    _log_params(client, run.info.run_id, params)
-    return run.info.run_id
+    runs = client.search_runs([parent.info.experiment_id],
+                              filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}' and tags.trial_id = '{trial_id}'",
+                              order_by=["attributes.start_time ASC"], max_results=1)
+    return runs[0].info.run_id if runs else None
 
 
-def log_epoch(client, run_id: str, metrics: dict, step: int) -> None:
+def start_trial_run(client, parent_run_id: str, name: str, kind: str, params: dict, trial_id: str) -> str:
+    """A child run nested under the search's parent (the UI groups by mlflow.parentRunId).
+
+    Idempotent: a run already tagged with `trial_id` (a resumed trial, or a retry whose first
+    answer was lost) is reopened, never duplicated.
+    """
+    run_id = find_trial_run(client, parent_run_id, trial_id)
+    if run_id is None:
+        parent = client.get_run(parent_run_id)
+        run_id = client.create_run(parent.info.experiment_id, run_name=name,
+                                   tags={PARENT_TAG: parent_run_id, SEARCH_TAG: parent.data.tags.get(SEARCH_TAG, ""),
+                                         KIND_TAG: kind, "trial_id": trial_id, **provenance()}).info.run_id
+    else:
+        client.update_run(run_id, status="RUNNING")
+    _log_params(client, run_id, params)  # same values again are accepted: safe to repeat
+    return run_id
+
+
+def log_epoch(client, run_id: str, metrics: dict, step: int, timestamp_ms: int | None = None) -> None:
+    """One epoch's metrics; a delayed write passes the epoch's own time, so it reads as a timely one.
+
+    Repeating the same batch (same values, step and time) adds no duplicate points.
+    """
     from mlflow.entities import Metric
-    now = int(time.time() * 1000)
+    now = int(time.time() * 1000) if timestamp_ms is None else int(timestamp_ms)
     batch = [Metric(k, float(v), now, step) for k, v in metrics.items()
              if isinstance(v, (int, float)) and not isinstance(v, bool)]
     client.log_batch(run_id, metrics=batch)
