@@ -161,9 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     except EsamError as err:
         print(f"esam: error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("esam: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:  # SearchStopped carries the signal: 130 for SIGINT, 143 for SIGTERM
+        print(f"esam: stopped ({err})" if str(err) else "esam: interrupted", file=sys.stderr)
+        return getattr(err, "exit_code", 130)
 
 
 if __name__ == "__main__":

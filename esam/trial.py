@@ -7,13 +7,12 @@ config arrives through `tune.with_parameters`.
 from __future__ import annotations
 
 import dataclasses
-import shutil
-import tempfile
 from pathlib import Path
 
 from ray import tune
 
 from esam.config import train_config_from_dict
+from esam.scratch import trial_scratch
 from esam.train import train
 
 
@@ -45,10 +44,10 @@ def run_trial(trial_config: dict, base_train: dict, threads: int | None) -> None
     def report(metrics: dict, saved: Path | None) -> None:
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(saved) if saved else None)
 
-    with tempfile.TemporaryDirectory(prefix="esam-trial-") as tmp:
+    with trial_scratch() as tmp:
         resume_from = None
         checkpoint = tune.get_checkpoint()
         if checkpoint is not None:  # a restored trial continues from its last epoch
-            resume_from = Path(tmp) / "resume"
-            shutil.copytree(checkpoint.to_directory(), resume_from)
-        train(config, report, checkpoint_dir=Path(tmp) / "checkpoint", resume_from=resume_from)
+            # An explicit target: without one Ray copies into a checkpoint_tmp_<uuid> it never removes.
+            resume_from = Path(checkpoint.to_directory(str(tmp / "resume")))
+        train(config, report, checkpoint_dir=tmp / "checkpoint", resume_from=resume_from)

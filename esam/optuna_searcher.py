@@ -1,0 +1,41 @@
+"""Ray's OptunaSearch, made to agree with Ray and MLflow after any stop.
+
+- A crashed trial is told to Optuna as FAIL (Ray passes its last epoch as a result, which
+  Optuna would record as a finished trial with truncated metrics and put on the front).
+- Each Optuna trial carries its Ray trial id (user attr `ray_trial_id`), so the three stores
+  can be matched at start-up.
+- An Optuna trial left RUNNING by a killed driver, whose Ray trial was never saved (an orphan),
+  is handed to the next Ray trial instead of asking Optuna for a new one: no fifth trial for
+  four, no second trial with the same settings.
+
+Defined at module level so that a restored experiment unpickles this code, not a frozen copy.
+"""
+from __future__ import annotations
+
+from ray.tune.search.optuna import OptunaSearch
+
+RAY_TRIAL_ATTR = "ray_trial_id"
+
+
+class ReconcilingOptunaSearch(OptunaSearch):
+    def suggest(self, trial_id: str):
+        new = trial_id not in self._ot_trials
+        if new and self._ot_study is not None:
+            orphan = self._next_orphan()
+            if orphan is not None:
+                self._ot_trials[trial_id] = orphan
+        params = super().suggest(trial_id)
+        if new and trial_id in self._ot_trials:
+            self._ot_trials[trial_id].set_user_attr(RAY_TRIAL_ATTR, trial_id)
+        return params
+
+    def _next_orphan(self):
+        import optuna
+        known = set(self._ot_trials)
+        for frozen in self._ot_study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+            if frozen.user_attrs.get(RAY_TRIAL_ATTR) not in known:
+                return optuna.trial.Trial(self._ot_study, frozen._trial_id)
+        return None
+
+    def on_trial_complete(self, trial_id, result=None, error=False):
+        super().on_trial_complete(trial_id, None if error else result, error)
