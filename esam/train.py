@@ -12,6 +12,7 @@ import math
 import os
 import pickle
 import time
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -128,7 +129,9 @@ def load_checkpoint(path: str | Path) -> dict:
     path = Path(path)
     try:
         # On the CPU first: RNG and SWP generator states must stay there; load_state_dict moves the rest.
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about foreign pickle protocols: the error says it all
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         raise DataError(f"checkpoint {path} is not a plain esam checkpoint "
                         "(refused: loading it would run code)") from None
