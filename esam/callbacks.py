@@ -61,7 +61,7 @@ class MlflowTrialRuns(tune.Callback):
 
     def on_step_end(self, iteration, trials, **info):
         from esam.trial_records import open_records
-        if self._stopping or not open_records(self.uri, self.parent_run_id).gave_up:
+        if getattr(self, "_stopping", False) or not open_records(self.uri, self.parent_run_id).gave_up:
             return
         handler = signal.getsignal(signal.SIGUSR1)
         if callable(handler):  # Ray's own stop request (the Ctrl-C path): checkpoint, then return

@@ -148,8 +148,8 @@ class RecordBuffer:
         if self.outage_since is None:
             self.outage_since = now
             self._written_before_outage = self.written
-            self.echo(f"warning: MLflow at {self.where} unreachable ({_first_line(err)}); "
-                      f"keeping {len(self._queue)} records and retrying")
+            self.echo(f"warning: MLflow at {self.where} unreachable; keeping {len(self._queue)} records "
+                      f"and retrying ({type(err).__name__})")
         if now - self.outage_since > self.max_outage_s and not self.gave_up:
             with self._cond:
                 self.gave_up = f"unreachable for more than {self.max_outage_s:.0f} s"

@@ -74,11 +74,18 @@ _open: dict[tuple[str, str], RecordBuffer] = {}
 
 def open_records(uri: str, parent_run_id: str, directory: Path | None = None,
                  echo: Callable[[str], None] = print) -> RecordBuffer:
-    """The buffer of this search; with `directory`, records a stopped run kept there go first."""
+    """The buffer of this search; with `directory`, records a stopped run kept there are written first.
+
+    Raises TrackingOutage when MLflow does not take them (they stay on disk).
+    """
     key = (uri, parent_run_id)
     if key not in _open:
         spill = directory / SPILL_FILE if directory is not None else None
-        _open[key] = RecordBuffer(TrialRunWriter(uri, parent_run_id), where=uri, spill=spill, echo=echo)
+        buffer = _open[key] = RecordBuffer(TrialRunWriter(uri, parent_run_id), where=uri, spill=spill, echo=echo)
+        if len(buffer):  # written before anything else reads the runs (start-up reconciliation does)
+            echo(f"writing {len(buffer)} MLflow records kept by the last run")
+            finish_records(uri, parent_run_id, wait=True)
+            _open[key] = RecordBuffer(TrialRunWriter(uri, parent_run_id), where=uri, spill=spill, echo=echo)
     return _open[key]
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -51,14 +52,19 @@ class MlflowServer:
         pytest.fail(f"mlflow server did not start within {timeout:.0f} s")
 
     def stop(self) -> None:
-        """Terminate the server and its workers (it runs in its own process group)."""
+        """Terminate the server and its workers (its own process group); kill them if they linger."""
         if self.proc is None:
             return
-        try:
-            os.killpg(self.proc.pid, 15)
-        except ProcessLookupError:
-            pass
-        self.proc.wait(timeout=30)
+        for sig, wait in ((signal.SIGTERM, 5), (signal.SIGKILL, 30)):  # uvicorn may wait on open connections
+            try:
+                os.killpg(self.proc.pid, sig)
+            except ProcessLookupError:
+                pass
+            try:
+                self.proc.wait(timeout=wait)
+                break
+            except subprocess.TimeoutExpired:
+                continue
         self.proc = None
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -110,10 +111,26 @@ def _search_config(tmp_path, name: str, trials: int, references: list[str]):
     return path
 
 
-def _start_search(tmp_path, path, url: str, **env):
-    return subprocess.Popen([sys.executable, "-m", "esam.cli", "search", str(path)], cwd=tmp_path,
+@pytest.fixture
+def searches():
+    """Search processes started by a test; killed if the test fails before they end."""
+    started = []
+    yield started
+    for proc in started:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def _start_search(searches, tmp_path, path, url: str, **env):
+    proc = subprocess.Popen([sys.executable, "-m", "esam.cli", "search", str(path)], cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1", "MLFLOW_TRACKING_URI": url, **env})
+    searches.append(proc)
+    return proc
 
 
 def _wait_for_first_result(client: MlflowClient, proc, timeout: float = 240) -> None:
@@ -151,14 +168,14 @@ def _check_stores(tmp_path, client: MlflowClient, name: str, kinds: list[str]) -
 
 
 @pytest.mark.slow
-def test_a_short_outage_loses_nothing(tmp_path, mlflow_service):
+def test_a_short_outage_loses_nothing(tmp_path, mlflow_service, searches):
     path = _search_config(tmp_path, "outage", trials=2, references=["sgd"])
     client = MlflowClient(tracking_uri=mlflow_service.url)
-    proc = _start_search(tmp_path, path, mlflow_service.url)
+    proc = _start_search(searches, tmp_path, path, mlflow_service.url)
     _wait_for_first_result(client, proc)
     mlflow_service.stop()
     down_at = time.time()
-    time.sleep(25)
+    time.sleep(12)  # with the restart (~10-25 s on two busy cores): down ~25-40 s
     mlflow_service.start()
     print(f"server down {time.time() - down_at:.0f} s; search still running: {proc.poll() is None}")
     out, _ = proc.communicate(timeout=400)
@@ -171,10 +188,10 @@ def test_a_short_outage_loses_nothing(tmp_path, mlflow_service):
 
 
 @pytest.mark.slow
-def test_an_outage_past_the_limit_stops_cleanly_and_the_rerun_loses_nothing(tmp_path, mlflow_service):
+def test_an_outage_past_the_limit_stops_cleanly_and_the_rerun_loses_nothing(tmp_path, mlflow_service, searches):
     path = _search_config(tmp_path, "longout", trials=2, references=[])
     client = MlflowClient(tracking_uri=mlflow_service.url)
-    proc = _start_search(tmp_path, path, mlflow_service.url, ESAM_MLFLOW_MAX_OUTAGE_S="3")
+    proc = _start_search(searches, tmp_path, path, mlflow_service.url, ESAM_MLFLOW_MAX_OUTAGE_S="3")
     _wait_for_first_result(client, proc)
     mlflow_service.stop()
     out, _ = proc.communicate(timeout=240)
@@ -186,7 +203,7 @@ def test_an_outage_past_the_limit_stops_cleanly_and_the_rerun_loses_nothing(tmp_
     assert spill.is_file() and spill.read_text().strip(), out  # kept on disk, not dropped
 
     mlflow_service.start()
-    proc = _start_search(tmp_path, path, mlflow_service.url)
+    proc = _start_search(searches, tmp_path, path, mlflow_service.url)
     out, _ = proc.communicate(timeout=400)
     print(out)
     assert proc.returncode == 0, out
