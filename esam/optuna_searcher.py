@@ -6,24 +6,36 @@
   can be matched at start-up.
 - An Optuna trial left RUNNING by a killed driver, whose Ray trial was never saved (an orphan),
   is handed to the next Ray trial instead of asking Optuna for a new one: no fifth trial for
-  four, no second trial with the same settings.
+  four, no second trial with the same settings. The study decides how many ESAM trials exist:
+  once it holds `max_trials`, Ray gets no new one even if its lagging snapshot asks.
+- A restored searcher opens the study where the search lives now (`storage_url`), not where
+  its pickle says: a moved results directory keeps its study.
 
 Defined at module level so that a restored experiment unpickles this code, not a frozen copy.
 """
 from __future__ import annotations
 
+from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 RAY_TRIAL_ATTR = "ray_trial_id"
 
 
 class ReconcilingOptunaSearch(OptunaSearch):
+    storage_url: str | None = None  # set by the running search: where its study lives now
+
+    def __init__(self, *args, max_trials: int | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.max_trials = max_trials
+
     def suggest(self, trial_id: str):
         new = trial_id not in self._ot_trials
         if new and self._ot_study is not None:
             orphan = self._next_orphan()
             if orphan is not None:
                 self._ot_trials[trial_id] = orphan
+            elif self.max_trials is not None and len(self._ot_study.get_trials(deepcopy=False)) >= self.max_trials:
+                return Searcher.FINISHED
         params = super().suggest(trial_id)
         if new and trial_id in self._ot_trials:
             self._ot_trials[trial_id].set_user_attr(RAY_TRIAL_ATTR, trial_id)
@@ -39,3 +51,14 @@ class ReconcilingOptunaSearch(OptunaSearch):
 
     def on_trial_complete(self, trial_id, result=None, error=False):
         super().on_trial_complete(trial_id, None if error else result, error)
+
+    def restore(self, checkpoint_path: str):
+        import optuna
+        super().restore(checkpoint_path)
+        url = type(self).storage_url
+        if url and self._ot_study is not None:
+            self._storage = optuna.storages.RDBStorage(url)
+            self._ot_study = optuna.load_study(study_name=self._ot_study.study_name, storage=self._storage,
+                                               sampler=self._ot_study.sampler, pruner=self._ot_study.pruner)
+            self._ot_trials = {rid: optuna.trial.Trial(self._ot_study, t._trial_id)
+                               for rid, t in self._ot_trials.items()}

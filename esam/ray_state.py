@@ -62,8 +62,9 @@ def read_trials(experiment_dir: Path) -> list[SavedTrial] | None:
     path = state_file(experiment_dir)
     if path is None:
         return None
+    doc = _load(path)
     try:
-        return [_trial(entry) for entry in _load(path)["trial_data"]]
+        return [_trial(entry) for entry in doc["trial_data"]]
     except (ValueError, KeyError, TypeError) as err:
         raise _unreadable(path, f"{type(err).__name__}: {str(err)[:120]}") from None
 

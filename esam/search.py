@@ -23,7 +23,8 @@ from esam.pareto_report import format_table, update_pareto
 from esam.search_config import SearchConfig
 from esam.search_lock import SearchLock
 from esam.search_state import check_writable, read_state, storage_error_line, write_state
-from esam.search_startup import check_study, known_parent, reconcile_all, same_config, settle_after_stop
+from esam.search_startup import (check_ray_states, check_study, known_parent, reconcile_all, same_config,
+                                 settle_after_stop)
 from esam.stop_signals import StopSignals
 
 # Ray snapshots its experiment every few seconds by default: a hard stop then loses which
@@ -100,14 +101,24 @@ def _tuner(cfg: SearchConfig, experiment: str, param_space: dict, tune_config, c
 _SIGNALS: list[StopSignals] = []  # the running search's signal catcher (one search per process)
 
 
-def _fit(tuner, expected: int, epochs: int) -> None:
+def _fit(tuner, expected: int | None, epochs: int) -> None:
     """Run an experiment; a signal during it, or trials left unfinished, count as a stop.
 
     A trial Ray stopped is TERMINATED like a finished one: finished means every epoch reported.
+    `expected` None: as many trials as Ray made (the study counts ESAM trials, see _check_done).
     """
     grid = _SIGNALS[-1].fit(tuner) if _SIGNALS else tuner.fit()
     ended = sum(r.error is not None or int((r.metrics or {}).get("epoch") or 0) >= epochs for r in grid)
-    if ended < expected:
+    if ended < (len(grid) if expected is None else expected):
+        raise KeyboardInterrupt
+
+
+def _check_done(storage, cfg: SearchConfig) -> None:
+    """The search is done when its study holds `trials` ended trials; else it was stopped."""
+    import optuna
+    study = optuna.load_study(study_name=cfg.name, storage=storage)
+    ended = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL))
+    if len(ended) < cfg.trials:
         raise KeyboardInterrupt
 
 
@@ -177,10 +188,11 @@ def _run_search(cfg: SearchConfig, *, address: str | None, echo: Callable[[str],
                           f"continue it unchanged, or give a new name (--set name=...)")
     directory.mkdir(parents=True, exist_ok=True)
     parent = known_parent(client, state, uri) if state else None
-    parent = tracking.start_parent_run(client, cfg.mlflow.experiment, cfg.name, resolved, parent)
-    write_state(directory, {"config": resolved, "parent_run_id": parent, "tracking_uri": uri})
     storage = _optuna_storage(cfg.optuna_url())
     check_study(cfg, storage, state)
+    check_ray_states(cfg)  # all refusals before the parent run is reopened: a refused run changes nothing
+    parent = tracking.start_parent_run(client, cfg.mlflow.experiment, cfg.name, resolved, parent)
+    write_state(directory, {"config": resolved, "parent_run_id": parent, "tracking_uri": uri})
     objectives = [(o.metric, o.mode) for o in cfg.objective_list]
     echo(f"search {cfg.name}: {cfg.trials} ESAM trials + references {cfg.references or 'none'}, "
          f"{cfg.concurrency} at a time; MLflow run {parent} at {uri}")
@@ -200,13 +212,15 @@ def _run_search(cfg: SearchConfig, *, address: str | None, echo: Callable[[str],
                         tune_config, callbacks, restore=bool(state)), len(cfg.references), cfg.train.epochs)
         searcher = ReconcilingOptunaSearch(
             space=_distributions(cfg), metric=[m for m, _ in objectives], mode=[d for _, d in objectives],
-            sampler=_sampler(cfg), study_name=cfg.name, storage=storage)
+            sampler=_sampler(cfg), study_name=cfg.name, storage=storage, max_trials=cfg.trials)
+        ReconcilingOptunaSearch.storage_url = cfg.optuna_url()
         tune_config = tune.TuneConfig(search_alg=searcher, num_samples=cfg.trials,
                                       max_concurrent_trials=cfg.concurrency,
                                       trial_dirname_creator=lambda t: f"esam_{t.trial_id}")
         callbacks = [MlflowTrialRuns(uri, parent, "trial", _trial_name, params_of),
                      Progress("esam", cfg.trials, objectives, echo)]
-        _fit(_tuner(cfg, "search", {}, tune_config, callbacks, restore=bool(state)), cfg.trials, cfg.train.epochs)
+        _fit(_tuner(cfg, "search", {}, tune_config, callbacks, restore=bool(state)), None, cfg.train.epochs)
+        _check_done(storage, cfg)
         finish_records(uri, parent, wait=True)  # every trial's record is in MLflow before the parent ends
         retry(lambda: client.set_terminated(parent, status="FINISHED"), "the search run's status", echo=echo)
         status = "FINISHED"

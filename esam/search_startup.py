@@ -13,7 +13,7 @@ from esam import ray_state, tracking
 from esam.errors import ConfigError
 from esam.reconcile import Experiment, reconcile, summary
 from esam.search_config import SearchConfig
-from esam.search_state import STATE_FILE, read_state
+from esam.search_state import EXPERIMENTS, STATE_FILE, read_state
 
 
 def same_config(saved: dict, resolved: dict) -> bool:
@@ -59,6 +59,12 @@ def check_study(cfg: SearchConfig, storage, state: dict) -> None:
         raise ConfigError(f"the Optuna storage {cfg.optuna_url()} has no study {cfg.name!r}, yet Ray saved its "
                           f"trials (database emptied or replaced?); restore it, or remove {cfg.directory} to start "
                           f"the search over")
+
+
+def check_ray_states(cfg: SearchConfig) -> None:
+    """Ray's saved experiment states must be readable (ConfigError naming the file otherwise)."""
+    for experiment in EXPERIMENTS:
+        ray_state.read_trials(cfg.directory / experiment)
 
 
 def _experiments(cfg: SearchConfig, storage) -> list[Experiment]:

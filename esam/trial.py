@@ -13,7 +13,7 @@ from ray import tune
 
 from esam.config import train_config_from_dict
 from esam.scratch import trial_scratch
-from esam.train import train
+from esam.train import CHECKPOINT_FILE, train
 
 
 def trial_overrides(trial_config: dict) -> dict:
@@ -35,6 +35,25 @@ def trial_params(base_optimizer: dict, trial_config: dict) -> dict:
     return {"optimizer": method, **{k: resolved[k] for k in _METHOD_PARAMS[method]}}
 
 
+def _resume_copy(checkpoint, target: Path) -> Path | None:
+    """A local copy of the newest checkpoint this trial saved, or None to start over.
+
+    Ray names the checkpoint of its last snapshot; after a hard stop that snapshot can lag, and
+    the checkpoint it names may be gone (only the newest is kept), while a newer one exists.
+    An explicit target: without one Ray copies into a checkpoint_tmp_<uuid> it never removes.
+    """
+    if getattr(checkpoint.filesystem, "type_name", "local") != "local":  # remote storage: Ray's copy
+        return Path(checkpoint.to_directory(str(target)))
+    saved = Path(checkpoint.path)
+    candidates = sorted(saved.parent.glob("checkpoint_*")) if saved.parent.is_dir() else []
+    newest = next((c for c in reversed(candidates) if (c / CHECKPOINT_FILE).is_file()), None)
+    if newest is not None:
+        return Path(tune.Checkpoint.from_directory(str(newest)).to_directory(str(target)))
+    if saved.is_dir():
+        return Path(checkpoint.to_directory(str(target)))
+    return None
+
+
 def run_trial(trial_config: dict, base_train: dict, threads: int | None) -> None:
     config = train_config_from_dict(base_train, trial_overrides(trial_config))
     if config.threads is None and threads:
@@ -48,6 +67,5 @@ def run_trial(trial_config: dict, base_train: dict, threads: int | None) -> None
         resume_from = None
         checkpoint = tune.get_checkpoint()
         if checkpoint is not None:  # a restored trial continues from its last epoch
-            # An explicit target: without one Ray copies into a checkpoint_tmp_<uuid> it never removes.
-            resume_from = Path(checkpoint.to_directory(str(tmp / "resume")))
+            resume_from = _resume_copy(checkpoint, tmp / "resume")
         train(config, report, checkpoint_dir=tmp / "checkpoint", resume_from=resume_from)
