@@ -17,7 +17,7 @@ from typing import Callable
 
 from esam import tracking
 from esam.config import to_dict
-from esam.errors import ConfigError
+from esam.errors import ConfigError, EsamError
 from esam.local_ray import init_ray
 from esam.pareto_report import format_table, update_pareto
 from esam.search_config import SearchConfig
@@ -161,6 +161,11 @@ def run_search(cfg: SearchConfig, *, address: str | None = None, echo: Callable[
         except KeyboardInterrupt:
             settle_after_stop(cfg, echo, status="KILLED")
             raise
+        except EsamError:  # refused before any trial ran: nothing to settle
+            raise
+        except Exception:
+            settle_after_stop(cfg, echo, status="FAILED")
+            raise
         finally:
             _SIGNALS.remove(signals)
 
@@ -201,6 +206,8 @@ def _run_search(cfg: SearchConfig, *, address: str | None, echo: Callable[[str],
     open_records(uri, parent, directory, echo)  # trial records an outage kept go first
     reconcile_all(cfg, client, parent, storage, echo)  # after a hard stop the stores may disagree
     started_ray = init_ray(address)
+    if _SIGNALS:
+        _SIGNALS[-1].reinstall()
     status = "FAILED"
     try:
         if cfg.references:
@@ -235,7 +242,6 @@ def _run_search(cfg: SearchConfig, *, address: str | None, echo: Callable[[str],
         if status != "FINISHED":
             with contextlib.suppress(Exception):  # MLflow may be away; the next run reopens the parent
                 client.set_terminated(parent, status=status)
-            echo(f"search {cfg.name} stopped; run the same command again to continue it")
     rows, front, references = retry(lambda: update_pareto(client, parent, objectives), "the Pareto artifacts",
                                     echo=echo)
     table = format_table(front, references)

@@ -103,12 +103,17 @@ def reconcile_all(cfg: SearchConfig, client, parent: str, storage, echo: Callabl
 def settle_after_stop(cfg: SearchConfig, echo: Callable[[str], None], status: str) -> None:
     """After a stop or an error: the parent ends `status`, the stopped trials' runs KILLED."""
     with contextlib.suppress(Exception):  # best effort: the next start reconciles again
-        state = read_state(cfg.directory)
-        if not state:
-            return
-        client = tracking.connect(state["tracking_uri"])
-        parent = state["parent_run_id"]
-        if client.get_run(parent).info.status == "RUNNING":
-            client.set_terminated(parent, status=status)
-        from esam.search import _optuna_storage
-        _reconcile(cfg, client, parent, _optuna_storage(cfg.optuna_url()), stopping=True)
+        _settle(cfg, status)
+    echo(f"search {cfg.name} stopped; run the same command again to continue it")
+
+
+def _settle(cfg: SearchConfig, status: str) -> None:
+    state = read_state(cfg.directory)
+    if not state:
+        return
+    client = tracking.connect(state["tracking_uri"])
+    parent = state["parent_run_id"]
+    if client.get_run(parent).info.status == "RUNNING":
+        client.set_terminated(parent, status=status)
+    from esam.search import _optuna_storage
+    _reconcile(cfg, client, parent, _optuna_storage(cfg.optuna_url()), stopping=True)

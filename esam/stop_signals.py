@@ -41,6 +41,12 @@ class StopSignals:
                 self._old[sig] = signal.signal(sig, _not_in_loop if sig == signal.SIGUSR1 else self._handle)
         return self
 
+    def reinstall(self) -> None:
+        """Take SIGINT and SIGTERM back: ray.init installs its own (SIGTERM exits with stack lines)."""
+        if self._old:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, self._handle)
+
     def __exit__(self, *exc) -> None:
         self._in_fit = False
         for sig, old in self._old.items():
