@@ -8,6 +8,9 @@
   is handed to the next Ray trial instead of asking Optuna for a new one: no fifth trial for
   four, no second trial with the same settings. The study decides how many ESAM trials exist:
   once it holds `max_trials`, Ray gets no new one even if its lagging snapshot asks.
+- It limits concurrency itself (Ray's ConcurrencyLimiter is bypassed): live trials are those
+  Optuna holds RUNNING, so a trial the start-up reconciliation ended frees its slot (the
+  limiter's pickled count would keep it forever and the search would wait for nothing).
 - A restored searcher opens the study where the search lives now (`storage_url`), not where
   its pickle says: a moved results directory keeps its study.
 
@@ -27,10 +30,23 @@ class ReconcilingOptunaSearch(OptunaSearch):
     def __init__(self, *args, max_trials: int | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.max_trials = max_trials
+        self.max_concurrent: int | None = None
+
+    def set_max_concurrency(self, max_concurrent: int) -> bool:
+        self.max_concurrent = max_concurrent
+        return True
+
+    def _live(self) -> int:
+        import optuna
+        running = {t._trial_id for t in self._ot_study.get_trials(deepcopy=False,
+                                                                  states=(optuna.trial.TrialState.RUNNING,))}
+        return sum(t._trial_id in running for t in self._ot_trials.values())
 
     def suggest(self, trial_id: str):
         new = trial_id not in self._ot_trials
         if new and self._ot_study is not None:
+            if self.max_concurrent is not None and self._live() >= self.max_concurrent:
+                return None  # Ray asks again when a trial ends
             orphan = self._next_orphan()
             if orphan is not None:
                 self._ot_trials[trial_id] = orphan

@@ -39,18 +39,18 @@ def _resume_copy(checkpoint, target: Path) -> Path | None:
     """A local copy of the newest checkpoint this trial saved, or None to start over.
 
     Ray names the checkpoint of its last snapshot; after a hard stop that snapshot can lag, and
-    the checkpoint it names may be gone (only the newest is kept), while a newer one exists.
+    the checkpoint it names may be gone (only the newest is kept): then the newest one left.
     An explicit target: without one Ray copies into a checkpoint_tmp_<uuid> it never removes.
     """
     if getattr(checkpoint.filesystem, "type_name", "local") != "local":  # remote storage: Ray's copy
         return Path(checkpoint.to_directory(str(target)))
     saved = Path(checkpoint.path)
+    if (saved / CHECKPOINT_FILE).is_file():  # newer ones may hold epochs the driver never recorded
+        return Path(checkpoint.to_directory(str(target)))
     candidates = sorted(saved.parent.glob("checkpoint_*")) if saved.parent.is_dir() else []
     newest = next((c for c in reversed(candidates) if (c / CHECKPOINT_FILE).is_file()), None)
     if newest is not None:
         return Path(tune.Checkpoint.from_directory(str(newest)).to_directory(str(target)))
-    if saved.is_dir():
-        return Path(checkpoint.to_directory(str(target)))
     return None
 
 
