@@ -32,10 +32,13 @@ def _print_epoch(metrics: dict, _saved) -> None:
 
 
 def cmd_train(args) -> int:
-    from esam.config import load_train_config
+    from esam.config import brief, load_train_config
+    from esam.models import MODELS
     from esam.training.trainer import train
 
     config = load_train_config(args.config, args.set)
+    if config.model not in MODELS:  # named here, short: the value may be a whole file's worth of text
+        raise ConfigError(f"model: unknown model {brief(config.model)} (valid: {', '.join(sorted(MODELS))})")
     o = config.optimizer
     print(f"training {config.model} on {config.data.name} with {o.name} "
           f"(rho {o.rho}, beta {o.beta}, gamma {o.gamma}, score {o.score}) for {config.epochs} epochs", flush=True)
@@ -69,8 +72,9 @@ def cmd_search(args) -> int:
 
 
 def _client(args):
+    """A read-only connection: export and pareto never create a store (a mistyped URI is one line)."""
     from esam.search import tracking
-    return tracking.connect(tracking.tracking_uri(args.tracking_uri))
+    return tracking.open_store(tracking.tracking_uri(args.tracking_uri))
 
 
 def cmd_pareto(args) -> int:
@@ -89,8 +93,14 @@ def cmd_pareto(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from esam.search.export import export_config, resolve_search
+    from esam.search.export import check_output, export_config, resolve_search
+    from esam.search.pareto import check_rule
 
+    try:
+        check_rule(args.pick)  # before connecting: a typo costs no store round trip
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    check_output(args.out)
     client = _client(args)
     parent = resolve_search(client, args.experiment, args.search)
     doc = export_config(client, parent, args.pick, args.out)
@@ -161,9 +171,9 @@ def main(argv: list[str] | None = None) -> int:
     except EsamError as err:
         print(f"esam: error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("esam: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:  # SearchStopped carries the signal: 130 for SIGINT, 143 for SIGTERM
+        print(f"esam: stopped ({err})" if str(err) else "esam: interrupted", file=sys.stderr)
+        return getattr(err, "exit_code", 130)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ Four figures, images/s over whole epochs of synthetic CIFAR-sized data (50,000 s
   bare          SGD steps on one fixed batch already on the device (the model's ceiling)
   loader+aug    the same steps fed by esam's GPU-resident loader with the paper's augmentation
   loader noaug  the loader without augmentation
-  esam.train    `esam.train.train` itself with optimizer sgd (its own images/s: timed steps only)
+  train()       `train()` itself with optimizer sgd (its own images/s: timed steps only)
 All in bf16 autocast and channels_last on CUDA, the same SGD settings, epochs interleaved.
 A second table counts the ATen operators each loop dispatches per step (esam.dispatch_count):
 where the host launching kernels bounds the step (an H200 at CIFAR sizes), that count is what
@@ -72,10 +72,10 @@ def main(argv=None) -> int:
                                                                   "test_limit": 256},
                                        "optimizer": {"name": "sgd"}, "device": args.device})
     train_cfg = train_config(2)
-    results: dict[str, list[float]] = {"bare": [], "loader+aug": [], "loader noaug": [], "esam.train": []}
+    results: dict[str, list[float]] = {"bare": [], "loader+aug": [], "loader noaug": [], "train()": []}
     for rep in range(args.repeats):
         for key in results:
-            if key == "esam.train":  # its own timer: 2 epochs, the second one counts
+            if key == "train()":  # its own timer: 2 epochs, the second one counts
                 history = []
                 train(train_cfg, lambda m, _: history.append(m["images_per_s"]))
                 results[key].append(history[-1])
@@ -98,7 +98,7 @@ def main(argv=None) -> int:
         med = statistics.median(values)
         print(f"| {key} | {med:,.0f} | {med / bare:.3f} | {', '.join(f'{v:,.0f}' for v in values)} |")
 
-    # Host ops per step. esam.train: one more epoch's operators, less its evaluation, per step.
+    # Host ops per step. train(): one more epoch's operators, less its evaluation, per step.
     ops = {"bare": sum(count_ops(lambda: step(x0, y0)).values())}
 
     def loader_epoch():
@@ -108,7 +108,7 @@ def main(argv=None) -> int:
     one, two = (sum(count_ops(lambda: train(train_config(e))).values()) for e in (1, 2))
     test = build_data(train_cfg.data, dev, 0, args.batch_size, train_cfg.eval_batch_size).test
     eval_ops = sum(count_ops(lambda: evaluate(model, test, dev, "bf16" if cuda else "fp32", cuda)).values())
-    ops["esam.train"] = (two - one - eval_ops) / steps
+    ops["train()"] = (two - one - eval_ops) / steps
     print("\n| loop | host ops/step | vs bare |\n|---|---|---|")
     for key, n in ops.items():
         print(f"| {key} | {n:.1f} | {n - ops['bare']:+.1f} |")

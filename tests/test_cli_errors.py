@@ -93,6 +93,11 @@ def test_corrupt_image_names_the_file(tmp_path, capsys):
 
 def test_export_without_search(capsys):
     code, err = run_cli(capsys, "export", "--out", "x.yaml")
+    assert code == 2 and "no MLflow store at" in err  # export only reads: a missing store stays missing
+    assert not Path("mlflow.db").exists()
+    from esam.search import tracking
+    tracking.connect(tracking.tracking_uri(None))  # an empty store, as a search would create it
+    code, err = run_cli(capsys, "export", "--out", "x.yaml")
     assert code == 2 and "no search recorded" in err
 
 

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import math
 import os
+import signal
+import time
 from typing import Callable
 
 from ray import tune
-
-from esam.search import tracking
 
 
 def error_line(trial) -> str:
@@ -24,52 +24,51 @@ def error_line(trial) -> str:
 class MlflowTrialRuns(tune.Callback):
     """One MLflow run per trial, nested under the search's parent run; metrics per epoch.
 
-    Only the driver writes, which keeps a SQLite store free of lock contention. A resumed
-    experiment finds its trials' runs again by their `trial_id` tag instead of duplicating them.
+    Only the driver writes, which keeps a SQLite store free of lock contention. Writes go
+    through the search's record buffer (esam/trial_records.py): the Tune loop never waits on
+    MLflow and never sees its errors (an exception here would abort the experiment). When the
+    buffer gives up on an outage, the experiment stops as Ctrl-C stops it and can be continued.
     """
 
     def __init__(self, uri: str, parent_run_id: str, kind: str, name_of: Callable[[dict], str],
                  params_of: Callable[[dict], dict]):
         self.uri, self.parent_run_id, self.kind = uri, parent_run_id, kind
         self.name_of, self.params_of = name_of, params_of
-        self._client = None
-        self._runs: dict[str, str] = {}
+        self._stopping = False
 
-    def __getstate__(self):  # Ray pickles callbacks with the experiment; clients do not pickle
-        return {**self.__dict__, "_client": None}
+    def __getstate__(self):  # Ray pickles callbacks with the experiment; a stop request is per run
+        return {**self.__dict__, "_stopping": False}
 
-    @property
-    def client(self):
-        if self._client is None:
-            from mlflow.tracking import MlflowClient
-            self._client = MlflowClient(tracking_uri=self.uri)
-        return self._client
-
-    def _run_id(self, trial) -> str:
-        if trial.trial_id not in self._runs:
-            existing = [r for r in tracking.trial_runs(self.client, self.parent_run_id)
-                        if r.data.tags.get("trial_id") == trial.trial_id]
-            if existing:
-                self._runs[trial.trial_id] = existing[0].info.run_id
-                self.client.update_run(existing[0].info.run_id, status="RUNNING")
-            else:
-                self._runs[trial.trial_id] = tracking.start_trial_run(
-                    self.client, self.parent_run_id, self.name_of(trial.config), self.kind,
-                    self.params_of(trial.config), trial.trial_id)
-        return self._runs[trial.trial_id]
+    def _put(self, trial, op: str, **fields) -> None:
+        from esam.search.trial_records import open_records
+        open_records(self.uri, self.parent_run_id).put({"op": op, "trial_id": trial.trial_id, **fields})
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        self._run_id(trial)
+        self._put(trial, "start", name=self.name_of(trial.config), kind=self.kind,
+                  params=self.params_of(trial.config))
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        metrics = {k: result[k] for k in result if k in _METRICS}
-        tracking.log_epoch(self.client, self._run_id(trial), metrics, step=int(result.get("epoch", 0)))
+        metrics = {k: float(result[k]) for k in _METRICS
+                   if isinstance(result.get(k), (int, float)) and not isinstance(result.get(k), bool)}
+        self._put(trial, "metrics", step=int(result.get("epoch", 0)), timestamp=int(time.time() * 1000),
+                  metrics=metrics)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        tracking.end_trial_run(self.client, self._run_id(trial))
+        self._put(trial, "end", error=None)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        tracking.end_trial_run(self.client, self._run_id(trial), error=error_line(trial))
+        self._put(trial, "end", error=error_line(trial))
+
+    def on_step_end(self, iteration, trials, **info):
+        from esam.search.trial_records import open_records
+        if getattr(self, "_stopping", False) or not open_records(self.uri, self.parent_run_id).gave_up:
+            return
+        handler = signal.getsignal(signal.SIGUSR1)
+        if callable(handler):  # Ray's own stop request (the Ctrl-C path): checkpoint, then return
+            self._stopping = True
+            print(f"MLflow at {self.uri} {open_records(self.uri, self.parent_run_id).gave_up}: "
+                  f"stopping the search", flush=True)
+            handler(signal.SIGUSR1, None)
 
 
 _METRICS = ("epoch", "train_loss", "test_loss", "test_acc", "images_per_s", "step_time_vs_sgd",

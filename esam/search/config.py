@@ -19,6 +19,8 @@ from esam.optim.sam import BN_UPDATES
 # Metrics that train() reports every epoch: the only valid objectives.
 METRICS = ("test_acc", "test_loss", "train_loss", "images_per_s", "speed_vs_sgd", "step_time_vs_sgd",
            "relative_cost", "epoch_time_s")
+# Search names go into MLflow filter strings, paths and study names: no quotes, slashes or spaces.
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 SAMPLERS = ("nsga2", "tpe", "gp", "random")
 REFERENCES = ("sgd", "sam")
 # Ranges that are legal for each searchable optimizer field (open/closed as the optimizer demands).
@@ -137,7 +139,7 @@ def _validate_space(space: Any) -> None:
 
 
 def validate_search(cfg: SearchConfig) -> SearchConfig:
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", cfg.name):
+    if not NAME_PATTERN.fullmatch(cfg.name):
         raise ConfigError(f"name must be letters, digits, '_', '-', '.', got {brief(cfg.name)}")
     _validate_space(cfg.space)
     objectives = cfg.objectives
@@ -166,6 +168,9 @@ def validate_search(cfg: SearchConfig) -> SearchConfig:
         raise ConfigError(f"max_failures must be >= 0, got {brief(cfg.max_failures)}")
     if cfg.resources.cpu <= 0 or cfg.resources.gpu < 0:
         raise ConfigError(f"resources: cpu must be > 0 and gpu >= 0, got cpu={cfg.resources.cpu} gpu={cfg.resources.gpu}")
+    if cfg.mlflow.tracking_uri is not None:
+        from esam.search.tracking import check_uri
+        check_uri(cfg.mlflow.tracking_uri, " (mlflow.tracking_uri)")
     if not isinstance(cfg.references, list) or any(r not in REFERENCES for r in cfg.references):
         raise ConfigError(f"references must be a list from {', '.join(REFERENCES)}, got {brief(cfg.references)}")
     if cfg.train.optimizer.name != "esam":

@@ -8,24 +8,31 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 from pathlib import Path
 
 import yaml
 
 from esam.search import tracking
-from esam.config import deep_merge, to_dict, train_config_from_dict
+from esam.config import brief, deep_merge, to_dict, train_config_from_dict
 from esam.errors import ConfigError
 from esam.search.pareto import pick
 from esam.search.pareto_report import collect
-from esam.search.config import SEARCHABLE
+from esam.search.config import NAME_PATTERN, SEARCHABLE
 
 METRICS = ("test_acc", "images_per_s", "speed_vs_sgd", "step_time_vs_sgd", "relative_cost", "train_loss", "test_loss")
 
 
 def search_config_of(client, parent_run_id: str) -> dict:
     """The resolved search config stored on the parent run."""
-    path = client.download_artifacts(parent_run_id, "search_config.json")
-    return json.loads(Path(path).read_text())
+    try:
+        path = client.download_artifacts(parent_run_id, "search_config.json")
+        config = json.loads(Path(path).read_text())
+        objectives_of(config)
+    except Exception as err:  # noqa: BLE001 - a search stopped before logging it, or lost artifacts
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
+        raise ConfigError(f"search run {parent_run_id} has no readable search_config.json ({first})") from None
+    return config
 
 
 def resolve_search(client, experiment: str, search: str | None) -> str:
@@ -37,16 +44,18 @@ def resolve_search(client, experiment: str, search: str | None) -> str:
                 return run.info.run_id
         except Exception:  # noqa: BLE001 - not a run id: try it as a search name
             pass
+        if not NAME_PATTERN.fullmatch(search):  # no search can have this name; keeps the filter string intact
+            raise ConfigError(f"no search named {brief(search)}: search names are letters, digits, '_', '-', '.'")
         found = tracking.find_parent_run(client, experiment, search)
         if found is None:
-            raise ConfigError(f"no search named {search!r} in MLflow experiment {experiment!r}")
+            raise ConfigError(f"no search named {search!r} in MLflow experiment {brief(experiment)}")
         return found
     exp = client.get_experiment_by_name(experiment)
     runs = [] if exp is None else client.search_runs(
         [exp.experiment_id], filter_string=f"tags.`{tracking.KIND_TAG}` = 'search'",
         order_by=["attributes.start_time DESC"], max_results=1)
     if not runs:
-        raise ConfigError(f"no search recorded in MLflow experiment {experiment!r} at {client.tracking_uri}")
+        raise ConfigError(f"no search recorded in MLflow experiment {brief(experiment)} at {client.tracking_uri}")
     return runs[0].info.run_id
 
 
@@ -55,7 +64,7 @@ def objectives_of(search_config: dict) -> list[tuple[str, str]]:
 
 
 def export_config(client, parent_run_id: str, rule: str, out: str | Path) -> dict:
-    """Write the front point chosen by `rule` (see esam.pareto.pick) to `out`; return the document."""
+    """Write the front point chosen by `rule` (see esam.search.pareto.pick) to `out`; return the document."""
     search_config = search_config_of(client, parent_run_id)
     objectives = objectives_of(search_config)
     trials = [r for r in collect(client, parent_run_id) if r["kind"] == "trial" and r["status"] == "FINISHED"]
@@ -79,10 +88,26 @@ def export_config(client, parent_run_id: str, rule: str, out: str | Path) -> dic
             **{k: v for k, v in tracking.provenance().items() if k == "git_commit"},
         },
     }
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out = check_output(out)
     header = (f"# ESAM config exported from search {search_config['name']!r} (pick: {rule}).\n"
               f"# Run it: esam train {out.name}\n"
               f"# Use it: ESAM.from_config(model.parameters(), base_optimizer, '{out.name}')\n")
-    out.write_text(header + yaml.safe_dump(document, sort_keys=False))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(header + yaml.safe_dump(document, sort_keys=False))
+    except OSError as err:
+        raise ConfigError(f"--out {out}: cannot write ({err.strerror or type(err).__name__})") from None
     return document
+
+
+def check_output(out: str | Path) -> Path:
+    """`out` as a Path, or ConfigError when it cannot become a file (checked before any work)."""
+    text, out = str(out), Path(out)
+    if out.is_dir() or text.endswith(("/", os.sep)):  # Path() drops a trailing slash
+        raise ConfigError(f"--out {out}: is a directory; give a file name such as {out / 'esam_knee.yaml'}")
+    parent = next((p for p in (out.parent, *out.parent.parents) if p.exists()), Path("."))
+    if not parent.is_dir():
+        raise ConfigError(f"--out {out}: {parent} is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK) or (out.exists() and not os.access(out, os.W_OK)):
+        raise ConfigError(f"--out {out}: {out if out.exists() else parent} is not writable")
+    return out

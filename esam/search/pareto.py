@@ -55,6 +55,7 @@ def pick(points: Sequence[dict], objectives: Sequence[Objective], rule: str) -> 
     - fastest-within=D: the fastest front point whose accuracy is at most D below the best one
       (D in the accuracy metric's units, percentage points for test_acc).
     """
+    check_rule(rule)  # a bad rule is named as such, even when no trial has finished
     front = pareto_front(points, objectives)
     if not front:
         raise ValueError("no finished trial has finite values for every objective")
@@ -68,15 +69,34 @@ def pick(points: Sequence[dict], objectives: Sequence[Objective], rule: str) -> 
         norm = _normalized(members, objectives)
         best = min(range(len(front)), key=lambda i: (math.dist(norm[i], [1.0] * len(objectives)), -signed[i][0]))
     elif rule.startswith("fastest-within="):
-        try:
-            margin = float(rule.split("=", 1)[1])
-        except ValueError:
-            raise ValueError(f"pick {rule!r}: the margin must be a number, e.g. fastest-within=0.2") from None
-        if margin < 0:
-            raise ValueError(f"pick {rule!r}: the margin must be >= 0")
+        margin = within_margin(rule)
         top = max(s[0] for s in signed)
         ok = [i for i in range(len(front)) if signed[i][0] >= top - margin]
         best = max(ok, key=lambda i: (signed[i][1], signed[i][0]))
     else:
-        raise ValueError(f"unknown pick {rule!r} (valid: {', '.join(PICKS)})")
+        raise ValueError(f"unknown pick {_shown(rule)} (valid: {', '.join(PICKS)})")
     return front[best]
+
+
+def check_rule(rule: str) -> None:
+    """ValueError unless `rule` is one of PICKS (with a finite margin >= 0 for fastest-within)."""
+    if rule.startswith("fastest-within="):
+        within_margin(rule)
+    elif rule not in PICKS:
+        raise ValueError(f"unknown pick {_shown(rule)} (valid: {', '.join(PICKS)})")
+
+
+def within_margin(rule: str) -> float:
+    """D of `fastest-within=D`: a finite number >= 0 (nan would leave no point within it)."""
+    try:
+        margin = float(rule.split("=", 1)[1])
+    except ValueError:
+        raise ValueError(f"pick {_shown(rule)}: the margin must be a number, e.g. fastest-within=0.2") from None
+    if not math.isfinite(margin) or margin < 0:
+        raise ValueError(f"pick {_shown(rule)}: the margin must be a finite number >= 0, e.g. fastest-within=0.2")
+    return margin
+
+
+def _shown(rule: str) -> str:
+    text = repr(rule)
+    return text if len(text) <= 60 else text[:60] + "..."

@@ -7,8 +7,8 @@ trials resume from their last epoch) and Optuna's study lives in an RDB storage.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
-import json
 import logging
 import os
 from dataclasses import dataclass
@@ -17,12 +17,19 @@ from typing import Callable
 
 from esam.search import tracking
 from esam.config import to_dict
-from esam.errors import ConfigError
+from esam.errors import ConfigError, EsamError
 from esam.search.local_ray import init_ray
 from esam.search.pareto_report import format_table, update_pareto
 from esam.search.config import SearchConfig
+from esam.search.lock import SearchLock
+from esam.search.state import check_writable, read_state, storage_error_line, write_state
+from esam.search.startup import (check_ray_states, check_study, known_parent, reconcile_all, same_config,
+                                 settle_after_stop)
+from esam.search.stop_signals import StopSignals
 
-STATE_FILE = "search.json"
+# Ray snapshots its experiment every few seconds by default: a hard stop then loses which
+# trials exist. Two seconds keeps that window short at a negligible cost for small states.
+SNAPSHOT_PERIOD_S = "2"
 
 
 @dataclass
@@ -66,30 +73,6 @@ def _optuna_storage(url: str):
         raise ConfigError(f"optuna_storage {url!r} cannot be opened: {str(err).splitlines()[0][:200]}") from None
 
 
-def _optuna_searcher():
-    """Ray's OptunaSearch, except that a crashed trial is told to Optuna as FAIL.
-
-    Ray passes a failed trial's last epoch as its result, which Optuna would record as a
-    finished trial with truncated metrics and put on the front.
-    """
-    from ray.tune.search.optuna import OptunaSearch
-
-    class FailAwareOptunaSearch(OptunaSearch):
-        def on_trial_complete(self, trial_id, result=None, error=False):
-            super().on_trial_complete(trial_id, None if error else result, error)
-    return FailAwareOptunaSearch
-
-
-def _read_state(directory: Path) -> dict:
-    path = directory / STATE_FILE
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def _write_state(directory: Path, state: dict) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / STATE_FILE).write_text(json.dumps(state, indent=2))
-
-
 def _tuner(cfg: SearchConfig, experiment: str, param_space: dict, tune_config, callbacks, restore: bool):
     from ray import tune
 
@@ -101,8 +84,13 @@ def _tuner(cfg: SearchConfig, experiment: str, param_space: dict, tune_config, c
         {"cpu": cfg.resources.cpu, "gpu": cfg.resources.gpu})
     path = cfg.directory / experiment
     if restore and tune.Tuner.can_restore(str(path)):
-        return tune.Tuner.restore(str(path), trainable, resume_unfinished=True, resume_errored=False,
-                                  restart_errored=False)
+        try:
+            return tune.Tuner.restore(str(path), trainable, resume_unfinished=True, resume_errored=False,
+                                      restart_errored=False)
+        except Exception as err:  # noqa: BLE001 - a damaged tuner.pkl or state: say which, no traceback
+            raise ConfigError(f"Ray's experiment {path} cannot be restored ({type(err).__name__}: "
+                              f"{str(err).strip()[:150]}); restore it, or remove {path} to run its trials "
+                              f"again") from None
     run_config = tune.RunConfig(
         name=experiment, storage_path=str(cfg.directory), callbacks=callbacks, verbose=0,
         failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
@@ -110,10 +98,27 @@ def _tuner(cfg: SearchConfig, experiment: str, param_space: dict, tune_config, c
     return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config)
 
 
-def _fit(tuner, expected: int) -> None:
-    """Run an experiment; a stop (Ctrl-C: Ray stops gracefully and returns) counts as an interrupt."""
-    grid = tuner.fit()
-    if grid.num_terminated + grid.num_errors < expected:
+_SIGNALS: list[StopSignals] = []  # the running search's signal catcher (one search per process)
+
+
+def _fit(tuner, expected: int | None, epochs: int) -> None:
+    """Run an experiment; a signal during it, or trials left unfinished, count as a stop.
+
+    A trial Ray stopped is TERMINATED like a finished one: finished means every epoch reported.
+    `expected` None: as many trials as Ray made (the study counts ESAM trials, see _check_done).
+    """
+    grid = _SIGNALS[-1].fit(tuner) if _SIGNALS else tuner.fit()
+    ended = sum(r.error is not None or int((r.metrics or {}).get("epoch") or 0) >= epochs for r in grid)
+    if ended < (len(grid) if expected is None else expected):
+        raise KeyboardInterrupt
+
+
+def _check_done(storage, cfg: SearchConfig) -> None:
+    """The search is done when its study holds `trials` ended trials; else it was stopped."""
+    import optuna
+    study = optuna.load_study(study_name=cfg.name, storage=storage)
+    ended = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL))
+    if len(ended) < cfg.trials:
         raise KeyboardInterrupt
 
 
@@ -138,10 +143,39 @@ def _check_local_data(cfg: SearchConfig, address: str | None) -> None:
 
 
 def run_search(cfg: SearchConfig, *, address: str | None = None, echo: Callable[[str], None] = print) -> SearchOutcome:
-    """Run (or continue) the search `cfg.name` and return its Pareto front."""
+    """Run (or continue) the search `cfg.name` and return its Pareto front.
+
+    One process per search (a lock); SIGINT and SIGTERM stop it as a stop, never as an end; any
+    stop leaves the parent run KILLED and the three stores agreeing on every trial.
+    """
+    directory = cfg.directory
+    check_writable(directory)
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", SNAPSHOT_PERIOD_S)
+    with SearchLock(directory, cfg.name), StopSignals() as signals:
+        _SIGNALS.append(signals)
+        try:
+            return _run_search(cfg, address=address, echo=echo)
+        except OSError as err:  # e.g. results_dir turned read-only or full during the search
+            settle_after_stop(cfg, echo, status="FAILED")
+            raise ConfigError(storage_error_line(err, directory)) from None
+        except KeyboardInterrupt:
+            settle_after_stop(cfg, echo, status="KILLED")
+            raise
+        except EsamError:  # refused before any trial ran: nothing to settle
+            raise
+        except Exception:
+            settle_after_stop(cfg, echo, status="FAILED")
+            raise
+        finally:
+            _SIGNALS.remove(signals)
+
+
+def _run_search(cfg: SearchConfig, *, address: str | None, echo: Callable[[str], None]) -> SearchOutcome:
     from ray import tune
 
     from esam.search.callbacks import MlflowTrialRuns, Progress
+    from esam.search.optuna_searcher import ReconcilingOptunaSearch
+    from esam.search.trial_records import finish_records, open_records, retry
     from esam.search.trial import trial_params
 
     import optuna
@@ -153,21 +187,27 @@ def run_search(cfg: SearchConfig, *, address: str | None = None, echo: Callable[
     client = tracking.connect(uri)
     resolved = to_dict(cfg)
     directory = cfg.directory
-    state = _read_state(directory)
-    if state and state.get("config") != resolved:
+    state = read_state(directory)
+    if state and not same_config(state["config"], resolved):
         raise ConfigError(f"search {cfg.name!r} already exists in {directory} with a different config; "
                           f"continue it unchanged, or give a new name (--set name=...)")
     directory.mkdir(parents=True, exist_ok=True)
+    parent = known_parent(client, state, uri) if state else None
     storage = _optuna_storage(cfg.optuna_url())
-    parent = state.get("parent_run_id") if state.get("tracking_uri") == uri else None
+    check_study(cfg, storage, state)
+    check_ray_states(cfg)  # all refusals before the parent run is reopened: a refused run changes nothing
     parent = tracking.start_parent_run(client, cfg.mlflow.experiment, cfg.name, resolved, parent)
-    _write_state(directory, {"config": resolved, "parent_run_id": parent, "tracking_uri": uri})
+    write_state(directory, {"config": resolved, "parent_run_id": parent, "tracking_uri": uri})
     objectives = [(o.metric, o.mode) for o in cfg.objective_list]
     echo(f"search {cfg.name}: {cfg.trials} ESAM trials + references {cfg.references or 'none'}, "
          f"{cfg.concurrency} at a time; MLflow run {parent} at {uri}")
 
     params_of = functools.partial(trial_params, resolved["train"]["optimizer"])
+    open_records(uri, parent, directory, echo)  # trial records an outage kept go first
+    reconcile_all(cfg, client, parent, storage, echo)  # after a hard stop the stores may disagree
     started_ray = init_ray(address)
+    if _SIGNALS:
+        _SIGNALS[-1].reinstall()
     status = "FAILED"
     try:
         if cfg.references:
@@ -176,16 +216,20 @@ def run_search(cfg: SearchConfig, *, address: str | None = None, echo: Callable[
             tune_config = tune.TuneConfig(num_samples=1, max_concurrent_trials=cfg.concurrency,
                                           trial_dirname_creator=lambda t: f"{t.config['optimizer']}_{t.trial_id}")
             _fit(_tuner(cfg, "references", {"optimizer": tune.grid_search(list(cfg.references))},
-                        tune_config, callbacks, restore=bool(state)), len(cfg.references))
-        searcher = _optuna_searcher()(
+                        tune_config, callbacks, restore=bool(state)), len(cfg.references), cfg.train.epochs)
+        searcher = ReconcilingOptunaSearch(
             space=_distributions(cfg), metric=[m for m, _ in objectives], mode=[d for _, d in objectives],
-            sampler=_sampler(cfg), study_name=cfg.name, storage=storage)
+            sampler=_sampler(cfg), study_name=cfg.name, storage=storage, max_trials=cfg.trials)
+        ReconcilingOptunaSearch.storage_url = cfg.optuna_url()
         tune_config = tune.TuneConfig(search_alg=searcher, num_samples=cfg.trials,
                                       max_concurrent_trials=cfg.concurrency,
                                       trial_dirname_creator=lambda t: f"esam_{t.trial_id}")
         callbacks = [MlflowTrialRuns(uri, parent, "trial", _trial_name, params_of),
                      Progress("esam", cfg.trials, objectives, echo)]
-        _fit(_tuner(cfg, "search", {}, tune_config, callbacks, restore=bool(state)), cfg.trials)
+        _fit(_tuner(cfg, "search", {}, tune_config, callbacks, restore=bool(state)), None, cfg.train.epochs)
+        _check_done(storage, cfg)
+        finish_records(uri, parent, wait=True)  # every trial's record is in MLflow before the parent ends
+        retry(lambda: client.set_terminated(parent, status="FINISHED"), "the search run's status", echo=echo)
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
@@ -194,9 +238,11 @@ def run_search(cfg: SearchConfig, *, address: str | None = None, echo: Callable[
         if started_ray:
             import ray
             ray.shutdown()
-        client.set_terminated(parent, status=status)
+        finish_records(uri, parent, wait=False)  # after a stop, what MLflow did not take is kept on disk
         if status != "FINISHED":
-            echo(f"search {cfg.name} stopped; run the same command again to continue it")
-    rows, front, references = update_pareto(client, parent, objectives)
+            with contextlib.suppress(Exception):  # MLflow may be away; the next run reopens the parent
+                client.set_terminated(parent, status=status)
+    rows, front, references = retry(lambda: update_pareto(client, parent, objectives), "the Pareto artifacts",
+                                    echo=echo)
     table = format_table(front, references)
     return SearchOutcome(parent, uri, directory, front, references, rows, table)

@@ -9,6 +9,7 @@ import functools
 import json
 import os
 import platform
+import re
 import subprocess
 import time
 from importlib import metadata
@@ -22,10 +23,75 @@ SEARCH_TAG = "esam.search"
 KIND_TAG = "esam.kind"  # search (parent), trial (Optuna's ESAM trials), reference (sgd/sam)
 
 
+# MLflow's database stores and its server; plain paths and file: URIs are the deprecated file store.
+_URI_FORMS = re.compile(r"sqlite:///[^?\n\r]+(\?.*)?|https?://[^/\s]+.*|(postgresql|mysql|mssql)(\+\w+)?://\S+")
+URI_HELP = "sqlite:///PATH, http(s)://HOST:PORT, postgresql://..., mysql://... or mssql://..."
+
+
 def tracking_uri(configured: str | None) -> str:
     """Config value, else $MLFLOW_TRACKING_URI, else a SQLite store mlflow.db in the working dir."""
     uri = configured or os.environ.get("MLFLOW_TRACKING_URI")
-    return uri or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+    if not uri:
+        return f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+    check_uri(uri, "" if configured else " (from $MLFLOW_TRACKING_URI)")
+    return uri
+
+
+def check_uri(uri: str, source: str = "") -> None:
+    """ConfigError unless `uri` names a store esam can use (see URI_HELP)."""
+    if not isinstance(uri, str) or not _URI_FORMS.fullmatch(uri):
+        shown = repr(uri) if len(repr(uri)) <= 80 else repr(uri)[:80] + "..."
+        raise ConfigError(f"MLflow tracking URI {shown}{source} is not supported; use {URI_HELP}")
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a sqlite:/// URI (query arguments dropped), else None."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(uri[len("sqlite:///"):].split("?", 1)[0])
+
+
+def open_store(uri: str):
+    """A client on an existing store, for commands that only read it (export, pareto).
+
+    connect() lets MLflow create a missing SQLite file, its tables and parent directories; a
+    mistyped URI here must create nothing, and a cut or foreign file must be one line.
+    """
+    path = sqlite_path(uri)
+    if path is not None:
+        _check_sqlite_store(path)
+    try:
+        return connect(uri)
+    except ConfigError:
+        raise
+    except Exception as err:  # noqa: BLE001 - MLflow/SQLAlchemy reject a damaged store in many ways
+        raise ConfigError(f"MLflow store {uri} cannot be read: {_first_line(err)}") from None
+
+
+def _check_sqlite_store(path: Path) -> None:
+    """ConfigError unless `path` is an intact SQLite file holding MLflow's tables; opened read-only."""
+    import sqlite3
+
+    if not path.is_file():
+        raise ConfigError(f"no MLflow store at {path}")
+    try:
+        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            tables = {row[0] for row in db.execute("select name from sqlite_master where type = 'table'")}
+            damaged = db.execute("pragma quick_check").fetchone()[0]
+        finally:
+            db.close()
+    except sqlite3.Error as err:
+        raise ConfigError(f"MLflow store {path} is not a readable SQLite database ({_first_line(err)})") from None
+    if damaged != "ok":
+        raise ConfigError(f"MLflow store {path} is damaged (sqlite quick_check: {_first_line(damaged)})")
+    if not {"experiments", "runs"} <= tables:
+        raise ConfigError(f"{path} is a SQLite database but no MLflow store (no experiments/runs tables)")
+
+
+def _first_line(err: object) -> str:
+    text = str(err).strip()
+    return (text.splitlines()[0][:200] if text else "") or type(err).__name__
 
 
 def connect(uri: str):
@@ -123,19 +189,40 @@ def start_parent_run(client, experiment: str, search_name: str, resolved_config:
     return run.info.run_id
 
 
-def start_trial_run(client, parent_run_id: str, name: str, kind: str, params: dict, trial_id: str) -> str:
-    """A child run nested under the search's parent (the UI groups by mlflow.parentRunId)."""
+def find_trial_run(client, parent_run_id: str, trial_id: str) -> str | None:
+    """The child run of `parent_run_id` tagged with Ray's `trial_id`, or None."""
     parent = client.get_run(parent_run_id)
-    run = client.create_run(parent.info.experiment_id, run_name=name,
-                            tags={PARENT_TAG: parent_run_id, SEARCH_TAG: parent.data.tags.get(SEARCH_TAG, ""),
-                                  KIND_TAG: kind, "trial_id": trial_id, **provenance()})
-    _log_params(client, run.info.run_id, params)
-    return run.info.run_id
+    runs = client.search_runs([parent.info.experiment_id],
+                              filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}' and tags.trial_id = '{trial_id}'",
+                              order_by=["attributes.start_time ASC"], max_results=1)
+    return runs[0].info.run_id if runs else None
 
 
-def log_epoch(client, run_id: str, metrics: dict, step: int) -> None:
+def start_trial_run(client, parent_run_id: str, name: str, kind: str, params: dict, trial_id: str) -> str:
+    """A child run nested under the search's parent (the UI groups by mlflow.parentRunId).
+
+    Idempotent: a run already tagged with `trial_id` (a resumed trial, or a retry whose first
+    answer was lost) is reopened, never duplicated.
+    """
+    run_id = find_trial_run(client, parent_run_id, trial_id)
+    if run_id is None:
+        parent = client.get_run(parent_run_id)
+        run_id = client.create_run(parent.info.experiment_id, run_name=name,
+                                   tags={PARENT_TAG: parent_run_id, SEARCH_TAG: parent.data.tags.get(SEARCH_TAG, ""),
+                                         KIND_TAG: kind, "trial_id": trial_id, **provenance()}).info.run_id
+    else:
+        client.update_run(run_id, status="RUNNING")
+    _log_params(client, run_id, params)  # same values again are accepted: safe to repeat
+    return run_id
+
+
+def log_epoch(client, run_id: str, metrics: dict, step: int, timestamp_ms: int | None = None) -> None:
+    """One epoch's metrics; a delayed write passes the epoch's own time, so it reads as a timely one.
+
+    Repeating the same batch (same values, step and time) adds no duplicate points.
+    """
     from mlflow.entities import Metric
-    now = int(time.time() * 1000)
+    now = int(time.time() * 1000) if timestamp_ms is None else int(timestamp_ms)
     batch = [Metric(k, float(v), now, step) for k, v in metrics.items()
              if isinstance(v, (int, float)) and not isinstance(v, bool)]
     client.log_batch(run_id, metrics=batch)

@@ -7,14 +7,13 @@ config arrives through `tune.with_parameters`.
 from __future__ import annotations
 
 import dataclasses
-import shutil
-import tempfile
 from pathlib import Path
 
 from ray import tune
 
 from esam.config import train_config_from_dict
-from esam.training.trainer import train
+from esam.search.scratch import trial_scratch
+from esam.training.trainer import CHECKPOINT_FILE, train
 
 
 def trial_overrides(trial_config: dict) -> dict:
@@ -36,6 +35,25 @@ def trial_params(base_optimizer: dict, trial_config: dict) -> dict:
     return {"optimizer": method, **{k: resolved[k] for k in _METHOD_PARAMS[method]}}
 
 
+def _resume_copy(checkpoint, target: Path) -> Path | None:
+    """A local copy of the newest checkpoint this trial saved, or None to start over.
+
+    Ray names the checkpoint of its last snapshot; after a hard stop that snapshot can lag, and
+    the checkpoint it names may be gone (only the newest is kept): then the newest one left.
+    An explicit target: without one Ray copies into a checkpoint_tmp_<uuid> it never removes.
+    """
+    if getattr(checkpoint.filesystem, "type_name", "local") != "local":  # remote storage: Ray's copy
+        return Path(checkpoint.to_directory(str(target)))
+    saved = Path(checkpoint.path)
+    if (saved / CHECKPOINT_FILE).is_file():  # newer ones may hold epochs the driver never recorded
+        return Path(checkpoint.to_directory(str(target)))
+    candidates = sorted(saved.parent.glob("checkpoint_*")) if saved.parent.is_dir() else []
+    newest = next((c for c in reversed(candidates) if (c / CHECKPOINT_FILE).is_file()), None)
+    if newest is not None:
+        return Path(tune.Checkpoint.from_directory(str(newest)).to_directory(str(target)))
+    return None
+
+
 def run_trial(trial_config: dict, base_train: dict, threads: int | None) -> None:
     config = train_config_from_dict(base_train, trial_overrides(trial_config))
     if config.threads is None and threads:
@@ -45,10 +63,9 @@ def run_trial(trial_config: dict, base_train: dict, threads: int | None) -> None
     def report(metrics: dict, saved: Path | None) -> None:
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(saved) if saved else None)
 
-    with tempfile.TemporaryDirectory(prefix="esam-trial-") as tmp:
+    with trial_scratch() as tmp:
         resume_from = None
         checkpoint = tune.get_checkpoint()
         if checkpoint is not None:  # a restored trial continues from its last epoch
-            resume_from = Path(tmp) / "resume"
-            shutil.copytree(checkpoint.to_directory(), resume_from)
-        train(config, report, checkpoint_dir=Path(tmp) / "checkpoint", resume_from=resume_from)
+            resume_from = _resume_copy(checkpoint, tmp / "resume")
+        train(config, report, checkpoint_dir=tmp / "checkpoint", resume_from=resume_from)

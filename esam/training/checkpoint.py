@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import warnings
 from pathlib import Path
 
 import torch
@@ -31,7 +32,9 @@ def load_checkpoint(path: str | Path) -> dict:
     path = Path(path)
     try:
         # On the CPU first: RNG and SWP generator states must stay there; load_state_dict moves the rest.
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about foreign pickle protocols: the error says it all
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         raise DataError(f"checkpoint {path} is not a plain esam checkpoint "
                         "(refused: loading it would run code)") from None

@@ -1,0 +1,85 @@
+"""Ray Tune's saved experiment state (`<experiment>/experiment_state-*.json`): read and correct it.
+
+Ray writes this snapshot periodically, so after a hard stop it can lag behind what the driver
+already recorded (a trial that ended is saved RUNNING and would run again). The reconciler
+corrects trial statuses here before `Tuner.restore` reads the file.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from esam.errors import ConfigError
+
+STATE_GLOB = "experiment_state-*.json"
+TERMINAL = ("TERMINATED", "ERROR")
+
+
+@dataclass
+class SavedTrial:
+    trial_id: str
+    status: str
+    config: dict
+    last_result: dict = field(default_factory=dict)
+
+    @property
+    def epoch(self) -> int:
+        return int(self.last_result.get("epoch") or 0)
+
+
+def state_file(experiment_dir: Path) -> Path | None:
+    """The newest snapshot, chosen as Ray chooses it (the largest file name)."""
+    files = sorted(Path(experiment_dir).glob(STATE_GLOB))
+    return files[-1] if files else None
+
+
+def _unreadable(path: Path, why: str) -> ConfigError:
+    return ConfigError(f"Ray's experiment state {path} is unreadable ({why}); restore the file, or remove "
+                       f"{path.parent} to run that experiment's trials again")
+
+
+def _load(path: Path) -> dict:
+    try:
+        doc = json.loads(path.read_text())
+        for entry in doc["trial_data"]:
+            json.loads(entry[0])
+        return doc
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as err:
+        raise _unreadable(path, f"{type(err).__name__}: {str(err)[:120]}") from None
+
+
+def _trial(entry: list) -> SavedTrial:
+    state = json.loads(entry[0])
+    runtime = json.loads(entry[1]) if isinstance(entry[1], str) else (entry[1] or {})
+    return SavedTrial(state["trial_id"], state["status"], state.get("config") or {},
+                      runtime.get("last_result") or {})
+
+
+def read_trials(experiment_dir: Path) -> list[SavedTrial] | None:
+    """The trials of the newest snapshot; None when Ray saved none; ConfigError when it is damaged."""
+    path = state_file(experiment_dir)
+    if path is None:
+        return None
+    doc = _load(path)
+    try:
+        return [_trial(entry) for entry in doc["trial_data"]]
+    except (ValueError, KeyError, TypeError) as err:
+        raise _unreadable(path, f"{type(err).__name__}: {str(err)[:120]}") from None
+
+
+def set_statuses(experiment_dir: Path, statuses: dict[str, str]) -> None:
+    """Rewrite the newest snapshot with new statuses for some trials (atomically)."""
+    path = state_file(experiment_dir)
+    if path is None or not statuses:
+        return
+    doc = _load(path)
+    for entry in doc["trial_data"]:
+        state = json.loads(entry[0])
+        if state["trial_id"] in statuses:
+            state["status"] = statuses[state["trial_id"]]
+            entry[0] = json.dumps(state)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(doc))
+    os.replace(tmp, path)

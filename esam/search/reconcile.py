@@ -1,0 +1,156 @@
+"""Make Ray's saved state, the Optuna study and the MLflow runs agree on every trial.
+
+Which store says what (see README, "failures the project survives"):
+- That a trial ended, and how (finished or failed), is decided by the first durable record of
+  it. Ray tells the searcher before its callbacks, so for ESAM trials the Optuna study speaks
+  first, then MLflow; for references (not in Optuna) MLflow. Ray's snapshot is written every
+  few seconds and can lag, so it speaks last: it only says "finished" when the trial's last
+  result covers every epoch.
+- What a trial measured (metric histories) is MLflow's; which trials exist is Ray's snapshot
+  (trials it never saved are re-proposed: their MLflow runs are deleted, Optuna's trial is
+  handed to the new Ray trial by the searcher).
+
+`reconcile` corrects the other stores to that verdict and returns what it changed.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from esam.search import ray_state
+from esam.search import tracking
+from esam.errors import ConfigError
+from esam.search.optuna_searcher import RAY_TRIAL_ATTR
+
+FINISHED, FAILED = "finished", "failed"
+_OPTUNA = {"COMPLETE": FINISHED, "FAIL": FAILED}
+_MLFLOW = {"FINISHED": FINISHED, "FAILED": FAILED}
+_RAY = {FINISHED: "TERMINATED", FAILED: "ERROR"}
+
+
+@dataclass
+class Experiment:
+    """One Ray experiment of a search and how to match its trials elsewhere."""
+    directory: Path  # results_dir/<name>/<experiment>
+    kind: str  # MLflow esam.kind of its child runs: reference | trial
+    epochs: int  # a trial that reported this epoch has finished
+    objectives: list[tuple[str, str]]
+    study: object = None  # the Optuna study (ESAM trials only)
+
+
+def _verdict(saved: ray_state.SavedTrial, optuna_trial, run, epochs: int) -> str | None:
+    """finished | failed | None (unfinished: Ray resumes it)."""
+    if optuna_trial is not None and optuna_trial.state.name in _OPTUNA:
+        return _OPTUNA[optuna_trial.state.name]
+    if run is not None and run.info.status in _MLFLOW:
+        return _MLFLOW[run.info.status]
+    if saved.status == "ERROR":
+        return FAILED
+    if saved.status == "TERMINATED" and saved.epoch >= epochs:
+        return FINISHED
+    return None
+
+
+def _values(objectives, run, saved) -> list[float] | None:
+    source = run.data.metrics if run is not None else saved.last_result
+    values = [source.get(metric) for metric, _ in objectives]
+    return None if any(v is None for v in values) else [float(v) for v in values]
+
+
+class _Reconciler:
+    def __init__(self, exp: Experiment, client, parent_run_id: str):
+        self.exp, self.client = exp, client
+        self.changes: Counter = Counter()
+        self.runs = {r.data.tags.get("trial_id"): r for r in tracking.trial_runs(client, parent_run_id)
+                     if r.data.tags.get(tracking.KIND_TAG) == exp.kind}
+        self.optuna = {}
+        if exp.study is not None:
+            for t in exp.study.get_trials(deepcopy=False):
+                self.optuna.setdefault(t.user_attrs.get(RAY_TRIAL_ATTR), t)
+
+    def run(self, stopping: bool) -> Counter:
+        saved = ray_state.read_trials(self.exp.directory)
+        if saved is None:
+            self._check_nothing_lost()
+            saved = []
+        fixes = {}
+        for trial in saved:
+            status = self._one(trial, stopping)
+            if status is not None:
+                fixes[trial.trial_id] = status
+        ray_state.set_statuses(self.exp.directory, fixes)
+        self._drop_unsaved({t.trial_id for t in saved})
+        return self.changes
+
+    def _check_nothing_lost(self) -> None:
+        ended = [r for r in self.runs.values() if r.info.status in _MLFLOW]
+        ended += [t for t in self.optuna.values() if t.state.name in _OPTUNA]
+        if ended:
+            raise ConfigError(f"Ray's experiment state in {self.exp.directory} is missing, but {len(ended)} of its "
+                              f"trials are recorded as ended; restore that directory, or remove "
+                              f"{self.exp.directory.parent} and the search's MLflow runs to start over")
+
+    def _one(self, trial: ray_state.SavedTrial, stopping: bool) -> str | None:
+        """Bring Optuna and MLflow in line; return Ray's corrected status, if it changes."""
+        optuna_trial, run = self.optuna.get(trial.trial_id), self.runs.get(trial.trial_id)
+        verdict = _verdict(trial, optuna_trial, run, self.exp.epochs)
+        if optuna_trial is not None and optuna_trial.state.name == "RUNNING" and verdict is not None:
+            self._tell_optuna(optuna_trial, verdict, run, trial)
+        if run is not None:
+            self._fix_run(run, verdict)
+        if verdict is None:
+            if trial.status in ray_state.TERMINAL:  # saved as ended, yet no store saw it end: run it again
+                self.changes["stopped trials Ray saved as ended, resumed"] += 1
+                return "PENDING"
+            return None
+        if trial.status != _RAY[verdict]:
+            self.changes[f"trials ended ({verdict}) that Ray saved as {trial.status}, not resumed"] += 1
+            return _RAY[verdict]
+        return None
+
+    def _tell_optuna(self, optuna_trial, verdict: str, run, trial) -> None:
+        import optuna
+        values = _values(self.exp.objectives, run, trial) if verdict == FINISHED else None
+        state = optuna.trial.TrialState.COMPLETE if values else optuna.trial.TrialState.FAIL
+        self.exp.study.tell(optuna_trial.number, values, state=state)
+        self.changes[f"Optuna trials left RUNNING set {state.name}"] += 1
+
+    def _fix_run(self, run, verdict: str | None) -> None:
+        run_id, status = run.info.run_id, run.info.status
+        if verdict == FINISHED and status != "FINISHED":
+            self.client.set_terminated(run_id, status="FINISHED")
+        elif verdict == FAILED and status != "FAILED":
+            if "error" not in run.data.tags:
+                self.client.set_tag(run_id, "error", "the trial failed while its run was not being recorded")
+            self.client.set_terminated(run_id, status="FAILED")
+        elif verdict is None and status == "RUNNING":
+            self.client.set_terminated(run_id, status="KILLED")  # stopped; RUNNING again when resumed
+        else:
+            return
+        self.changes["MLflow runs whose status disagreed, corrected"] += 1
+
+    def _drop_unsaved(self, saved_ids: set[str]) -> None:
+        """MLflow runs of trials Ray never saved: those trials start again under new ids."""
+        for trial_id, run in self.runs.items():
+            if trial_id not in saved_ids and run.info.status not in _MLFLOW:
+                self.client.delete_run(run.info.run_id)
+                self.changes["MLflow runs of trials Ray never saved, deleted (the trials run again)"] += 1
+
+
+def reconcile(exp: Experiment, client, parent_run_id: str, stopping: bool = False) -> Counter:
+    """Correct Ray's snapshot, the study and the MLflow runs of one experiment; count the changes."""
+    return _Reconciler(exp, client, parent_run_id).run(stopping)
+
+
+def fail_orphans(study) -> int:
+    """At the end of a search: Optuna trials still RUNNING belong to no trial; record them FAIL."""
+    import optuna
+    running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+    for t in running:
+        study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+    return len(running)
+
+
+def summary(changes: Counter) -> str:
+    return "; ".join(f"{n} {what}" for what, n in changes.items())

@@ -1,0 +1,120 @@
+"""What a search checks and repairs before its first trial, and settles after any stop.
+
+Before: the recorded parent run must be in this MLflow store, the Optuna study must still
+hold the trials Ray saved, and the three stores are reconciled (esam/reconcile.py). After a
+stop: the parent is left KILLED (FAILED on an error) and no child run stays RUNNING.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Callable
+
+from esam.search import ray_state
+from esam.search import tracking
+from esam.errors import ConfigError
+from esam.search.reconcile import Experiment, reconcile, summary
+from esam.search.config import SearchConfig
+from esam.search.state import EXPERIMENTS, STATE_FILE, read_state
+
+
+def same_config(saved: dict, resolved: dict) -> bool:
+    """Configs match except for where MLflow lives (a moved store may be named again)."""
+    def what(c: dict) -> dict:
+        return {**c, "mlflow": {**c.get("mlflow", {}), "tracking_uri": None}}
+    return what(saved) == what(resolved)
+
+
+def _has_run(client, run_id: str) -> bool:
+    try:
+        client.get_run(run_id)
+        return True
+    except Exception:  # noqa: BLE001 - MLflow raises its own error for an unknown run id
+        return False
+
+
+def known_parent(client, state: dict, uri: str) -> str:
+    """The search's parent run in this store; ConfigError when this store does not hold it."""
+    parent, recorded = state["parent_run_id"], state["tracking_uri"]
+    if _has_run(client, parent):
+        return parent  # the same store, or the same store moved with the working directory
+    if recorded == uri:
+        raise ConfigError(f"the MLflow store {uri} has no run {parent}, which {STATE_FILE} names as this search's "
+                          f"run (store replaced?); restore the store, or remove the search's results directory to "
+                          f"start over")
+    raise ConfigError(f"this search records its runs in {recorded}, but this command would use {uri} (moved the "
+                      f"working directory, or another MLFLOW_TRACKING_URI?); run it where it started, or "
+                      f"--set mlflow.tracking_uri=<the store holding run {parent}>")
+
+
+def check_study(cfg: SearchConfig, storage, state: dict) -> None:
+    """A resumed search whose Optuna study vanished (emptied or replaced database) is refused."""
+    import optuna
+    if not state or ray_state.state_file(cfg.directory / "search") is None:
+        return
+    try:
+        names = optuna.study.get_all_study_names(storage)
+    except Exception as err:  # noqa: BLE001 - a damaged database
+        raise ConfigError(f"the Optuna storage {cfg.optuna_url()} is unreadable ({str(err).splitlines()[0][:150]}); "
+                          f"restore it, or remove {cfg.directory} to start the search over") from None
+    if cfg.name not in names:
+        raise ConfigError(f"the Optuna storage {cfg.optuna_url()} has no study {cfg.name!r}, yet Ray saved its "
+                          f"trials (database emptied or replaced?); restore it, or remove {cfg.directory} to start "
+                          f"the search over")
+
+
+def check_ray_states(cfg: SearchConfig) -> None:
+    """Ray's saved experiment states must be readable (ConfigError naming the file otherwise)."""
+    for experiment in EXPERIMENTS:
+        ray_state.read_trials(cfg.directory / experiment)
+
+
+def _experiments(cfg: SearchConfig, storage) -> list[Experiment]:
+    import optuna
+    objectives = [(o.metric, o.mode) for o in cfg.objective_list]
+    exps = [Experiment(cfg.directory / "references", "reference", cfg.train.epochs, objectives)] if cfg.references else []
+    study = None
+    if cfg.name in optuna.study.get_all_study_names(storage):
+        study = optuna.load_study(study_name=cfg.name, storage=storage)
+    exps.append(Experiment(cfg.directory / "search", "trial", cfg.train.epochs, objectives, study))
+    return exps
+
+
+def _reconcile(cfg: SearchConfig, client, parent: str, storage, stopping: bool) -> str:
+    total: dict[str, int] = {}
+    for exp in _experiments(cfg, storage):
+        for what, n in reconcile(exp, client, parent, stopping).items():
+            total[what] = total.get(what, 0) + n
+    return summary(total)
+
+
+def reconcile_all(cfg: SearchConfig, client, parent: str, storage, echo: Callable[[str], None]) -> None:
+    """Bring Ray's snapshot, the study and the MLflow runs to one account; say what changed, in one line."""
+    try:
+        line = _reconcile(cfg, client, parent, storage, stopping=False)
+    except ConfigError:
+        raise
+    except Exception as err:  # noqa: BLE001 - a damaged store: one line that names it
+        raise ConfigError(f"search {cfg.name}: reading its stores failed ({type(err).__name__}: "
+                          f"{str(err).strip().splitlines()[0][:150] if str(err).strip() else ''}); check "
+                          f"{cfg.directory} and the MLflow store") from None
+    if line:
+        echo(f"search {cfg.name}: reconciled Ray, Optuna and MLflow: {line}")
+
+
+def settle_after_stop(cfg: SearchConfig, echo: Callable[[str], None], status: str) -> None:
+    """After a stop or an error: the parent ends `status`, the stopped trials' runs KILLED."""
+    with contextlib.suppress(Exception):  # best effort: the next start reconciles again
+        _settle(cfg, status)
+    echo(f"search {cfg.name} stopped; run the same command again to continue it")
+
+
+def _settle(cfg: SearchConfig, status: str) -> None:
+    state = read_state(cfg.directory)
+    if not state:
+        return
+    client = tracking.connect(state["tracking_uri"])
+    parent = state["parent_run_id"]
+    if client.get_run(parent).info.status == "RUNNING":
+        client.set_terminated(parent, status=status)
+    from esam.search.runner import _optuna_storage
+    _reconcile(cfg, client, parent, _optuna_storage(cfg.optuna_url()), stopping=True)
