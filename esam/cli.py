@@ -78,13 +78,13 @@ def _client(args):
 
 
 def cmd_pareto(args) -> int:
-    from esam.search.export import objectives_of, resolve_search, search_config_of
-    from esam.search.pareto_report import format_table, update_pareto
+    from esam.search import tracking
+    from esam.search.pareto_report import format_table, tag_front_and_write_artifacts
 
     client = _client(args)
-    parent = resolve_search(client, args.experiment, args.search)
-    objectives = objectives_of(search_config_of(client, parent))
-    rows, front, references = update_pareto(client, parent, objectives)
+    parent = tracking.resolve_search(client, args.experiment, args.search)
+    objectives = tracking.objectives_of(tracking.search_config_of(client, parent))
+    rows, front, references = tag_front_and_write_artifacts(client, parent, objectives)
     failed = sum(r["status"] == "FAILED" for r in rows)
     print(f"search run {parent}: {len(rows)} runs ({failed} failed), {len(front)} on the front")
     print(format_table(front, references))
@@ -93,7 +93,8 @@ def cmd_pareto(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from esam.search.export import check_output, export_config, resolve_search
+    from esam.search.export import check_output, export_config
+    from esam.search.tracking import resolve_search
     from esam.search.pareto import check_rule
 
     try:

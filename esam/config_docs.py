@@ -78,7 +78,7 @@ def reference() -> str:
                search.ParamSpace, search.Objective, search.SamplerConfig, search.Resources, search.MlflowConfig]
     parts = ["Training config (`esam train`, and `train:` in a search config); YAML files hold only what differs."]
     parts += [table(c) for c in classes]
-    metrics = ["**Metrics** (reported by `train()` every epoch; any of them can be an objective but `epoch`)", "",
+    metrics = ["**Metrics** (reported by `train()` every epoch; any of them but `epoch` and `learning_rate` can be an objective)", "",
                "| metric | meaning |", "|---|---|"]
     metrics += [f"| `{name}` | {meaning} |" for name, meaning in EPOCH_METRICS.items()]
     parts.append("\n".join(metrics))

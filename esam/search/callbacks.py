@@ -9,6 +9,9 @@ from typing import Callable
 
 from ray import tune
 
+from esam.search.trial import trial_label
+from esam.training.metrics import METRICS
+
 
 def error_line(trial) -> str:
     """The last line of a trial's traceback, e.g. 'FloatingPointError: training loss is nan ...'."""
@@ -48,7 +51,7 @@ class MlflowTrialRuns(tune.Callback):
                   params=self.params_of(trial.config))
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        metrics = {k: float(result[k]) for k in _METRICS
+        metrics = {k: float(result[k]) for k in METRICS
                    if isinstance(result.get(k), (int, float)) and not isinstance(result.get(k), bool)}
         self._put(trial, "metrics", step=int(result.get("epoch", 0)), timestamp=int(time.time() * 1000),
                   metrics=metrics)
@@ -70,9 +73,6 @@ class MlflowTrialRuns(tune.Callback):
                   f"stopping the search", flush=True)
             handler(signal.SIGUSR1, None)
 
-
-_METRICS = ("epoch", "train_loss", "test_loss", "test_acc", "images_per_s", "step_time_vs_sgd",
-            "speed_vs_sgd", "relative_cost", "epoch_time_s", "learning_rate")
 
 
 class Progress(tune.Callback):
@@ -107,8 +107,7 @@ class Progress(tune.Callback):
                 if old is None or (v > old if mode == "max" else v < old):
                     self.best[metric] = v
         shown = ", ".join(f"{m} {result[m]:.4g}" for m, _ in self.objectives if m in result)
-        params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.config.items())
-        self.echo(self._line(trials, trial, False, f"{params}: {shown}"))
+        self.echo(self._line(trials, trial, False, f"{trial_label(trial.config)}: {shown}"))
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self.echo(self._line(trials, trial, True, f"FAILED {trial.config}: {error_line(trial)}"))
+        self.echo(self._line(trials, trial, True, f"FAILED {trial_label(trial.config)}: {error_line(trial)}"))

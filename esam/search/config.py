@@ -13,12 +13,12 @@ from typing import Any
 from esam.config import (MAX_SEED, OptimizerConfig, TrainConfig, brief, deep_merge, from_dict, parse_overrides,
                          read_yaml, train_config_from_dict)
 from esam.errors import ConfigError
+from esam.training.metrics import METRICS
 from esam.optim.cost import SCORES
 from esam.optim.sam import BN_UPDATES
 
-# Metrics that train() reports every epoch: the only valid objectives.
-METRICS = ("test_acc", "test_loss", "train_loss", "images_per_s", "speed_vs_sgd", "step_time_vs_sgd",
-           "relative_cost", "epoch_time_s")
+# An objective is a metric train() reports, except the epoch count and the schedule's learning rate.
+OBJECTIVE_METRICS = tuple(m for m in METRICS if m not in ("epoch", "learning_rate"))
 # Search names go into MLflow filter strings, paths and study names: no quotes, slashes or spaces.
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 SAMPLERS = ("nsga2", "tpe", "gp", "random")
@@ -149,8 +149,8 @@ def validate_search(cfg: SearchConfig) -> SearchConfig:
         if not isinstance(o, dict):
             raise ConfigError(f"objectives[{i}] must be a mapping {{metric: ..., mode: max|min}}, got {brief(o)}")
     for i, o in enumerate(cfg.objective_list):
-        if o.metric not in METRICS:
-            raise ConfigError(f"objectives[{i}].metric {brief(o.metric)} names no metric (valid: {', '.join(METRICS)})")
+        if o.metric not in OBJECTIVE_METRICS:
+            raise ConfigError(f"objectives[{i}].metric {brief(o.metric)} names no metric (valid: {', '.join(OBJECTIVE_METRICS)})")
         if o.mode not in ("max", "min"):
             raise ConfigError(f"objectives[{i}].mode must be max or min, got {brief(o.mode)}")
     if cfg.train.probe_steps == 0 and {o.metric for o in cfg.objective_list} & {"speed_vs_sgd", "step_time_vs_sgd"}:

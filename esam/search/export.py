@@ -16,58 +16,17 @@ import yaml
 from esam.search import tracking
 from esam.config import brief, deep_merge, to_dict, train_config_from_dict
 from esam.errors import ConfigError
+from esam.training.metrics import METRICS
 from esam.search.pareto import pick
-from esam.search.pareto_report import collect
-from esam.search.config import NAME_PATTERN, SEARCHABLE
+from esam.search.config import SEARCHABLE
 
-METRICS = ("test_acc", "images_per_s", "speed_vs_sgd", "step_time_vs_sgd", "relative_cost", "train_loss", "test_loss")
-
-
-def search_config_of(client, parent_run_id: str) -> dict:
-    """The resolved search config stored on the parent run."""
-    try:
-        path = client.download_artifacts(parent_run_id, "search_config.json")
-        config = json.loads(Path(path).read_text())
-        objectives_of(config)
-    except Exception as err:  # noqa: BLE001 - a search stopped before logging it, or lost artifacts
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
-        raise ConfigError(f"search run {parent_run_id} has no readable search_config.json ({first})") from None
-    return config
-
-
-def resolve_search(client, experiment: str, search: str | None) -> str:
-    """A parent run id from a run id, a search name, or (None) the newest search."""
-    if search:
-        try:
-            run = client.get_run(search)
-            if run.data.tags.get(tracking.KIND_TAG) == "search":
-                return run.info.run_id
-        except Exception:  # noqa: BLE001 - not a run id: try it as a search name
-            pass
-        if not NAME_PATTERN.fullmatch(search):  # no search can have this name; keeps the filter string intact
-            raise ConfigError(f"no search named {brief(search)}: search names are letters, digits, '_', '-', '.'")
-        found = tracking.find_parent_run(client, experiment, search)
-        if found is None:
-            raise ConfigError(f"no search named {search!r} in MLflow experiment {brief(experiment)}")
-        return found
-    exp = client.get_experiment_by_name(experiment)
-    runs = [] if exp is None else client.search_runs(
-        [exp.experiment_id], filter_string=f"tags.`{tracking.KIND_TAG}` = 'search'",
-        order_by=["attributes.start_time DESC"], max_results=1)
-    if not runs:
-        raise ConfigError(f"no search recorded in MLflow experiment {brief(experiment)} at {client.tracking_uri}")
-    return runs[0].info.run_id
-
-
-def objectives_of(search_config: dict) -> list[tuple[str, str]]:
-    return [(o["metric"], o["mode"]) for o in search_config["objectives"]]
 
 
 def export_config(client, parent_run_id: str, rule: str, out: str | Path) -> dict:
     """Write the front point chosen by `rule` (see esam.search.pareto.pick) to `out`; return the document."""
-    search_config = search_config_of(client, parent_run_id)
-    objectives = objectives_of(search_config)
-    trials = [r for r in collect(client, parent_run_id) if r["kind"] == "trial" and r["status"] == "FINISHED"]
+    search_config = tracking.search_config_of(client, parent_run_id)
+    objectives = tracking.objectives_of(search_config)
+    trials = tracking.finished(tracking.search_rows(client, parent_run_id), "trial")
     try:
         chosen = trials[pick(trials, objectives, rule)]
     except ValueError as err:

@@ -16,25 +16,21 @@ import tempfile
 from pathlib import Path
 
 from esam.search.pareto import PICKS, pareto_front, pick
-from esam.search.tracking import run_summary, trial_runs
+from esam.search.tracking import finished, search_rows
 
 TABLE_COLUMNS = ("test_acc", "images_per_s", "speed_vs_sgd", "relative_cost", "rho", "beta", "gamma", "score", "run_id")
 
 
-def collect(client, parent_run_id: str) -> list[dict]:
-    return [run_summary(r) for r in trial_runs(client, parent_run_id)]
-
-
 def front_of(rows: list[dict], objectives: list[tuple[str, str]]) -> list[dict]:
     """Finished ESAM trials on the front, sorted by the first objective (best first)."""
-    trials = [r for r in rows if r["kind"] == "trial" and r["status"] == "FINISHED"]
+    trials = finished(rows, "trial")
     members = [trials[i] for i in pareto_front(trials, objectives)]
     metric, mode = objectives[0]
     return sorted(members, key=lambda r: r[metric], reverse=(mode == "max"))
 
 
 def best_configs(rows: list[dict], objectives: list[tuple[str, str]]) -> dict:
-    trials = [r for r in rows if r["kind"] == "trial" and r["status"] == "FINISHED"]
+    trials = finished(rows, "trial")
     picks = {}
     for rule in ("max-accuracy", "max-throughput", "knee"):
         try:
@@ -78,14 +74,14 @@ def _plot_png(path: Path, rows: list[dict], front: list[dict], objectives) -> No
 
     (ym, _), (xm, _) = objectives
     fig, ax = plt.subplots(figsize=(7, 5))
-    trials = [r for r in rows if r["kind"] == "trial" and r["status"] == "FINISHED"]
+    trials = finished(rows, "trial")
     ax.scatter([r.get(xm) for r in trials], [r.get(ym) for r in trials], c="0.6", label="ESAM trials")
     fx = [r[xm] for r in sorted(front, key=lambda r: r[xm])]
     fy = [r[ym] for r in sorted(front, key=lambda r: r[xm])]
     ax.plot(fx, fy, "o-", c="tab:red", label="Pareto front")
     markers = {"sgd": ("s", "tab:blue"), "sam": ("D", "tab:green")}
-    for r in rows:
-        if r["kind"] == "reference" and r["status"] == "FINISHED" and xm in r and ym in r:
+    for r in finished(rows, "reference"):
+        if xm in r and ym in r:
             m, c = markers.get(r.get("optimizer"), ("^", "k"))
             ax.scatter([r[xm]], [r[ym]], marker=m, c=c, s=80, label=str(r.get("optimizer", "")).upper())
     ax.set_xlabel(xm)
@@ -101,8 +97,7 @@ def _plot_png(path: Path, rows: list[dict], front: list[dict], objectives) -> No
 def _plot_html(path: Path, rows: list[dict], front: list[dict], objectives) -> None:
     """A dependency-free interactive plot: SVG points carry <title> tooltips with their settings."""
     (ym, _), (xm, _) = objectives
-    done = [r for r in rows if r["status"] == "FINISHED" and isinstance(r.get(xm), (int, float))
-            and isinstance(r.get(ym), (int, float))]
+    done = [r for r in finished(rows) if isinstance(r.get(xm), (int, float)) and isinstance(r.get(ym), (int, float))]
     if not done:
         path.write_text("<html><body>No finished trials.</body></html>")
         return
@@ -140,15 +135,17 @@ def _plot_html(path: Path, rows: list[dict], front: list[dict], objectives) -> N
                     f"<body><h2>ESAM search: {html.escape(ym)} vs {html.escape(xm)}</h2>{legend}{''.join(parts)}</body></html>")
 
 
-def update_pareto(client, parent_run_id: str, objectives: list[tuple[str, str]]) -> tuple[list[dict], list[dict], list[dict]]:
-    """Recompute the front, tag runs and (re)write the parent's artifacts. Returns (rows, front, references)."""
-    rows = collect(client, parent_run_id)
+def tag_front_and_write_artifacts(client, parent_run_id: str,
+                                  objectives: list[tuple[str, str]]) -> tuple[list[dict], list[dict], list[dict]]:
+    """Recompute the front from MLflow, tag each trial run pareto=true/false, (re)write the parent's
+    pareto/ artifacts. Returns (rows, front, references)."""
+    rows = search_rows(client, parent_run_id)
     front = front_of(rows, objectives)
     on_front = {r["run_id"] for r in front}
     for r in rows:
         if r["kind"] == "trial":
             client.set_tag(r["run_id"], "pareto", "true" if r["run_id"] in on_front else "false")
-    references = [r for r in rows if r["kind"] == "reference" and r["status"] == "FINISHED"]
+    references = finished(rows, "reference")
     picks = best_configs(rows, objectives)
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
@@ -163,4 +160,4 @@ def update_pareto(client, parent_run_id: str, objectives: list[tuple[str, str]])
     return rows, front, references
 
 
-__all__ = ["PICKS", "collect", "format_table", "front_of", "update_pareto"]
+__all__ = ["PICKS", "format_table", "front_of", "tag_front_and_write_artifacts"]

@@ -19,7 +19,7 @@ from esam.search import tracking
 from esam.config import to_dict
 from esam.errors import ConfigError, EsamError
 from esam.search.local_ray import init_ray
-from esam.search.pareto_report import format_table, update_pareto
+from esam.search.pareto_report import format_table, tag_front_and_write_artifacts
 from esam.search.config import SearchConfig
 from esam.search.lock import SearchLock
 from esam.search.state import check_writable, read_state, storage_error_line, write_state
@@ -122,12 +122,6 @@ def _check_done(storage, cfg: SearchConfig) -> None:
         raise KeyboardInterrupt
 
 
-def _trial_name(config: dict) -> str:
-    if "optimizer" in config:
-        return str(config["optimizer"])
-    return "esam " + " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in config.items())
-
-
 def _check_local_data(cfg: SearchConfig, address: str | None) -> None:
     """On a local Ray, a missing data root fails now rather than in every trial.
 
@@ -176,7 +170,7 @@ def _run_search(cfg: SearchConfig, *, address: str | None, echo: Callable[[str],
     from esam.search.callbacks import MlflowTrialRuns, Progress
     from esam.search.optuna_searcher import ReconcilingOptunaSearch
     from esam.search.trial_records import finish_records, open_records, retry
-    from esam.search.trial import trial_params
+    from esam.search.trial import trial_label, trial_params
 
     import optuna
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -211,7 +205,7 @@ def _run_search(cfg: SearchConfig, *, address: str | None, echo: Callable[[str],
     status = "FAILED"
     try:
         if cfg.references:
-            callbacks = [MlflowTrialRuns(uri, parent, "reference", _trial_name, params_of),
+            callbacks = [MlflowTrialRuns(uri, parent, "reference", trial_label, params_of),
                          Progress("references", len(cfg.references), objectives, echo)]
             tune_config = tune.TuneConfig(num_samples=1, max_concurrent_trials=cfg.concurrency,
                                           trial_dirname_creator=lambda t: f"{t.config['optimizer']}_{t.trial_id}")
@@ -224,7 +218,7 @@ def _run_search(cfg: SearchConfig, *, address: str | None, echo: Callable[[str],
         tune_config = tune.TuneConfig(search_alg=searcher, num_samples=cfg.trials,
                                       max_concurrent_trials=cfg.concurrency,
                                       trial_dirname_creator=lambda t: f"esam_{t.trial_id}")
-        callbacks = [MlflowTrialRuns(uri, parent, "trial", _trial_name, params_of),
+        callbacks = [MlflowTrialRuns(uri, parent, "trial", trial_label, params_of),
                      Progress("esam", cfg.trials, objectives, echo)]
         _fit(_tuner(cfg, "search", {}, tune_config, callbacks, restore=bool(state)), None, cfg.train.epochs)
         _check_done(storage, cfg)
@@ -242,7 +236,7 @@ def _run_search(cfg: SearchConfig, *, address: str | None, echo: Callable[[str],
         if status != "FINISHED":
             with contextlib.suppress(Exception):  # MLflow may be away; the next run reopens the parent
                 client.set_terminated(parent, status=status)
-    rows, front, references = retry(lambda: update_pareto(client, parent, objectives), "the Pareto artifacts",
+    rows, front, references = retry(lambda: tag_front_and_write_artifacts(client, parent, objectives), "the Pareto artifacts",
                                     echo=echo)
     table = format_table(front, references)
     return SearchOutcome(parent, uri, directory, front, references, rows, table)

@@ -248,6 +248,58 @@ def trial_runs(client, parent_run_id: str) -> list:
             return runs
 
 
+def search_rows(client, parent_run_id: str) -> list[dict]:
+    """Every child run of a search as a flat row (see run_summary), oldest first."""
+    return [run_summary(r) for r in trial_runs(client, parent_run_id)]
+
+
+def finished(rows: list[dict], kind: str | None = None) -> list[dict]:
+    """The rows of runs that ended normally (FINISHED), optionally only one kind: trial | reference."""
+    return [r for r in rows if r["status"] == "FINISHED" and (kind is None or r["kind"] == kind)]
+
+
+def search_config_of(client, parent_run_id: str) -> dict:
+    """The resolved search config stored on the parent run."""
+    try:
+        path = client.download_artifacts(parent_run_id, "search_config.json")
+        config = json.loads(Path(path).read_text())
+        objectives_of(config)
+    except Exception as err:  # noqa: BLE001 - a search stopped before logging it, or lost artifacts
+        raise ConfigError(f"search run {parent_run_id} has no readable search_config.json ({_first_line(err)})") from None
+    return config
+
+
+def objectives_of(search_config: dict) -> list[tuple[str, str]]:
+    """[(metric, mode), ...] of a stored search config."""
+    return [(o["metric"], o["mode"]) for o in search_config["objectives"]]
+
+
+def resolve_search(client, experiment: str, search: str | None) -> str:
+    """A parent run id from a run id, a search name, or (None) the newest search."""
+    from esam.config import brief
+    from esam.search.config import NAME_PATTERN
+    if search:
+        try:
+            run = client.get_run(search)
+            if run.data.tags.get(KIND_TAG) == "search":
+                return run.info.run_id
+        except Exception:  # noqa: BLE001 - not a run id: try it as a search name
+            pass
+        if not NAME_PATTERN.fullmatch(search):  # no search can have this name; keeps the filter string intact
+            raise ConfigError(f"no search named {brief(search)}: search names are letters, digits, '_', '-', '.'")
+        found = find_parent_run(client, experiment, search)
+        if found is None:
+            raise ConfigError(f"no search named {search!r} in MLflow experiment {brief(experiment)}")
+        return found
+    exp = client.get_experiment_by_name(experiment)
+    runs = [] if exp is None else client.search_runs(
+        [exp.experiment_id], filter_string=f"tags.`{KIND_TAG}` = 'search'",
+        order_by=["attributes.start_time DESC"], max_results=1)
+    if not runs:
+        raise ConfigError(f"no search recorded in MLflow experiment {brief(experiment)} at {client.tracking_uri}")
+    return runs[0].info.run_id
+
+
 def run_summary(run) -> dict:
     """A flat dict of a child run: ids, kind, status, params and last metric values."""
     row = {"run_id": run.info.run_id, "name": run.info.run_name, "status": run.info.status,

@@ -13,7 +13,9 @@ from ray import tune
 
 from esam.config import train_config_from_dict
 from esam.search.scratch import trial_scratch
-from esam.training.trainer import CHECKPOINT_FILE, train
+from esam.optim import OPTIMIZERS
+from esam.training.checkpoint import CHECKPOINT_FILE
+from esam.training.trainer import train
 
 
 def trial_overrides(trial_config: dict) -> dict:
@@ -23,16 +25,24 @@ def trial_overrides(trial_config: dict) -> dict:
     return {"optimizer": {"name": method, **settings}}
 
 
-_METHOD_PARAMS = {"sgd": ("lr", "momentum", "weight_decay"),
-                  "sam": ("lr", "momentum", "weight_decay", "rho", "adaptive", "bn_update"),
-                  "esam": ("lr", "momentum", "weight_decay", "rho", "adaptive", "bn_update", "beta", "gamma", "score")}
+def trial_label(trial_config: dict) -> str:
+    """A trial's name in MLflow and on the terminal: "sgd", "sam", or "esam rho=0.05 beta=0.6 ..."."""
+    if "optimizer" in trial_config:
+        return str(trial_config["optimizer"])
+    return "esam " + " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial_config.items())
+
+
+_BASE_PARAMS = ("lr", "momentum", "weight_decay")  # the base SGD's, shared by every method
 
 
 def trial_params(base_optimizer: dict, trial_config: dict) -> dict:
-    """The optimizer settings a trial really uses (searched and fixed), for MLflow's params."""
+    """The optimizer settings a trial really uses (searched and fixed), for MLflow's params.
+
+    Which settings a method uses is the optimizer class's own list (`hyperparameters`)."""
     resolved = {**base_optimizer, **trial_overrides(trial_config)["optimizer"]}
     method = resolved["name"]
-    return {"optimizer": method, **{k: resolved[k] for k in _METHOD_PARAMS[method]}}
+    used = _BASE_PARAMS + tuple(getattr(OPTIMIZERS[method], "hyperparameters", ()))
+    return {"optimizer": method, **{k: resolved[k] for k in used}}
 
 
 def _resume_copy(checkpoint, target: Path) -> Path | None:
