@@ -61,7 +61,9 @@ def cmd_search(args) -> int:
     path = Path(args.config) if args.config else default_search_config()
     cfg = load_search_config(path, args.set)
     outcome = run_search(cfg, address=args.address)
-    print("\nPareto front (accuracy vs throughput) and references:")
+    done = sum(r["kind"] == "trial" and r["status"] == "FINISHED" for r in outcome.rows)
+    print(f"\nPareto front (accuracy vs throughput): {len(outcome.front)} of {done} finished ESAM trials, "
+          f"then the references:")
     print(outcome.table)
     print(f"\nresults: MLflow run {outcome.parent_run_id} at {outcome.tracking_uri}")
     print(f"         Ray experiments and Optuna study in {outcome.directory}")
@@ -135,8 +137,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", nargs="?", help="YAML search config")
     overrides(p)
     p.add_argument("--address", help="Ray cluster to join (default: $RAY_ADDRESS, else a local Ray)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue a stopped search (running the same command again does the same)")
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("pareto", help="print a search's Pareto front and rewrite its artifacts")
@@ -144,8 +144,11 @@ def build_parser() -> argparse.ArgumentParser:
     store(p)
     p.set_defaults(func=cmd_pareto)
 
-    sub.add_parser("bench", add_help=False,
-                   help="time SGD, SAM and ESAM steps interleaved (esam bench --help; esam bench --quick)")
+    from esam.perf import bench
+    p = sub.add_parser("bench", help="time SGD, SAM and ESAM steps interleaved (esam bench --quick: a CPU smoke run)",
+                       description=bench.__doc__.splitlines()[0])
+    bench.add_arguments(p)
+    p.set_defaults(func=bench.run)
 
     p = sub.add_parser("export", help="write one front point as a runnable ESAM config")
     p.add_argument("search", nargs="?", help="search name or parent run id (default: the newest search)")
@@ -158,15 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["bench"]:  # the benchmark has its own options
-        from esam.perf.bench import main as bench
-        try:
-            return bench(argv[1:])
-        except ValueError as err:  # bad settings, e.g. an unknown model or dtype
-            print(f"esam: error: {err}", file=sys.stderr)
-            return 2
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else list(argv))
     try:
         return args.func(args)
     except EsamError as err:

@@ -37,10 +37,9 @@ class SearchOutcome:
     parent_run_id: str
     tracking_uri: str
     directory: Path
-    front: list[dict]
-    references: list[dict]
-    rows: list[dict]
-    table: str
+    front: list[dict]  # the ESAM trials on the Pareto front, best first objective first
+    rows: list[dict]  # every child run (trials and references, any status)
+    table: str  # the front and the references as printed
 
 
 def _sampler(cfg: SearchConfig):
@@ -239,4 +238,4 @@ def _run_search(cfg: SearchConfig, *, address: str | None, echo: Callable[[str],
     rows, front, references = retry(lambda: tag_front_and_write_artifacts(client, parent, objectives), "the Pareto artifacts",
                                     echo=echo)
     table = format_table(front, references)
-    return SearchOutcome(parent, uri, directory, front, references, rows, table)
+    return SearchOutcome(parent, uri, directory, front, rows, table)
