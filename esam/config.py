@@ -116,6 +116,16 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{where} must be a mapping, got {brief(value)}")
         return from_dict(tp, value, where + ".")
+    if typing.get_origin(tp) is dict:  # dict[str, X]: a mapping of names to X
+        _, item = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where} must be a mapping, got {brief(value)}")
+        return {k: _convert(v, item, f"{where}.{k}") for k, v in value.items()}
+    if typing.get_origin(tp) is list and typing.get_args(tp):  # list[X]
+        (item,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(f"{where} must be a list, got {brief(value)}")
+        return [_convert(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
     if typing.get_origin(tp) is tuple:
         args = typing.get_args(tp)
         if not isinstance(value, (list, tuple)) or len(value) != len(args):

@@ -8,7 +8,6 @@ import dataclasses
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from esam.config import (MAX_SEED, OptimizerConfig, TrainConfig, brief, deep_merge, from_dict, parse_overrides,
                          read_yaml, train_config_from_dict)
@@ -64,21 +63,20 @@ class MlflowConfig:
     experiment: str = "esam"  # MLflow experiment holding the search's parent run
 
 
-def _default_space() -> dict:
-    return {"rho": {"low": 0.01, "high": 0.5, "log": True}, "beta": {"low": 0.3, "high": 1.0},
-            "gamma": {"low": 0.3, "high": 1.0}}
+def _default_space() -> dict[str, ParamSpace]:
+    return {"rho": ParamSpace(0.01, 0.5, log=True), "beta": ParamSpace(0.3, 1.0), "gamma": ParamSpace(0.3, 1.0)}
 
 
-def _default_objectives() -> list:
-    return [{"metric": "test_acc", "mode": "max"}, {"metric": "speed_vs_sgd", "mode": "max"}]
+def _default_objectives() -> list[Objective]:
+    return [Objective("test_acc", "max"), Objective("speed_vs_sgd", "max")]
 
 
 @dataclass(frozen=True)
 class SearchConfig:
     name: str = "search"  # names the Optuna study, the Ray experiment and the MLflow parent run
     train: TrainConfig = field(default_factory=TrainConfig)  # every trial's training config
-    space: dict = field(default_factory=_default_space)  # optimizer field -> ParamSpace
-    objectives: list = field(default_factory=_default_objectives)  # exactly two: accuracy, throughput
+    space: dict[str, ParamSpace] = field(default_factory=_default_space)  # optimizer field -> its range or choices
+    objectives: list[Objective] = field(default_factory=_default_objectives)  # exactly two: accuracy, throughput
     sampler: SamplerConfig = field(default_factory=SamplerConfig)  # Optuna's sampler
     trials: int = 8  # ESAM trials proposed by Optuna (references not counted)
     concurrency: int = 2  # trials running at once
@@ -90,12 +88,9 @@ class SearchConfig:
     max_failures: int = 0  # retries of a crashed trial before it counts as failed
 
     @property
-    def space_params(self) -> dict[str, ParamSpace]:
-        return {k: from_dict(ParamSpace, v, f"space.{k}.") for k, v in self.space.items()}
-
-    @property
-    def objective_list(self) -> list[Objective]:
-        return [from_dict(Objective, o, f"objectives[{i}].") for i, o in enumerate(self.objectives)]
+    def objective_pairs(self) -> list[tuple[str, str]]:
+        """[(metric, mode), ...]: the form Optuna, the front and the progress lines take."""
+        return [(o.metric, o.mode) for o in self.objectives]
 
     @property
     def directory(self) -> Path:
@@ -105,7 +100,9 @@ class SearchConfig:
         return self.optuna_storage or f"sqlite:///{self.directory / 'optuna.db'}"
 
 
-def _validate_space(space: Any) -> None:
+def _check_shapes(values: dict) -> None:
+    """The YAML shapes of `space` and `objectives`, with messages that show the expected form."""
+    space = values.get("space", {"rho": {}})
     if not isinstance(space, dict) or not space:
         raise ConfigError("space must be a non-empty mapping of optimizer fields to ranges")
     searchable = set(SEARCHABLE)
@@ -116,7 +113,20 @@ def _validate_space(space: Any) -> None:
             raise ConfigError(f"space.{brief(name, quote=False)} {hint} (searchable: {', '.join(sorted(searchable))})")
         if not isinstance(spec, dict):
             raise ConfigError(f"space.{name} must be a mapping like {{low: 0.1, high: 1.0}}, got {brief(spec)}")
-        p = from_dict(ParamSpace, spec, f"space.{name}.")
+    objectives = values.get("objectives", [{}, {}])
+    if not isinstance(objectives, list) or len(objectives) != 2:
+        raise ConfigError("objectives must list exactly two entries: an accuracy metric and a throughput metric")
+    for i, o in enumerate(objectives):
+        if not isinstance(o, dict):
+            raise ConfigError(f"objectives[{i}] must be a mapping {{metric: ..., mode: max|min}}, got {brief(o)}")
+
+
+def _validate_space(space: dict[str, ParamSpace]) -> None:
+    if not space:
+        raise ConfigError("space must be a non-empty mapping of optimizer fields to ranges")
+    for name, p in space.items():
+        if name not in SEARCHABLE:
+            raise ConfigError(f"space.{brief(name, quote=False)} is not searchable (searchable: {', '.join(sorted(SEARCHABLE))})")
         if name in CHOICE_PARAMS:
             valid = CHOICE_PARAMS[name]
             if not p.choices or any(c not in valid for c in p.choices):
@@ -142,18 +152,14 @@ def validate_search(cfg: SearchConfig) -> SearchConfig:
     if not NAME_PATTERN.fullmatch(cfg.name):
         raise ConfigError(f"name must be letters, digits, '_', '-', '.', got {brief(cfg.name)}")
     _validate_space(cfg.space)
-    objectives = cfg.objectives
-    if not isinstance(objectives, list) or len(objectives) != 2:
+    if len(cfg.objectives) != 2:
         raise ConfigError("objectives must list exactly two entries: an accuracy metric and a throughput metric")
-    for i, o in enumerate(objectives):
-        if not isinstance(o, dict):
-            raise ConfigError(f"objectives[{i}] must be a mapping {{metric: ..., mode: max|min}}, got {brief(o)}")
-    for i, o in enumerate(cfg.objective_list):
+    for i, o in enumerate(cfg.objectives):
         if o.metric not in OBJECTIVE_METRICS:
             raise ConfigError(f"objectives[{i}].metric {brief(o.metric)} names no metric (valid: {', '.join(OBJECTIVE_METRICS)})")
         if o.mode not in ("max", "min"):
             raise ConfigError(f"objectives[{i}].mode must be max or min, got {brief(o.mode)}")
-    if cfg.train.probe_steps == 0 and {o.metric for o in cfg.objective_list} & {"speed_vs_sgd", "step_time_vs_sgd"}:
+    if cfg.train.probe_steps == 0 and {o.metric for o in cfg.objectives} & {"speed_vs_sgd", "step_time_vs_sgd"}:
         raise ConfigError("train.probe_steps is 0, so speed_vs_sgd is not measured: raise it or choose another objective")
     if cfg.sampler.name not in SAMPLERS:
         raise ConfigError(f"sampler.name: unknown sampler {brief(cfg.sampler.name)} (valid: {', '.join(SAMPLERS)})")
@@ -193,5 +199,6 @@ def load_search_config(path: str | Path, overrides: list[str] | tuple[str, ...] 
     for key in ("space", "objectives"):
         if key in values and values[key] is None:
             raise ConfigError(f"{key} is empty")
+    _check_shapes(values)
     cfg = from_dict(SearchConfig, {k: v for k, v in values.items()})
     return validate_search(dataclasses.replace(cfg, train=train))

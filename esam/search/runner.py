@@ -58,7 +58,7 @@ def _sampler(cfg: SearchConfig):
 def _distributions(cfg: SearchConfig) -> dict:
     from optuna.distributions import CategoricalDistribution, FloatDistribution
     space = {}
-    for name, p in cfg.space_params.items():
+    for name, p in cfg.space.items():
         space[name] = (CategoricalDistribution(p.choices) if p.choices is not None
                        else FloatDistribution(float(p.low), float(p.high), log=p.log))
     return space
@@ -191,7 +191,7 @@ def _run_search(cfg: SearchConfig, *, address: str | None, echo: Callable[[str],
     check_ray_states(cfg)  # all refusals before the parent run is reopened: a refused run changes nothing
     parent = tracking.start_parent_run(client, cfg.mlflow.experiment, cfg.name, resolved, parent)
     write_state(directory, {"config": resolved, "parent_run_id": parent, "tracking_uri": uri})
-    objectives = [(o.metric, o.mode) for o in cfg.objective_list]
+    objectives = cfg.objective_pairs
     echo(f"search {cfg.name}: {cfg.trials} ESAM trials + references {cfg.references or 'none'}, "
          f"{cfg.concurrency} at a time; MLflow run {parent} at {uri}")
 

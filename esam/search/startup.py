@@ -70,7 +70,7 @@ def check_ray_states(cfg: SearchConfig) -> None:
 
 def _experiments(cfg: SearchConfig, storage) -> list[Experiment]:
     import optuna
-    objectives = [(o.metric, o.mode) for o in cfg.objective_list]
+    objectives = cfg.objective_pairs
     exps = [Experiment(cfg.directory / "references", "reference", cfg.train.epochs, objectives)] if cfg.references else []
     study = None
     if cfg.name in optuna.study.get_all_study_names(storage):
