@@ -12,6 +12,9 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
+import yaml
+from torch import nn
 
 
 @pytest.fixture(autouse=True)
@@ -25,6 +28,53 @@ def _isolated(tmp_path, monkeypatch):
 
 def pytest_configure(config):
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
+# --- a small search: the quickstart, shrunk -----------------------------------------------------------------------
+
+def small_search(directory: Path, name: str, *, trials: int = 2, concurrency: int = 1, references=("sgd",),
+                 epochs: int = 1, train_limit: int = 256, test_limit: int = 128, seed: int = 0, **top) -> Path:
+    """The quickstart config made small (random sampler, 1 probe pair), written to directory/<name>.yaml."""
+    from esam.cli import default_search_config
+    config = yaml.safe_load(default_search_config().read_text())
+    config.update(name=name, trials=trials, concurrency=concurrency, references=list(references),
+                  sampler={"name": "random", "seed": seed}, **top)
+    config["train"].update(epochs=epochs, probe_steps=1)
+    config["train"]["data"].update(train_limit=train_limit, test_limit=test_limit)
+    path = Path(directory) / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+# --- tiny optimizer problems (test_optim.py, test_graphs.py) ------------------------------------------------------
+
+def make_cnn(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+                         nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 4))
+
+
+def make_batches(n: int, batch: int = 16, seed: int = 1) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(batch, 3, 8, 8, generator=g), torch.randint(0, 4, (batch,), generator=g)) for _ in range(n)]
+
+
+def closure_for(model: nn.Module, x: torch.Tensor, y: torch.Tensor, record: list | None = None):
+    """Per-sample cross-entropy; `record` gets (indices, losses, grad enabled, requires_grad mask) per call."""
+    def closure(indices=None):
+        xb, yb = (x, y) if indices is None else (x[indices], y[indices])
+        losses = F.cross_entropy(model(xb), yb, reduction="none")
+        if record is not None:
+            record.append((indices, losses.detach().clone(), torch.is_grad_enabled(),
+                           [p.requires_grad for p in model.parameters()],
+                           [p.detach().clone() for p in model.parameters()]))
+        return losses
+    return closure
+
+
+def sgd(model: nn.Module, lr: float = 0.1, momentum: float = 0.9, weight_decay: float = 5e-4) -> torch.optim.SGD:
+    return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
 
 
 class MlflowServer:

@@ -15,7 +15,7 @@ from torch import nn
 from esam.perf.dispatch_count import count_ops
 from esam.training.cuda_graphs import GraphedPasses, graph_budget, warm_up
 from esam.optim import ESAM, build_optimizer
-from test_optim import closure_for, make_batches, make_cnn, sgd
+from conftest import closure_for, make_batches, make_cnn, sgd
 
 
 class Recorder:

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from conftest import closure_for, make_batches, make_cnn, sgd
 from esam.optim import (ESAM, OPTIMIZERS, SAM, Plain, StepCost, build_optimizer, predicted_relative_cost,
                         subset_size)
 
@@ -23,35 +24,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-def make_cnn(seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
-                         nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 4))
-
-
-def make_batches(n: int, batch: int = 16, seed: int = 1) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    g = torch.Generator().manual_seed(seed)
-    return [(torch.randn(batch, 3, 8, 8, generator=g), torch.randint(0, 4, (batch,), generator=g)) for _ in range(n)]
-
-
-def closure_for(model: nn.Module, x: torch.Tensor, y: torch.Tensor, record: list | None = None):
-    """Per-sample cross-entropy; `record` gets (indices, losses, grad enabled, requires_grad mask) per call."""
-    def closure(indices=None):
-        xb, yb = (x, y) if indices is None else (x[indices], y[indices])
-        losses = F.cross_entropy(model(xb), yb, reduction="none")
-        if record is not None:
-            record.append((indices, losses.detach().clone(), torch.is_grad_enabled(),
-                           [p.requires_grad for p in model.parameters()],
-                           [p.detach().clone() for p in model.parameters()]))
-        return losses
-    return closure
-
-
-def sgd(model: nn.Module, lr: float = 0.1, momentum: float = 0.9, weight_decay: float = 5e-4) -> torch.optim.SGD:
-    return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
 
 
 def make(name: str, model: nn.Module, **hparams) -> Plain:

@@ -1,5 +1,11 @@
-"""A real search end to end: local Ray, a real Optuna study, a real MLflow SQLite store."""
+"""A real search end to end: local Ray, a real Optuna study, a real MLflow SQLite store.
+
+The search runs once for the module; each test checks one behaviour of what it left behind.
+"""
+import contextlib
+import io
 import json
+import os
 from pathlib import Path
 
 import optuna
@@ -8,62 +14,88 @@ import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
+from conftest import small_search
 from esam import ESAM
-from esam.cli import default_search_config, main
+from esam.cli import main
 from esam.config import load_train_config
 from esam.search.pareto import dominates
 
 pytestmark = pytest.mark.slow
+OBJECTIVES = [("test_acc", "max"), ("speed_vs_sgd", "max")]
 
 
-def small_search(tmp_path: Path) -> Path:
-    config = yaml.safe_load(default_search_config().read_text())
-    config.update(name="e2e", trials=4, concurrency=2, sampler={"name": "random", "seed": 3})
-    config["train"]["epochs"] = 2
-    config["train"]["probe_steps"] = 1
-    config["train"]["data"].update(train_limit=384, test_limit=192)
+@pytest.fixture(scope="module")
+def search(tmp_path_factory):
+    """The search, run once in its own directory: (directory, config path, MLflow URI, captured stdout)."""
+    directory = tmp_path_factory.mktemp("e2e")
     # lr spans a range where the largest values diverge: those trials must be recorded as failed.
-    config["space"] = {"rho": {"low": 0.01, "high": 0.3, "log": True}, "beta": {"low": 0.4, "high": 1.0},
-                       "gamma": {"low": 0.4, "high": 1.0}, "lr": {"low": 0.01, "high": 1.0e12, "log": True}}
-    path = tmp_path / "e2e.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
+    space = {"rho": {"low": 0.01, "high": 0.3, "log": True}, "beta": {"low": 0.4, "high": 1.0},
+             "gamma": {"low": 0.4, "high": 1.0}, "lr": {"low": 0.01, "high": 1.0e12, "log": True}}
+    path = small_search(directory, "e2e", trials=4, concurrency=2, references=("sgd", "sam"), epochs=2,
+                        train_limit=384, test_limit=192, seed=3, space=space)
+    here = os.getcwd()
+    os.chdir(directory)  # the default MLflow store is ./mlflow.db
+    try:
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            assert main(["search", str(path)]) == 0
+    finally:
+        os.chdir(here)
+    return directory, path, f"sqlite:///{directory / 'mlflow.db'}", out.getvalue()
 
 
-def test_search_records_front_exports_and_resumes(tmp_path, capsys):
-    path = small_search(tmp_path)
-    assert main(["search", str(path)]) == 0
-    out = capsys.readouterr().out
-    assert "Pareto front" in out and "mlflow ui --backend-store-uri" in out
-
-    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+@pytest.fixture(scope="module")
+def runs(search):
+    """(client, experiment, parent run, child runs) as MLflow holds them after the search."""
+    _, _, uri, _ = search
+    client = MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name("esam")
     parents = client.search_runs([exp.experiment_id], "tags.`esam.kind` = 'search'")
     assert len(parents) == 1
-    parent = parents[0]
+    children = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parents[0].info.run_id}'")
+    return client, exp, parents[0], children
+
+
+def _trials(children, status=None):
+    return [r for r in children if r.data.tags["esam.kind"] == "trial" and (status is None or r.info.status == status)]
+
+
+def test_the_command_prints_the_front_and_where_results_went(search):
+    out = search[3]
+    assert "Pareto front" in out and "mlflow ui --backend-store-uri" in out
+
+
+def test_parent_and_children_are_recorded(runs):
+    _, _, parent, children = runs
     assert parent.info.status == "FINISHED"
     assert "git_commit" in parent.data.tags and "version.torch" in parent.data.tags
-    children = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
     kinds = sorted(r.data.tags["esam.kind"] for r in children)
     assert kinds == ["reference", "reference", "trial", "trial", "trial", "trial"]
     assert sorted(r.data.params["optimizer"] for r in children if r.data.tags["esam.kind"] == "reference") == ["sam", "sgd"]
 
-    trials = [r for r in children if r.data.tags["esam.kind"] == "trial"]
-    finished = [r for r in trials if r.info.status == "FINISHED"]
-    failed = [r for r in trials if r.info.status == "FAILED"]
-    assert finished and failed, [(r.data.params["lr"], r.info.status) for r in trials]
+
+def test_diverged_trials_are_recorded_as_failed(runs):
+    children = runs[3]
+    finished, failed = _trials(children, "FINISHED"), _trials(children, "FAILED")
+    assert finished and failed, [(r.data.params["lr"], r.info.status) for r in _trials(children)]
     assert all(float(r.data.params["lr"]) > 100 for r in failed)
     assert all("FloatingPointError" in r.data.tags["error"] for r in failed), [r.data.tags["error"] for r in failed]
-    for r in finished:  # per-epoch history of every objective
+
+
+def test_finished_trials_have_per_epoch_metrics(runs):
+    client, children = runs[0], runs[3]
+    for r in _trials(children, "FINISHED"):  # per-epoch history of every objective
         history = client.get_metric_history(r.info.run_id, "test_acc")
         assert [m.step for m in history] == [1, 2]
         assert {"images_per_s", "speed_vs_sgd", "relative_cost", "train_loss"} <= set(r.data.metrics)
 
-    # The Pareto tags mark exactly the non-dominated finished trials.
-    objectives = [("test_acc", "max"), ("speed_vs_sgd", "max")]
+
+def test_pareto_tags_and_artifacts_mark_the_non_dominated_trials(runs):
+    client, _, parent, children = runs
+    finished = _trials(children, "FINISHED")
     tagged = {r.info.run_id for r in finished if r.data.tags.get("pareto") == "true"}
     expected = {r.info.run_id for r in finished
-                if not any(dominates(o.data.metrics, r.data.metrics, objectives) for o in finished if o is not r)}
+                if not any(dominates(o.data.metrics, r.data.metrics, OBJECTIVES) for o in finished if o is not r)}
     assert tagged == expected and tagged
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "pareto")}
     assert {"pareto/pareto.csv", "pareto/pareto.json", "pareto/pareto.png", "pareto/pareto.html",
@@ -72,14 +104,20 @@ def test_search_records_front_exports_and_resumes(tmp_path, capsys):
     assert {r["run_id"] for r in front["front"]} == tagged
     assert {r["optimizer"] for r in front["references"]} == {"sgd", "sam"}
 
-    # The Optuna study holds the ESAM trials only, the diverged ones as FAIL.
-    study = optuna.load_study(study_name="e2e", storage=f"sqlite:///{tmp_path / 'esam_results/e2e/optuna.db'}")
-    states = sorted(t.state.name for t in study.trials)
-    assert states.count("COMPLETE") == len(finished) and states.count("FAIL") == len(failed)
 
-    # Export the most accurate front point and load it back both ways.
-    assert main(["export", "e2e", "--pick", "max-accuracy", "--out", "best.yaml"]) == 0
-    best = max((r for r in finished if r.info.run_id in tagged), key=lambda r: r.data.metrics["test_acc"])
+def test_the_optuna_study_holds_the_esam_trials_only(search, runs):
+    children = runs[3]
+    study = optuna.load_study(study_name="e2e", storage=f"sqlite:///{search[0] / 'esam_results/e2e/optuna.db'}")
+    states = sorted(t.state.name for t in study.trials)  # the diverged ones as FAIL
+    assert states.count("COMPLETE") == len(_trials(children, "FINISHED"))
+    assert states.count("FAIL") == len(_trials(children, "FAILED"))
+
+
+def test_export_writes_the_most_accurate_front_point_loadable_both_ways(search, runs):
+    children = runs[3]
+    assert main(["export", "e2e", "--tracking-uri", search[2], "--pick", "max-accuracy", "--out", "best.yaml"]) == 0
+    tagged = [r for r in _trials(children, "FINISHED") if r.data.tags.get("pareto") == "true"]
+    best = max(tagged, key=lambda r: r.data.metrics["test_acc"])
     exported = yaml.safe_load(Path("best.yaml").read_text())
     assert exported["exported"]["mlflow_run_id"] == best.info.run_id
     assert exported["optimizer"]["rho"] == pytest.approx(float(best.data.params["rho"]))
@@ -89,10 +127,17 @@ def test_search_records_front_exports_and_resumes(tmp_path, capsys):
     opt = ESAM.from_config(model.parameters(), torch.optim.SGD(model.parameters(), lr=0.1), "best.yaml")
     assert (opt.rho, opt.beta, opt.gamma) == pytest.approx((cfg.optimizer.rho, cfg.optimizer.beta, cfg.optimizer.gamma))
 
-    # `esam pareto` prints the front; running the search again repeats no finished trial.
-    assert main(["pareto", "e2e"]) == 0
+
+def test_pareto_prints_the_front_and_a_rerun_repeats_no_trial(search, runs, capsys, monkeypatch):
+    # Last in the module: it runs the search command again.
+    client, exp, parent, children = runs
+    best = max((r for r in _trials(children, "FINISHED") if r.data.tags.get("pareto") == "true"),
+               key=lambda r: r.data.metrics["test_acc"])
+    assert main(["pareto", "e2e", "--tracking-uri", search[2]]) == 0
     assert best.info.run_id[:12] in capsys.readouterr().out
-    assert main(["search", str(path)]) == 0
+    monkeypatch.chdir(search[0])
+    assert main(["search", str(search[1])]) == 0
     again = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
     assert len(again) == len(children)
-    assert len(optuna.load_study(study_name="e2e", storage=f"sqlite:///{tmp_path / 'esam_results/e2e/optuna.db'}").trials) == 4
+    storage = f"sqlite:///{search[0] / 'esam_results/e2e/optuna.db'}"
+    assert len(optuna.load_study(study_name="e2e", storage=storage).trials) == 4

@@ -5,19 +5,15 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from esam.cli import default_search_config, main
+from conftest import small_search
+from esam.cli import main
 
 pytestmark = pytest.mark.slow
 
 
 def test_search_records_to_an_mlflow_server(tmp_path, mlflow_server, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
-    config = yaml.safe_load(default_search_config().read_text())
-    config.update(name="served", trials=2, references=["sgd"], sampler={"name": "random", "seed": 0})
-    config["train"].update(epochs=1, probe_steps=1)
-    config["train"]["data"].update(train_limit=256, test_limit=128)
-    path = tmp_path / "served.yaml"
-    path.write_text(yaml.safe_dump(config))
+    path = small_search(tmp_path, "served", trials=2, concurrency=2)
 
     assert main(["search", str(path)]) == 0
     client = MlflowClient(tracking_uri=mlflow_server)

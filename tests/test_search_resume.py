@@ -7,21 +7,16 @@ import time
 
 import optuna
 import pytest
-import yaml
 from mlflow.tracking import MlflowClient
 
-from esam.cli import default_search_config, main
+from conftest import small_search
+from esam.cli import main
 
 pytestmark = pytest.mark.slow
 
 
 def test_interrupted_search_resumes_without_repeating_trials(tmp_path):
-    config = yaml.safe_load(default_search_config().read_text())
-    config.update(name="resume", trials=3, concurrency=1, references=[], sampler={"name": "random", "seed": 1})
-    config["train"].update(epochs=4, probe_steps=1)
-    config["train"]["data"].update(train_limit=384, test_limit=128)
-    path = tmp_path / "resume.yaml"
-    path.write_text(yaml.safe_dump(config))
+    path = small_search(tmp_path, "resume", trials=3, references=(), epochs=4, train_limit=384, seed=1)
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
 
     def trial_runs():

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from esam.config import DataConfig
-from esam.errors import ConfigError, DataError
+from esam.errors import DataError
 from esam.registry import Registry
 
 

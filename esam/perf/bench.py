@@ -199,7 +199,7 @@ def markdown(rows: list[dict], config: TrainConfig, *, repeats: int, steps: int,
         f"- {repeats} repeats x {steps} timed steps after {warmup} warm-up steps each, interleaved; "
         f"rho {o.rho}, beta {o.beta}, gamma {o.gamma}",
         syncs,
-        *([f"- CUDA graphs captured: " + ", ".join(f"{r['method']} {r['graphs']}" for r in rows)]
+        *(["- CUDA graphs captured: " + ", ".join(f"{r['method']} {r['graphs']}" for r in rows)]
           if config.cuda_graphs else []),
         "- host ops/step: ATen operators one step dispatches (views excluded; a graph replay counts 0)",
         "- predicted: the cost model (forward 1, backward 2 per sample; esam/optim/cost.py); relative_cost: "

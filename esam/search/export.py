@@ -7,14 +7,13 @@ the measured metrics and the MLflow run ids it came from.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 from pathlib import Path
 
 import yaml
 
 from esam.search import tracking
-from esam.config import brief, deep_merge, to_dict, train_config_from_dict
+from esam.config import deep_merge, to_dict, train_config_from_dict
 from esam.errors import ConfigError
 from esam.training.metrics import METRICS
 from esam.search.pareto import pick
