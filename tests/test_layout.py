@@ -49,3 +49,12 @@ def test_the_function_train_is_not_shadowed_by_a_module():
             "print(train(cfg)['epoch'])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.strip() == "1", out.stderr[-2000:]
+
+
+def test_the_readme_layout_names_every_module():
+    readme = (ROOT.parent / "README.md").read_text()
+    layout = readme[readme.index("## Layout"):]
+    for path in sorted(ROOT.rglob("*.py")):
+        if path.name == "__init__.py":
+            continue  # a package is named by its folder
+        assert path.name in layout, f"README's layout section does not name {path.relative_to(ROOT)}"
