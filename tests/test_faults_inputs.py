@@ -1,6 +1,6 @@
 """Hostile or broken inputs end in one short line and exit 2, and change nothing on disk.
 
-Issue #9: a checkpoint that runs code on load, YAML alias bombs and oversized configs, values
+Faults from bad input: a checkpoint that runs code on load, YAML alias bombs and oversized configs, values
 that slipped past validation (nan/inf, negative seeds, quotes in names), and export/pareto
 creating an empty MLflow store from a mistyped URI.
 """
@@ -50,7 +50,7 @@ def assert_one_line(code: int, err: str, *fragments: str, limit: int = 400) -> N
 # --- 1. checkpoints never run code -------------------------------------------------------------------
 
 class _RunsCode:
-    """Unpickling this calls os.system: the attack of issue #9."""
+    """Unpickling this calls os.system: a crafted checkpoint on shared storage."""
 
     def __init__(self, marker: Path):
         self.marker = marker
