@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from esam import tracking
+from esam import ray_state, tracking
 from esam.config import to_dict
 from esam.errors import ConfigError, EsamError
 from esam.local_ray import init_ray
@@ -101,15 +101,17 @@ def _tuner(cfg: SearchConfig, experiment: str, param_space: dict, tune_config, c
 _SIGNALS: list[StopSignals] = []  # the running search's signal catcher (one search per process)
 
 
-def _fit(tuner, expected: int | None, epochs: int) -> None:
+def _fit(tuner, directory: Path, expected: int | None) -> None:
     """Run an experiment; a signal during it, or trials left unfinished, count as a stop.
 
-    A trial Ray stopped is TERMINATED like a finished one: finished means every epoch reported.
-    `expected` None: as many trials as Ray made (the study counts ESAM trials, see _check_done).
+    Ray's returned trials call a stopped trial TERMINATED like a finished one; its final snapshot,
+    written before it stops them, does not. `expected` None: as many as Ray made (the study
+    counts ESAM trials, see _check_done).
     """
-    grid = _SIGNALS[-1].fit(tuner) if _SIGNALS else tuner.fit()
-    ended = sum(r.error is not None or int((r.metrics or {}).get("epoch") or 0) >= epochs for r in grid)
-    if ended < (len(grid) if expected is None else expected):
+    _SIGNALS[-1].fit(tuner) if _SIGNALS else tuner.fit()
+    saved = ray_state.read_trials(directory) or []
+    ended = sum(t.status in ray_state.TERMINAL for t in saved)
+    if ended < len(saved) or ended < (expected or 0):
         raise KeyboardInterrupt
 
 
@@ -216,7 +218,7 @@ def _run_search(cfg: SearchConfig, *, address: str | None, echo: Callable[[str],
             tune_config = tune.TuneConfig(num_samples=1, max_concurrent_trials=cfg.concurrency,
                                           trial_dirname_creator=lambda t: f"{t.config['optimizer']}_{t.trial_id}")
             _fit(_tuner(cfg, "references", {"optimizer": tune.grid_search(list(cfg.references))},
-                        tune_config, callbacks, restore=bool(state)), len(cfg.references), cfg.train.epochs)
+                        tune_config, callbacks, restore=bool(state)), directory / "references", len(cfg.references))
         searcher = ReconcilingOptunaSearch(
             space=_distributions(cfg), metric=[m for m, _ in objectives], mode=[d for _, d in objectives],
             sampler=_sampler(cfg), study_name=cfg.name, storage=storage, max_trials=cfg.trials)
@@ -226,7 +228,7 @@ def _run_search(cfg: SearchConfig, *, address: str | None, echo: Callable[[str],
                                       trial_dirname_creator=lambda t: f"esam_{t.trial_id}")
         callbacks = [MlflowTrialRuns(uri, parent, "trial", _trial_name, params_of),
                      Progress("esam", cfg.trials, objectives, echo)]
-        _fit(_tuner(cfg, "search", {}, tune_config, callbacks, restore=bool(state)), None, cfg.train.epochs)
+        _fit(_tuner(cfg, "search", {}, tune_config, callbacks, restore=bool(state)), directory / "search", None)
         _check_done(storage, cfg)
         finish_records(uri, parent, wait=True)  # every trial's record is in MLflow before the parent ends
         retry(lambda: client.set_terminated(parent, status="FINISHED"), "the search run's status", echo=echo)
