@@ -26,6 +26,7 @@ from esam.search_state import check_writable, read_state, storage_error_line, wr
 from esam.search_startup import (check_ray_states, check_study, known_parent, reconcile_all, same_config,
                                  settle_after_stop)
 from esam.stop_signals import StopSignals
+from esam.store_lock import store_creation_lock
 
 # Ray snapshots its experiment every few seconds by default: a hard stop then loses which
 # trials exist. Two seconds keeps that window short at a negligible cost for small states.
@@ -68,7 +69,8 @@ def _distributions(cfg: SearchConfig) -> dict:
 def _optuna_storage(url: str):
     import optuna
     try:
-        return optuna.storages.RDBStorage(url)
+        with store_creation_lock(url):  # its first use creates the tables; a reader may be opening it too
+            return optuna.storages.RDBStorage(url)
     except Exception as err:  # noqa: BLE001 - a bad URL or unreachable database
         raise ConfigError(f"optuna_storage {url!r} cannot be opened: {str(err).splitlines()[0][:200]}") from None
 
@@ -150,13 +152,18 @@ def run_search(cfg: SearchConfig, *, address: str | None = None, echo: Callable[
     One process per search (a lock); SIGINT and SIGTERM stop it as a stop, never as an end; any
     stop leaves the parent run KILLED and the three stores agreeing on every trial.
     """
+    # Everything that can be wrong is checked before the first trial starts, and before
+    # anything is created in results_dir.
+    _check_local_data(cfg, address)
+    uri = tracking.tracking_uri(cfg.mlflow.tracking_uri)
+    client = tracking.connect(uri)
     directory = cfg.directory
     check_writable(directory)
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", SNAPSHOT_PERIOD_S)
     with SearchLock(directory, cfg.name), StopSignals() as signals:
         _SIGNALS.append(signals)
         try:
-            return _run_search(cfg, address=address, echo=echo)
+            return _run_search(cfg, uri, client, address=address, echo=echo)
         except OSError as err:  # e.g. results_dir turned read-only or full during the search
             settle_after_stop(cfg, echo, status="FAILED")
             raise ConfigError(storage_error_line(err, directory)) from None
@@ -172,7 +179,8 @@ def run_search(cfg: SearchConfig, *, address: str | None = None, echo: Callable[
             _SIGNALS.remove(signals)
 
 
-def _run_search(cfg: SearchConfig, *, address: str | None, echo: Callable[[str], None]) -> SearchOutcome:
+def _run_search(cfg: SearchConfig, uri: str, client, *, address: str | None,
+                echo: Callable[[str], None]) -> SearchOutcome:
     from ray import tune
 
     from esam.callbacks import MlflowTrialRuns, Progress
@@ -183,10 +191,6 @@ def _run_search(cfg: SearchConfig, *, address: str | None, echo: Callable[[str],
     import optuna
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     logging.getLogger("mlflow").setLevel(logging.WARNING)
-    # Everything that can be wrong is checked before the first trial starts.
-    _check_local_data(cfg, address)
-    uri = tracking.tracking_uri(cfg.mlflow.tracking_uri)
-    client = tracking.connect(uri)
     resolved = to_dict(cfg)
     directory = cfg.directory
     state = read_state(directory)
