@@ -20,6 +20,7 @@ from mlflow.tracking import MlflowClient
 from esam.search import ray_state
 from esam.cli import default_search_config
 from esam.search.optuna_searcher import RAY_TRIAL_ATTR
+from esam.search.store_lock import store_creation_lock
 
 RAY_DONE = {"COMPLETE": "TERMINATED", "FAIL": "ERROR"}
 MLFLOW_DONE = {"COMPLETE": "FINISHED", "FAIL": "FAILED"}
@@ -107,9 +108,11 @@ class Stores:
         ray = {e: {t.trial_id: t for t in ray_state.read_trials(directory / e) or []}
                for e in ("references", "search")}
         storage = f"sqlite:///{directory / 'optuna.db'}"
-        study = (optuna.load_study(study_name=name, storage=storage)
-                 if (directory / "optuna.db").exists() and name in optuna.get_all_study_names(storage) else None)
-        client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+        with store_creation_lock(storage):  # never race the search that creates the tables
+            study = (optuna.load_study(study_name=name, storage=storage)
+                     if (directory / "optuna.db").exists() and name in optuna.get_all_study_names(storage) else None)
+        with store_creation_lock(f"sqlite:///{root / 'mlflow.db'}"):
+            client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
         exp = client.get_experiment_by_name("esam")
         parents = runs = []
         if exp is not None:

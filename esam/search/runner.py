@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from esam.search import ray_state
 from esam.search import tracking
 from esam.config import to_dict
 from esam.errors import ConfigError, EsamError
@@ -26,6 +27,7 @@ from esam.search.state import check_writable, read_state, storage_error_line, wr
 from esam.search.startup import (check_ray_states, check_study, known_parent, reconcile_all, same_config,
                                  settle_after_stop)
 from esam.search.stop_signals import StopSignals
+from esam.search.store_lock import store_creation_lock
 
 # Ray snapshots its experiment every few seconds by default: a hard stop then loses which
 # trials exist. Two seconds keeps that window short at a negligible cost for small states.
@@ -67,7 +69,8 @@ def _distributions(cfg: SearchConfig) -> dict:
 def _optuna_storage(url: str):
     import optuna
     try:
-        return optuna.storages.RDBStorage(url)
+        with store_creation_lock(url):  # its first use creates the tables; a reader may be opening it too
+            return optuna.storages.RDBStorage(url)
     except Exception as err:  # noqa: BLE001 - a bad URL or unreachable database
         raise ConfigError(f"optuna_storage {url!r} cannot be opened: {str(err).splitlines()[0][:200]}") from None
 
@@ -100,15 +103,17 @@ def _tuner(cfg: SearchConfig, experiment: str, param_space: dict, tune_config, c
 _SIGNALS: list[StopSignals] = []  # the running search's signal catcher (one search per process)
 
 
-def _fit(tuner, expected: int | None, epochs: int) -> None:
+def _fit(tuner, directory: Path, expected: int | None) -> None:
     """Run an experiment; a signal during it, or trials left unfinished, count as a stop.
 
-    A trial Ray stopped is TERMINATED like a finished one: finished means every epoch reported.
-    `expected` None: as many trials as Ray made (the study counts ESAM trials, see _check_done).
+    Ray's returned trials call a stopped trial TERMINATED like a finished one; its final snapshot,
+    written before it stops them, does not. `expected` None: as many as Ray made (the study
+    counts ESAM trials, see _check_done).
     """
-    grid = _SIGNALS[-1].fit(tuner) if _SIGNALS else tuner.fit()
-    ended = sum(r.error is not None or int((r.metrics or {}).get("epoch") or 0) >= epochs for r in grid)
-    if ended < (len(grid) if expected is None else expected):
+    _SIGNALS[-1].fit(tuner) if _SIGNALS else tuner.fit()
+    saved = ray_state.read_trials(directory) or []
+    ended = sum(t.status in ray_state.TERMINAL for t in saved)
+    if ended < len(saved) or ended < (expected or 0):
         raise KeyboardInterrupt
 
 
@@ -141,13 +146,18 @@ def run_search(cfg: SearchConfig, *, address: str | None = None, echo: Callable[
     One process per search (a lock); SIGINT and SIGTERM stop it as a stop, never as an end; any
     stop leaves the parent run KILLED and the three stores agreeing on every trial.
     """
+    # Everything that can be wrong is checked before the first trial starts, and before
+    # anything is created in results_dir.
+    _check_local_data(cfg, address)
+    uri = tracking.tracking_uri(cfg.mlflow.tracking_uri)
+    client = tracking.connect(uri)
     directory = cfg.directory
     check_writable(directory)
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", SNAPSHOT_PERIOD_S)
     with SearchLock(directory, cfg.name), StopSignals() as signals:
         _SIGNALS.append(signals)
         try:
-            return _run_search(cfg, address=address, echo=echo)
+            return _run_search(cfg, uri, client, address=address, echo=echo)
         except OSError as err:  # e.g. results_dir turned read-only or full during the search
             settle_after_stop(cfg, echo, status="FAILED")
             raise ConfigError(storage_error_line(err, directory)) from None
@@ -163,7 +173,8 @@ def run_search(cfg: SearchConfig, *, address: str | None = None, echo: Callable[
             _SIGNALS.remove(signals)
 
 
-def _run_search(cfg: SearchConfig, *, address: str | None, echo: Callable[[str], None]) -> SearchOutcome:
+def _run_search(cfg: SearchConfig, uri: str, client, *, address: str | None,
+                echo: Callable[[str], None]) -> SearchOutcome:
     from ray import tune
 
     from esam.search.callbacks import MlflowTrialRuns, Progress
@@ -174,10 +185,6 @@ def _run_search(cfg: SearchConfig, *, address: str | None, echo: Callable[[str],
     import optuna
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     logging.getLogger("mlflow").setLevel(logging.WARNING)
-    # Everything that can be wrong is checked before the first trial starts.
-    _check_local_data(cfg, address)
-    uri = tracking.tracking_uri(cfg.mlflow.tracking_uri)
-    client = tracking.connect(uri)
     resolved = to_dict(cfg)
     directory = cfg.directory
     state = read_state(directory)
@@ -209,7 +216,7 @@ def _run_search(cfg: SearchConfig, *, address: str | None, echo: Callable[[str],
             tune_config = tune.TuneConfig(num_samples=1, max_concurrent_trials=cfg.concurrency,
                                           trial_dirname_creator=lambda t: f"{t.config['optimizer']}_{t.trial_id}")
             _fit(_tuner(cfg, "references", {"optimizer": tune.grid_search(list(cfg.references))},
-                        tune_config, callbacks, restore=bool(state)), len(cfg.references), cfg.train.epochs)
+                        tune_config, callbacks, restore=bool(state)), directory / "references", len(cfg.references))
         searcher = ReconcilingOptunaSearch(
             space=_distributions(cfg), metric=[m for m, _ in objectives], mode=[d for _, d in objectives],
             sampler=_sampler(cfg), study_name=cfg.name, storage=storage, max_trials=cfg.trials)
@@ -219,7 +226,7 @@ def _run_search(cfg: SearchConfig, *, address: str | None, echo: Callable[[str],
                                       trial_dirname_creator=lambda t: f"esam_{t.trial_id}")
         callbacks = [MlflowTrialRuns(uri, parent, "trial", trial_label, params_of),
                      Progress("esam", cfg.trials, objectives, echo)]
-        _fit(_tuner(cfg, "search", {}, tune_config, callbacks, restore=bool(state)), None, cfg.train.epochs)
+        _fit(_tuner(cfg, "search", {}, tune_config, callbacks, restore=bool(state)), directory / "search", None)
         _check_done(storage, cfg)
         finish_records(uri, parent, wait=True)  # every trial's record is in MLflow before the parent ends
         retry(lambda: client.set_terminated(parent, status="FINISHED"), "the search run's status", echo=echo)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from esam.errors import ConfigError
+from esam.search.store_lock import store_creation_lock
 
 PARENT_TAG = "mlflow.parentRunId"
 SEARCH_TAG = "esam.search"
@@ -107,12 +108,12 @@ def connect(uri: str):
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # "Creating initial tables"
     logging.getLogger("alembic").setLevel(logging.WARNING)
-    client = MlflowClient(tracking_uri=uri)
     try:
-        client.search_experiments(max_results=1)
+        with store_creation_lock(uri):  # two searches creating one SQLite store race in its migrations
+            client = MlflowClient(tracking_uri=uri)  # a SQLite store is created (or read) right here
+            client.search_experiments(max_results=1)
     except Exception as err:  # noqa: BLE001 - any failure here means "cannot record"
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ConfigError(f"MLflow tracking store {uri} is unreachable: {first[:200]}") from None
+        raise ConfigError(f"MLflow tracking store {uri} is unreachable: {_first_line(err)}") from None
     mlflow.set_tracking_uri(uri)
     return client
 
