@@ -25,9 +25,17 @@ def default_search_config() -> Path:
     return Path(__file__).resolve().parent.parent / "tune_configs" / DEFAULT_SEARCH
 
 
+def _speed(m: dict) -> str:
+    """The run-level speed vs SGD with its 95% interval, e.g. `0.482 [0.470, 0.495]`."""
+    return f"{m['speed_vs_sgd']:.3f} [{m['speed_vs_sgd_low']:.3f}, {m['speed_vs_sgd_high']:.3f}]"
+
+
 def _print_epoch(metrics: dict, _saved) -> None:
-    print(f"epoch {metrics['epoch']:>3}  loss {metrics['train_loss']:.4f}  test acc {metrics['test_acc']:6.2f}%  "
-          f"{metrics['images_per_s']:9.0f} img/s  speed/SGD {metrics['speed_vs_sgd']:.3f}  "
+    # speed/SGD is the run's estimate over every pair so far; the epoch's own figure follows it
+    print(f"epoch {metrics['epoch']:>3}  loss {metrics['train_loss']:.4f}  "
+          f"test acc {metrics['test_acc']:6.2f}% +-{metrics['test_acc_se']:.2f}  "
+          f"{metrics['images_per_s']:9.0f} img/s  speed/SGD {_speed(metrics)} "
+          f"({metrics['probe_pairs']} pairs; epoch {metrics['epoch_speed_vs_sgd']:.3f})  "
           f"cost {metrics['relative_cost']:.2f}  {metrics['epoch_time_s']:.1f}s", flush=True)
 
 
@@ -49,8 +57,10 @@ def cmd_train(args) -> int:
     if not final:
         print("nothing to do: the checkpoint has already finished every epoch")
         return 0
-    print(f"done: test acc {final['test_acc']:.2f}%, {final['images_per_s']:.0f} img/s, "
-          f"speed vs SGD {final['speed_vs_sgd']:.3f}, relative cost {final['relative_cost']:.2f}")
+    print(f"done: test acc {final['test_acc']:.2f}% +-{final['test_acc_se']:.2f}, "
+          f"speed vs SGD {_speed(final)} (95% interval, {final['probe_pairs']} pairs), "
+          f"relative cost {final['relative_cost']:.2f}, {final['images_per_s']:.0f} img/s "
+          "(this process's raw throughput: it depends on what else runs on the device)")
     return 0
 
 
@@ -65,6 +75,8 @@ def cmd_search(args) -> int:
     print(f"\nPareto front (accuracy vs throughput): {len(outcome.front)} of {done} finished ESAM trials, "
           f"then the references:")
     print(outcome.table)
+    from esam.search.front_summary import front_summary
+    print(f"\n{front_summary(outcome.rows, cfg.objective_pairs)}")
     print(f"\nresults: MLflow run {outcome.parent_run_id} at {outcome.tracking_uri}")
     print(f"         Ray experiments and Optuna study in {outcome.directory}")
     if outcome.tracking_uri.startswith("sqlite:///"):
@@ -81,6 +93,7 @@ def _client(args):
 
 def cmd_pareto(args) -> int:
     from esam.search import tracking
+    from esam.search.front_summary import front_summary
     from esam.search.pareto_report import format_table, tag_front_and_write_artifacts
 
     client = _client(args)
@@ -89,13 +102,14 @@ def cmd_pareto(args) -> int:
     rows, front, references = tag_front_and_write_artifacts(client, parent, objectives)
     failed = sum(r["status"] == "FAILED" for r in rows)
     print(f"search run {parent}: {len(rows)} runs ({failed} failed), {len(front)} on the front")
-    print(format_table(front, references))
+    print(format_table(front, references, objectives))
+    print(f"\n{front_summary(rows, objectives)}\n")
     print(f"artifacts rewritten under run {parent}: pareto/pareto.{{csv,json,png,html}}, pareto/best_configs.json")
     return 0
 
 
 def cmd_export(args) -> int:
-    from esam.search.export import check_output, export_config
+    from esam.search.export import check_output, export_config, noise_note
     from esam.search.tracking import resolve_search
     from esam.search.pareto import check_rule
 
@@ -111,6 +125,9 @@ def cmd_export(args) -> int:
     print(f"wrote {args.out}: rho {o['rho']:.4g}, beta {o['beta']:.3f}, gamma {o['gamma']:.3f} "
           f"(test acc {m.get('test_acc', float('nan')):.2f}%, speed vs SGD {m.get('speed_vs_sgd', float('nan')):.3f}, "
           f"run {doc['exported']['mlflow_run_id']})")
+    note = noise_note(doc)
+    if note:
+        print(note)
     return 0
 
 

@@ -1,15 +1,16 @@
 """One training run: `train(config, report) -> metrics`. Knows nothing of Ray or MLflow.
 
-Each epoch reports: train_loss, test_loss, test_acc (%), images_per_s (timed training steps
-only, after a warm-up, full batch counted), step_time_vs_sgd and speed_vs_sgd (the method's step
-against an SGD step timed interleaved in this process: comparable when trials share a device),
-relative_cost (the optimizer's cost-model report: SGD 1, SAM 2), epoch_time_s and learning_rate.
+Each epoch reports the metrics of esam.training.metrics: losses, test_acc with its standard error,
+images_per_s (this process's raw throughput), speed_vs_sgd with its 95% interval (the method's
+step against an SGD step, timed interleaved in this process, over every pair of the run so far:
+comparable when trials share a device), the epoch's own figure beside it, relative_cost, ...
 
 Read top to bottom: `_setup` builds the run, `_resume` continues a checkpoint, `_train_epoch`
 steps through one epoch, `_speed_vs_sgd` runs the speed probe, `_save` writes the checkpoint.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from esam.models import build_model
 from esam.training.checkpoint import CHECKPOINT_FILE, load_checkpoint, restore, save_checkpoint
 from esam.training.cuda_graphs import warm_up, warm_up_quiet_steps
 from esam.training.schedule import lr_multiplier
+from esam.training.speed_estimate import SpeedEstimate, median, probe_epoch, ratios
 from esam.training.speed_probe import InterleavedProbe
 from esam.training.step import (PassMode, autocast, build_step_optimizer, loss_closure, resolve_device,
                                 resolve_precision)
@@ -70,6 +72,7 @@ class _Run:
     forward: Callable  # the model as the passes call it (wrapped once: graphs live in the wrapper)
     probe: InterleavedProbe | None  # speed_vs_sgd; None when probing is off or the method is SGD
     probe_warmed: bool = False
+    speed: SpeedEstimate = dataclasses.field(default_factory=SpeedEstimate)  # every pair of the run, resumed too
 
     def closure(self, x: torch.Tensor, y: torch.Tensor, run: Callable | None = None, eager_ascent=None):
         return loss_closure(self.forward if run is None else run, x, y, precision=self.precision,
@@ -113,7 +116,11 @@ def _resume(run: _Run, resume_from: str | Path | None) -> int:
     if resume_from is None:
         return 0
     path = Path(resume_from) / CHECKPOINT_FILE
-    return restore(load_checkpoint(path), path, run.model, run.optimizer, run.scheduler, run.device)
+    state = load_checkpoint(path)
+    first = restore(state, path, run.model, run.optimizer, run.scheduler, run.device)
+    speed = state.get("speed_pairs")  # absent in checkpoints written before the run-level estimate
+    run.speed = SpeedEstimate.from_list(speed.tolist() if isinstance(speed, torch.Tensor) else None)
+    return first
 
 
 def _train_epoch(run: _Run, epoch: int) -> tuple[dict, tuple[torch.Tensor, torch.Tensor]]:
@@ -143,10 +150,14 @@ def _train_epoch(run: _Run, epoch: int) -> tuple[dict, tuple[torch.Tensor, torch
             "relative_cost": cost_sum / data.steps_per_epoch}, first_batch
 
 
-def _speed_vs_sgd(run: _Run, batch: tuple[torch.Tensor, torch.Tensor]) -> float:
-    """The method's step time over SGD's, timed interleaved on `batch` (1 for SGD, nan when probing is off)."""
+def _speed_vs_sgd(run: _Run, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, float]:
+    """The speed metrics: this epoch's pairs timed on `batch` by the stopping rule, then the run's estimate.
+
+    SGD is 1 with the interval [1, 1]; with probing off every figure is nan."""
     if run.probe is None:
-        return 1.0 if run.config.optimizer.name == "sgd" else float("nan")
+        one = 1.0 if run.config.optimizer.name == "sgd" else float("nan")
+        return {"step_time_vs_sgd": one, "speed_vs_sgd": one, "speed_vs_sgd_low": one, "speed_vs_sgd_high": one,
+                "epoch_speed_vs_sgd": one, "probe_pairs": 0}
 
     def make_closure(runs: Callable):
         return run.closure(*batch, run=runs)
@@ -154,7 +165,9 @@ def _speed_vs_sgd(run: _Run, batch: tuple[torch.Tensor, torch.Tensor]) -> float:
         quiet = warm_up_quiet_steps(run.config.optimizer.swp_patterns)
         run.probe.warm_up(make_closure, lambda step: warm_up(step, run.probe.runners, quiet_steps=quiet))
         run.probe_warmed = True
-    return run.probe.step_time_ratio(make_closure, run.config.probe_steps)
+    epoch = probe_epoch(run.speed, lambda n, first: run.probe.time_pairs(make_closure, n, discard_first=first),
+                        run.config.probe_steps)
+    return {**run.speed.summary(), "epoch_speed_vs_sgd": median(ratios(epoch))}
 
 
 def _save(run: _Run, checkpoint_dir: str | Path | None, epoch: int, metrics: dict) -> Path | None:
@@ -167,7 +180,9 @@ def _save(run: _Run, checkpoint_dir: str | Path | None, epoch: int, metrics: dic
         "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
         "scheduler": run.scheduler.state_dict(), "rng_cpu": torch.get_rng_state(),
         "rng_cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-        "epoch": epoch, "metrics": metrics})
+        "epoch": epoch, "metrics": metrics,
+        # plain float64 rows, so weights_only loading reads them: [train_s, probe_s], then [method_s, sgd_s] per pair
+        "speed_pairs": torch.tensor(run.speed.to_list(), dtype=torch.float64).reshape(-1, 2)})
     return Path(checkpoint_dir)
 
 
@@ -184,18 +199,26 @@ def train(config: TrainConfig, report: Report | None = None, *,
     for epoch in range(_resume(run, resume_from), config.epochs):
         epoch_start = time.perf_counter()
         trained, first_batch = _train_epoch(run, epoch)
-        ratio = _speed_vs_sgd(run, first_batch)
+        synchronize(run.device)
+        run.speed.train_s += time.perf_counter() - epoch_start  # the probe's budget is a share of this
+        speed = _speed_vs_sgd(run, first_batch)
         synchronize(run.device)
         epoch_time = time.perf_counter() - epoch_start
         test_acc, test_loss = evaluate(run.forward, run.data.test, run.device, run.precision, run.channels_last)
+        p = test_acc / 100
         metrics = {
             "epoch": epoch + 1,
             "train_loss": trained["train_loss"],
             "test_loss": test_loss,
             "test_acc": test_acc,
+            "test_acc_se": 100 * math.sqrt(p * (1 - p) / run.data.test_size),
             "images_per_s": trained["images_per_s"],
-            "step_time_vs_sgd": ratio,
-            "speed_vs_sgd": 1.0 / ratio,
+            "step_time_vs_sgd": speed["step_time_vs_sgd"],
+            "speed_vs_sgd": speed["speed_vs_sgd"],
+            "speed_vs_sgd_low": speed["speed_vs_sgd_low"],
+            "speed_vs_sgd_high": speed["speed_vs_sgd_high"],
+            "epoch_speed_vs_sgd": speed["epoch_speed_vs_sgd"],
+            "probe_pairs": speed["probe_pairs"],
             "relative_cost": trained["relative_cost"],
             "epoch_time_s": epoch_time,
             "learning_rate": run.scheduler.get_last_lr()[0],
