@@ -58,3 +58,14 @@ def test_the_readme_layout_names_every_module():
         if path.name == "__init__.py":
             continue  # a package is named by its folder
         assert path.name in layout, f"README's layout section does not name {path.relative_to(ROOT)}"
+
+
+def test_the_failure_table_names_tests_that_exist():
+    import re
+    readme = (ROOT.parent / "README.md").read_text()
+    section = readme[readme.index("## Failures a search survives"):readme.index("## How throughput is measured")]
+    named = {m.split("[")[0] for m in re.findall(r"`(test_[a-z0-9_]+(?:\[[^\]]*\])?)`", section)}
+    defined = set()
+    for path in (ROOT.parent / "tests").glob("test_*.py"):
+        defined |= set(re.findall(r"^def (test_[a-z0-9_]+)", path.read_text(), re.M))
+    assert len(named) >= 15 and named <= defined, sorted(named - defined)
