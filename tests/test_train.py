@@ -32,6 +32,14 @@ def test_reports_every_epoch_with_all_metrics(name):
         assert 1.4 < final["relative_cost"] < 1.95
     if name == "sgd":
         assert final["step_time_vs_sgd"] == 1.0
+        assert (final["speed_vs_sgd_low"], final["speed_vs_sgd_high"], final["probe_pairs"]) == (1.0, 1.0, 0)
+    else:  # the run-level estimate: every epoch's pairs, at least probe_steps per epoch
+        assert final["speed_vs_sgd_low"] <= final["speed_vs_sgd"] <= final["speed_vs_sgd_high"]
+        assert final["probe_pairs"] >= reports[0]["probe_pairs"] + QUICK["probe_steps"] >= 2 * QUICK["probe_steps"]
+        assert final["step_time_vs_sgd"] == pytest.approx(1 / final["speed_vs_sgd"])
+        assert math.isfinite(final["epoch_speed_vs_sgd"])
+    p = final["test_acc"] / 100  # 256 test images
+    assert final["test_acc_se"] == pytest.approx(100 * math.sqrt(p * (1 - p) / 256))
     from esam.training.metrics import METRICS
     assert tuple(final) == METRICS  # the one list of metric names is what train() reports
 
@@ -60,6 +68,15 @@ def test_resume_from_checkpoint_continues_identically(tmp_path):
     assert [r["epoch"] for r in resumed] == [2]
     assert resumed[0]["train_loss"] == straight[1]["train_loss"]
     assert resumed[0]["test_acc"] == straight[1]["test_acc"]
+    # the speed estimate continues too: epoch 1's pairs came back from the checkpoint
+    assert resumed[0]["probe_pairs"] >= straight[0]["probe_pairs"] + QUICK["probe_steps"]
+
+
+def test_probing_off_reports_nan_speed():
+    final = train(train_config_from_dict({**QUICK, "epochs": 1, "probe_steps": 0}, {"optimizer": {"name": "esam"}}))
+    assert all(math.isnan(final[k]) for k in ("speed_vs_sgd", "speed_vs_sgd_low", "speed_vs_sgd_high",
+                                              "step_time_vs_sgd", "epoch_speed_vs_sgd"))
+    assert final["probe_pairs"] == 0
 
 
 def test_diverging_loss_raises():
