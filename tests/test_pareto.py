@@ -72,7 +72,80 @@ def test_report_table_and_plots(tmp_path):
     assert table.splitlines()[1].split()[:2] == ["pareto", "92.00"] and "sam" in table
     _plot_html(tmp_path / "p.html", rows, front, objectives)
     html = (tmp_path / "p.html").read_text()
-    assert html.count("<circle") == 5 and html.count("<title>") == 5 + 1  # every finished run with hover text, + the page title
-    assert "rho: 0.05" in html and "crimson" in html
+    # every finished run in a named plotly trace, with hover text; plotly.js embedded (no network)
+    assert all(f'"name":"{n}"' in html for n in ("ESAM trials", "Pareto front", "SGD", "SAM"))
+    assert "rho: 0.05" in html and "crimson" in html and "<script src=" not in html
     _plot_png(tmp_path / "p.png", rows, front, objectives)
+    assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def _noisy(i, acc, speed, se=None, ci=None, kind="trial", **extra):
+    r = {"run_id": f"run{i:02d}" + "x" * 20, "name": f"t{i}", "kind": kind, "status": "FINISHED",
+         "test_acc": acc, "speed_vs_sgd": speed, "images_per_s": 1000 * speed, "relative_cost": 1.7,
+         "rho": 0.05 * i, "beta": 0.6, "gamma": 0.5, "score": "loss_rise", **extra}
+    if se is not None:
+        r["test_acc_se"] = se
+    if ci is not None:
+        r["speed_vs_sgd_low"], r["speed_vs_sgd_high"] = speed - ci, speed + ci
+    return r
+
+
+OBJ2 = [("test_acc", "max"), ("speed_vs_sgd", "max")]
+
+
+def test_indistinguishable_rule():
+    from esam.search.pareto import error_band, indistinguishable
+    a = _noisy(1, 98.0, 0.60, se=0.5, ci=0.02)
+    # accuracy: |diff| <= 2 * sqrt(0.5^2 + 0.5^2) = 1.414; speed: intervals [0.58, 0.62] and [0.61, 0.65] overlap
+    assert indistinguishable(a, _noisy(2, 96.6, 0.63, se=0.5, ci=0.02), OBJ2)
+    assert not indistinguishable(a, _noisy(2, 96.5, 0.63, se=0.5, ci=0.02), OBJ2)  # 1.5 > 1.414
+    assert not indistinguishable(a, _noisy(2, 98.0, 0.65, se=0.5, ci=0.02), OBJ2)  # [0.63, 0.67] misses [0.58, 0.62]
+    assert indistinguishable(a, _noisy(2, 98.0, 0.64, se=0.5, ci=0.02), OBJ2)  # touching intervals overlap
+    # a missing SE counts as 0, a missing interval is the value alone; no noise data at all: only equal values
+    assert indistinguishable(a, _noisy(2, 97.0, 0.61), OBJ2) and not indistinguishable(a, _noisy(2, 96.9, 0.61), OBJ2)
+    assert indistinguishable(_noisy(1, 97.0, 0.6), _noisy(2, 97.0, 0.6), OBJ2)
+    assert not indistinguishable(_noisy(1, 97.0, 0.6), _noisy(2, 97.1, 0.6), OBJ2)
+    assert not indistinguishable(a, {"test_acc": float("nan"), "speed_vs_sgd": 0.6}, OBJ2)
+    assert error_band(a, "test_acc") == (97.0, 99.0) and error_band(a, "speed_vs_sgd") == (0.58, 0.62)
+    assert error_band(_noisy(1, 97.0, 0.6), "test_acc") is None
+
+
+def test_table_shows_noise_and_ties():
+    from esam.search.pareto_report import format_table, front_of
+    rows = [_noisy(1, 98.61, 0.569, se=0.62, ci=0.02), _noisy(2, 97.22, 0.599, se=0.78, ci=0.02),
+            _noisy(3, 95.0, 0.70, se=0.5, ci=0.01),
+            _noisy(5, 98.33, 1.0, se=0.67, ci=0.01, kind="reference", optimizer="sgd"),
+            _noisy(6, 98.33, 0.51, kind="reference", optimizer="sam")]  # no noise recorded: plain values
+    front = front_of(rows, OBJ2)
+    lines = format_table(front, [r for r in rows if r["kind"] == "reference"], OBJ2).splitlines()
+    header, first, second, third, sgd, sam = lines[:6]
+    assert "acc % ± SE" in header and "img/s (own)" in header and "speed/SGD [95%]" in header
+    assert first.split()[:4] == ["pareto", "98.61", "±", "0.62"] and "0.569 [0.549, 0.589]" in first
+    assert first.split()[-2:] == ["1", "2"] and second.split()[-2:] == ["2", "1"] and third.split()[-2:] == ["3", "-"]
+    assert "98.33 ± 0.67" in sgd and "1.000 [0.990, 1.010]" in sgd
+    assert sam.split()[:3] == ["sam", "98.33", "510"]  # neither SE nor interval: the bare values
+    assert any(line.startswith("img/s (own):") for line in lines) and any(line.startswith("≈ #:") for line in lines)
+
+
+def test_plotly_figure_traces_and_png(tmp_path):
+    import json
+    from esam.search.pareto_report import _plot_png, front_of, pareto_figure
+    rows = [_noisy(1, 98.61, 0.569, se=0.62, ci=0.02), _noisy(2, 97.22, 0.599, se=0.78, ci=0.02),
+            _noisy(3, 95.0, 0.55, se=0.5, ci=0.01), _noisy(4, 94.0, 0.50), _noisy(7, 99.0, 0.9, status="FAILED"),
+            _noisy(5, 98.33, 1.0, se=0.67, ci=0.01, kind="reference", optimizer="sgd"),
+            _noisy(6, 98.33, 0.51, kind="reference", optimizer="sam")]
+    front = front_of(rows, OBJ2)
+    figure = json.loads(pareto_figure(rows, front, OBJ2, "a summary").to_json())
+    traces = {t["name"]: t for t in figure["data"]}
+    assert {n: len(t["x"]) for n, t in traces.items()} == {"ESAM trials": 2, "Pareto front": 2, "SGD": 1, "SAM": 1}
+    fr = traces["Pareto front"]
+    assert fr["x"] == [0.569, 0.599] and fr["text"] == ["ρ=0.05, β=0.6, γ=0.5", "ρ=0.1, β=0.6, γ=0.5"]
+    assert fr["error_y"]["array"] == pytest.approx([1.24, 1.56]) and fr["error_x"]["arrayminus"] == pytest.approx([0.02, 0.02])
+    assert "error_y" not in traces["SAM"] and "run06" in traces["SAM"]["hovertext"][0]
+    assert "rho: 0.05" in fr["hovertext"][0] and "run_id: run01" in fr["hovertext"][0]
+    layout = figure["layout"]
+    assert layout["xaxis"]["title"]["text"] == "speed vs SGD (x, higher is faster)"
+    assert layout["yaxis"]["title"]["text"].startswith("test accuracy (%")
+    assert layout["xaxis"]["showgrid"] and layout["annotations"][0]["text"] == "a summary"
+    _plot_png(tmp_path / "p.png", rows, front, OBJ2, "a summary")
     assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"

@@ -17,8 +17,8 @@ from esam.config import deep_merge, to_dict, train_config_from_dict
 from esam.errors import ConfigError
 from esam.training.metrics import METRICS
 from esam.search.pareto import pick
+from esam.search.front_summary import neighbours_within_noise, value_text
 from esam.search.config import SEARCHABLE
-
 
 
 def export_config(client, parent_run_id: str, rule: str, out: str | Path) -> dict:
@@ -27,9 +27,13 @@ def export_config(client, parent_run_id: str, rule: str, out: str | Path) -> dic
     objectives = tracking.objectives_of(search_config)
     trials = tracking.finished(tracking.search_rows(client, parent_run_id), "trial")
     try:
-        chosen = trials[pick(trials, objectives, rule)]
+        index = pick(trials, objectives, rule)
     except ValueError as err:
         raise ConfigError(str(err)) from None
+    chosen = trials[index]
+    # front points the measurements cannot tell apart from the chosen one (esam.search.pareto.indistinguishable)
+    ties = [{"mlflow_run_id": trials[i]["run_id"], **{k: trials[i][k] for k in SEARCHABLE if k in trials[i]},
+             **{m: trials[i][m] for m, _ in objectives}} for i in neighbours_within_noise(trials, index, objectives)]
     optimizer = {"name": "esam", **{k: chosen[k] for k in SEARCHABLE if k in chosen}}
     train = to_dict(train_config_from_dict(deep_merge(search_config["train"], {"optimizer": optimizer})))
     document = {
@@ -41,7 +45,8 @@ def export_config(client, parent_run_id: str, rule: str, out: str | Path) -> dic
             "mlflow_parent_run_id": parent_run_id,
             "tracking_uri": client.tracking_uri,
             "objectives": [list(o) for o in objectives],
-            "metrics": {k: chosen[k] for k in METRICS if k in chosen},
+            "metrics": {k: chosen[k] for k in (*METRICS, *NOISE_METRICS) if k in chosen},
+            "within_noise_of": ties,
             "exported_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             **{k: v for k, v in tracking.provenance().items() if k == "git_commit"},
         },
@@ -56,6 +61,23 @@ def export_config(client, parent_run_id: str, rule: str, out: str | Path) -> dic
     except OSError as err:
         raise ConfigError(f"--out {out}: cannot write ({err.strerror or type(err).__name__})") from None
     return document
+
+
+NOISE_METRICS = ("test_acc_se", "speed_vs_sgd_low", "speed_vs_sgd_high")
+
+
+def noise_note(document: dict) -> str | None:
+    """The one line `esam export` adds when the chosen point is not distinguishable from other front points."""
+    ties = document["exported"].get("within_noise_of") or []
+    if not ties:
+        return None
+    objectives = [m for m, _ in document["exported"]["objectives"]]
+    shown = "; ".join(f"run {t['mlflow_run_id'][:12]}: " + ", ".join(value_text(t, m) for m in objectives) + " ("
+                      + ", ".join(f"{k} {t[k]:.3g}" for k in ("rho", "beta", "gamma") if isinstance(t.get(k), (int, float)))
+                      + ")" for t in ties[:3])
+    more = f" and {len(ties) - 3} more" if len(ties) > 3 else ""
+    return (f"note: the measurements cannot tell this point from {len(ties)} other front point"
+            f"{'s' if len(ties) > 1 else ''} ({shown}{more}): the pick ranks them inside the noise")
 
 
 def check_output(out: str | Path) -> Path:

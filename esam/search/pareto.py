@@ -2,6 +2,9 @@
 
 A point dominates another when it is at least as good on every objective and better on one.
 Objectives are (metric, mode) pairs, mode "max" or "min"; points are dicts holding the metrics.
+
+Measurements are noisy, so two points can also be *indistinguishable* (see `indistinguishable`):
+the front keeps both, and reports do not rank one above the other.
 """
 from __future__ import annotations
 
@@ -20,6 +23,61 @@ def _signed(point: dict, objectives: Sequence[Objective]) -> tuple[float, ...]:
 def dominates(a: dict, b: dict, objectives: Sequence[Objective]) -> bool:
     sa, sb = _signed(a, objectives), _signed(b, objectives)
     return all(x >= y for x, y in zip(sa, sb)) and any(x > y for x, y in zip(sa, sb))
+
+
+def _number(value) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
+def noise_of(point: dict, metric: str) -> tuple[str, float, float] | None:
+    """How noisy `point[metric]` is: ("se", se, se) from `<metric>_se` (a standard error, e.g.
+    test_acc_se, binomial, in accuracy points), ("interval", low, high) from `<metric>_low` and
+    `<metric>_high` (a 95% interval, e.g. speed_vs_sgd's), or None when the run recorded neither."""
+    se = _number(point.get(f"{metric}_se"))
+    if se is not None and se >= 0:
+        return "se", se, se
+    low, high = _number(point.get(f"{metric}_low")), _number(point.get(f"{metric}_high"))
+    if low is not None and high is not None and low <= high:
+        return "interval", low, high
+    return None
+
+
+def error_band(point: dict, metric: str) -> tuple[float, float] | None:
+    """The ~95% band drawn as an error bar: value +- 2 SE, or the recorded interval; None without noise data."""
+    value, noise = _number(point.get(metric)), noise_of(point, metric)
+    if value is None or noise is None:
+        return None
+    kind, a, b = noise
+    return (value - 2 * a, value + 2 * a) if kind == "se" else (a, b)
+
+
+def within_noise(a: dict, b: dict, metric: str) -> bool:
+    """True when a[metric] and b[metric] differ by no more than their noise (one axis of `indistinguishable`)."""
+    va, vb = _number(a.get(metric)), _number(b.get(metric))
+    if va is None or vb is None:
+        return False
+    na, nb = noise_of(a, metric), noise_of(b, metric)
+    if (na and na[0] == "se") or (nb and nb[0] == "se"):
+        sa = na[1] if na and na[0] == "se" else 0.0
+        sb = nb[1] if nb and nb[0] == "se" else 0.0
+        return abs(va - vb) <= 2 * math.hypot(sa, sb)
+    la, ha = (na[1], na[2]) if na else (va, va)
+    lb, hb = (nb[1], nb[2]) if nb else (vb, vb)
+    return la <= hb and lb <= ha
+
+
+def indistinguishable(a: dict, b: dict, objectives: Sequence[Objective]) -> bool:
+    """True when no objective tells `a` and `b` apart beyond the measurement noise.
+
+    The rule, per objective metric m (both points must be within noise on every objective):
+    - a standard error recorded (`m_se`, e.g. test_acc_se): |a - b| <= 2 * sqrt(se_a^2 + se_b^2)
+      (a missing SE counts as 0);
+    - else a 95% interval recorded (`m_low`, `m_high`, e.g. speed_vs_sgd's): the intervals overlap
+      (a missing interval is the value alone);
+    - else (no noise data): only equal values are indistinguishable.
+    Such points are not ranked against each other, even when one dominates the other on the raw values.
+    """
+    return all(within_noise(a, b, m) for m, _ in objectives)
 
 
 def _usable(point: dict, objectives: Sequence[Objective]) -> bool:

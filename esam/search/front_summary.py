@@ -1,0 +1,124 @@
+"""What a search's front means, in plain words (pure functions over the flat rows of its runs).
+
+`front_summary(rows, objectives)` says, one sentence per reference (SGD, then SAM), whether the
+reference dominates ESAM trials or ESAM trials beat it on every objective. `esam search` and
+`esam pareto` print it after the table; the search also writes it into the parent run's description.
+Dominance is on the recorded values; a win inside the noise (see esam.search.pareto.indistinguishable)
+is said to be one.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+from esam.search.pareto import Objective, dominates, indistinguishable, noise_of, pareto_front
+
+# metric -> (number format, how a value reads, "better" when the mode is max, and when it is min)
+_WORDS: dict[str, tuple[str, str, str, str]] = {
+    "test_acc": (".2f", "{}%", "more accurate", "less accurate"),
+    "speed_vs_sgd": (".3f", "{}x", "faster", "slower"),
+    "images_per_s": (".0f", "{} img/s", "faster", "slower"),
+    "step_time_vs_sgd": (".3f", "{}x SGD's step time", "slower", "faster"),
+    "relative_cost": (".2f", "cost {}", "costlier", "cheaper"),
+    "test_loss": (".4f", "test loss {}", "higher in test loss", "lower in test loss"),
+}
+_REFERENCE_ORDER = ("sgd", "sam")
+
+
+def value_text(row: dict, metric: str, noise: bool = False) -> str:
+    """`row[metric]` as a reader expects it (98.33%, 1.000x); with `noise`, its SE or interval when recorded
+    (98.33 ± 0.67%, 0.569x [0.551, 0.588])."""
+    value = row.get(metric)
+    if not isinstance(value, (int, float)) or not math.isfinite(value):
+        return "-"
+    spec, template = _WORDS.get(metric, (".4g", "{}"))[:2]
+    number = format(value, spec)
+    spread = noise_of(row, metric) if noise else None
+    if spread and spread[0] == "se":
+        return template.format(f"{number} ± {format(spread[1], spec)}")
+    text = template.format(number)
+    return text + f" [{format(spread[1], spec)}, {format(spread[2], spec)}]" if spread else text
+
+
+def _better(objectives: Sequence[Objective]) -> str:
+    """'more accurate or faster': what beating a point on some objective means."""
+    words = []
+    for metric, mode in objectives:
+        w = _WORDS.get(metric)
+        words.append((w[2] if mode == "max" else w[3]) if w else f"better in {metric}")
+    return " or ".join(words)
+
+
+def _usable(row: dict, objectives: Sequence[Objective]) -> bool:
+    return all(isinstance(row.get(m), (int, float)) and math.isfinite(row[m]) for m, _ in objectives)
+
+
+def _name(row: dict) -> str:
+    return str(row.get("optimizer") or row.get("name") or "reference").upper()
+
+
+def _of(count: int, total: int) -> str:
+    if count == total:
+        return {1: "the only", 2: "both"}.get(total, f"all {total}")
+    return f"{count} of {total}"
+
+
+def _trials(n: int) -> str:
+    return "ESAM trial" if n == 1 else "ESAM trials"
+
+
+def reference_sentence(reference: dict, trials: list[dict], front: list[dict], objectives: Sequence[Objective]) -> str:
+    """One sentence: what `reference` dominates among `trials` (finished ESAM trials), or what beats it."""
+    name = _name(reference)
+    shown = f"{name} ({', '.join(value_text(reference, m) for m, _ in objectives)})"
+    n = len(trials)
+    beaten = [t for t in trials if dominates(reference, t, objectives)]
+    beating = [t for t in trials if dominates(t, reference, objectives)]
+    on_front = {id(t) for t in front}
+    front_beaten = sum(id(t) in on_front for t in beaten)
+    if beating:
+        noisy = sum(indistinguishable(t, reference, objectives) for t in beating)
+        text = f"{_of(len(beating), n)} {_trials(n)} {'beats' if n == 1 else 'beat'} {shown} on both axes"
+        if noisy == len(beating):
+            text += ", but only within the noise"
+        elif noisy:
+            text += f" ({noisy} of them only within the noise)"
+        if beaten:
+            text += f"; {name} dominates {len(beaten)} other{'s' if len(beaten) > 1 else ''}"
+        return text[0].upper() + text[1:] + "."
+    if len(beaten) == n:
+        what = "the only ESAM trial" if n == 1 else f"every ESAM trial ({n} of {n})"
+        return f"{shown} dominates {what}: no ESAM setting is {_better(objectives)} than {name}."
+    if beaten:
+        where = ("the whole front included" if front_beaten == len(front) else
+                 f"{front_beaten} of the {len(front)} on the front" if front_beaten else "none on the front")
+        return (f"{shown} dominates {len(beaten)} of {n} {_trials(n)} ({where}); "
+                f"no ESAM setting beats {name} on both axes.")
+    return f"No ESAM setting beats {shown} on both axes, and {name} dominates none: they trade one axis for the other."
+
+
+def front_summary(rows: list[dict], objectives: Sequence[Objective]) -> str:
+    """What the front means, in one sentence per finished reference (SGD first, then SAM).
+
+    Cases: a reference dominates every ESAM trial ("SGD (98.33%, 1.000x) dominates every ESAM trial
+    (12 of 12): ..."); dominates some of them (and how many on the front); some ESAM trials beat it
+    on both axes (said when only within the noise); neither. Rows are flat run rows (kind: trial |
+    reference, status); only FINISHED runs with finite objective values count.
+    """
+    done = [r for r in rows if r.get("status") == "FINISHED" and _usable(r, objectives)]
+    trials = [r for r in done if r.get("kind") == "trial"]
+    references = sorted((r for r in done if r.get("kind") == "reference"),
+                        key=lambda r: (_REFERENCE_ORDER.index(r.get("optimizer")) if r.get("optimizer") in _REFERENCE_ORDER
+                                       else len(_REFERENCE_ORDER), str(r.get("optimizer"))))
+    if not trials:
+        return "No ESAM trial finished, so there is no front to compare with the references."
+    if not references:
+        return "No reference (SGD, SAM) finished, so the front is not compared with them."
+    front = [trials[i] for i in pareto_front(trials, objectives)]
+    return " ".join(reference_sentence(r, trials, front, objectives) for r in references)
+
+
+def neighbours_within_noise(points: Sequence[dict], index: int, objectives: Sequence[Objective]) -> list[int]:
+    """Indices of the other front points of `points` that `points[index]` cannot be told apart from."""
+    front = pareto_front(points, objectives)
+    return [i for i in front if i != index and indistinguishable(points[i], points[index], objectives)]
