@@ -8,7 +8,10 @@ What is timed: `steps` whole optimizer steps (every pass, the closure, the base 
 synthetic CIFAR-sized batches already on the device, after `warmup` untimed steps (which absorb
 cudnn autotuning and compilation), with the device synchronized at both ends. The methods run
 round robin, each repeat starting with a different one, so drifting clocks and noisy neighbours
-hit all alike; the table gives the median over repeats and the min/max. Each method trains its
+hit all alike; the table gives the median over repeats and the min/max of each method's images/s
+(raw figures: they move with whatever else runs on the device), and, as the comparable figure, the
+median over repeats of each repeat's ratio to SGD and to SAM (paired: both timed in the same repeat)
+with its distribution-free 95% interval (esam.training.speed_estimate; below 6 repeats, the range). Each method trains its
 own copy of the same initial model with SGD(lr 0.05, momentum 0.9, wd 5e-4) as the base.
 Under --compile, ESAM's SWP flips requires_grad, and each new pattern is a recompile (up to
 dynamo's recompile limit, then eager): ESAM's compiled numbers include that.
@@ -40,6 +43,7 @@ from esam.models import build_model
 from esam.optim import predicted_relative_cost
 from esam.perf.dispatch_count import count_ops
 from esam.training.cuda_graphs import warm_up, warm_up_quiet_steps
+from esam.training.speed_estimate import median_interval
 from esam.training.step import PassMode, build_step_optimizer, loss_closure, resolve_device
 from esam.training.timing import synchronize
 
@@ -158,6 +162,12 @@ def run_bench(config: TrainConfig, *, repeats: int = 5, steps: int = 30, warmup:
             r["ips"].append(steps * batch_size / elapsed)
 
     medians = {label: statistics.median(runs[label]["ips"]) for label in methods}
+
+    def paired(label: str, reference: str) -> tuple[float, float, float]:
+        """Median of the per-repeat ratios to `reference`, with its 95% interval (nan without the reference)."""
+        if reference not in runs:
+            return float("nan"), float("nan"), float("nan")
+        return median_interval([a / b for a, b in zip(runs[label]["ips"], runs[reference]["ips"])])
     rows = []
     for label in methods:
         name, _ = METHODS[label]
@@ -165,10 +175,11 @@ def run_bench(config: TrainConfig, *, repeats: int = 5, steps: int = 30, warmup:
         o = config.optimizer
         predicted = predicted_relative_cost(name, o.beta, o.gamma, runs[label]["score"], batch_size) \
             if name == "esam" else predicted_relative_cost(name)
+        to_sam, to_sgd = paired(label, "SAM"), paired(label, "SGD")
         rows.append(dict(
             method=label, images_per_s=medians[label], min=min(ips), max=max(ips),
-            ratio_to_sam=medians[label] / medians["SAM"] if "SAM" in medians else float("nan"),
-            ratio_to_sgd=medians[label] / medians["SGD"] if "SGD" in medians else float("nan"),
+            ratio_to_sam=to_sam[0], ratio_to_sam_low=to_sam[1], ratio_to_sam_high=to_sam[2],
+            ratio_to_sgd=to_sgd[0], ratio_to_sgd_low=to_sgd[1], ratio_to_sgd_high=to_sgd[2],
             predicted_ratio_to_sam=predicted_relative_cost("sam") / predicted,
             predicted_relative_cost=predicted,
             relative_cost=statistics.fmean(runs[label]["costs"]),
@@ -201,15 +212,19 @@ def markdown(rows: list[dict], config: TrainConfig, *, repeats: int, steps: int,
         syncs,
         *(["- CUDA graphs captured: " + ", ".join(f"{r['method']} {r['graphs']}" for r in rows)]
           if config.cuda_graphs else []),
+        "- images/s: this process alone, raw (it moves with whatever else runs on the device); vs SAM, vs SGD: "
+        "median over repeats of the ratio within each repeat, [95% interval] (below 6 repeats: the range)",
         "- host ops/step: ATen operators one step dispatches (views excluded; a graph replay counts 0)",
         "- predicted: the cost model (forward 1, backward 2 per sample; esam/optim/cost.py); relative_cost: "
         "realized, mean of last_cost over timed steps",
         "",
-        "| method | images/s (median) | min | max | vs SAM | vs SGD | predicted vs SAM | relative_cost | host ops/step |",
+        "| method | images/s (median) | min | max | vs SAM [95%] | vs SGD [95%] | predicted vs SAM | relative_cost | host ops/step |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    def ratio(r: dict, to: str) -> str:
+        return f"{r[f'ratio_to_{to}']:.2f} [{r[f'ratio_to_{to}_low']:.2f}, {r[f'ratio_to_{to}_high']:.2f}]"
     body = [f"| {r['method']} | {r['images_per_s']:,.0f} | {r['min']:,.0f} | {r['max']:,.0f} | "
-            f"{r['ratio_to_sam']:.2f} | {r['ratio_to_sgd']:.2f} | {r['predicted_ratio_to_sam']:.2f} | "
+            f"{ratio(r, 'sam')} | {ratio(r, 'sgd')} | {r['predicted_ratio_to_sam']:.2f} | "
             f"{r['relative_cost']:.2f} | {r['host_ops_per_step']} |" for r in rows]
     return "\n".join(head + body) + "\n"
 
