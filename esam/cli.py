@@ -79,8 +79,11 @@ def cmd_search(args) -> int:
     print(f"\n{front_summary(outcome.rows, cfg.objective_pairs)}")
     print(f"\nresults: MLflow run {outcome.parent_run_id} at {outcome.tracking_uri}")
     print(f"         Ray experiments and Optuna study in {outcome.directory}")
-    if outcome.tracking_uri.startswith("sqlite:///"):
-        print(f"browse:  mlflow ui --backend-store-uri {outcome.tracking_uri}")
+    if outcome.serve_command:
+        print(f"browse:  {outcome.serve_command}   then open {outcome.runs_url}")
+    else:
+        print(f"browse:  {outcome.runs_url}")
+    print(f"optuna:  optuna-dashboard {cfg.optuna_url()}")
     print(f"export:  esam export {cfg.name} --pick knee --out esam_{cfg.name}_knee.yaml")
     return 0
 
@@ -135,9 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="esam", description="Tune Efficient SAM: accuracy vs throughput.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def overrides(p):
+    def overrides(p, example):
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a config value, e.g. --set optimizer.rho=0.1 (repeatable)")
+                       help=f"override a config value (repeatable), e.g. --set {example}")
 
     def store(p):
         p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
@@ -145,14 +148,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train one model from a config (a search's exported config too)")
     p.add_argument("config", nargs="?", help="YAML training config (default: built-in defaults)")
-    overrides(p)
+    overrides(p, "optimizer.rho=0.1")
     p.add_argument("--checkpoint-dir", help="write a checkpoint here after each epoch")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --checkpoint-dir")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("search", help="run or continue a search (default: tune_configs/quickstart.yaml)")
     p.add_argument("config", nargs="?", help="YAML search config")
-    overrides(p)
+    overrides(p, "trials=4 or --set train.optimizer.lr=0.1 (training fields sit under train.)")
     p.add_argument("--address", help="Ray cluster to join (default: $RAY_ADDRESS, else a local Ray)")
     p.set_defaults(func=cmd_search)
 

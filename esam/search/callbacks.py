@@ -12,6 +12,22 @@ from ray import tune
 from esam.search.trial import trial_label
 from esam.training.metrics import METRICS
 
+# What a child run records per result: train()'s metrics, and for repeated settings their spreads.
+LOGGED = METRICS + tuple(f"{m}_std" for m in METRICS) + ("repeats",)
+
+
+def trial_tags(trial_config: dict) -> dict:
+    """MLflow tags from the searcher's notes: Optuna's trial number, and the run a reuse repeats."""
+    tags = {}
+    if "_number" in trial_config:
+        tags["optuna_trial_number"] = str(trial_config["_number"])
+    reuse = trial_config.get("_reuse")
+    if isinstance(reuse, dict):
+        from esam.search.tracking import REUSED_TAG
+        tags[REUSED_TAG] = str(reuse.get("run_id") or "")
+        tags["esam.reused_trial_number"] = str(reuse.get("number", ""))
+    return tags
+
 
 def error_line(trial) -> str:
     """The last line of a trial's traceback, e.g. 'FloatingPointError: training loss is nan ...'."""
@@ -48,10 +64,10 @@ class MlflowTrialRuns(tune.Callback):
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self._put(trial, "start", name=self.name_of(trial.config), kind=self.kind,
-                  params=self.params_of(trial.config))
+                  params=self.params_of(trial.config), tags=trial_tags(trial.config))
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        metrics = {k: float(result[k]) for k in METRICS
+        metrics = {k: float(result[k]) for k in LOGGED
                    if isinstance(result.get(k), (int, float)) and not isinstance(result.get(k), bool)}
         self._put(trial, "metrics", step=int(result.get("epoch", 0)), timestamp=int(time.time() * 1000),
                   metrics=metrics)
@@ -75,19 +91,37 @@ class MlflowTrialRuns(tune.Callback):
 
 
 
+def duration(seconds: float) -> str:
+    """12s, 3m05s, 1h02m."""
+    s = int(round(max(0.0, seconds)))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
 class Progress(tune.Callback):
-    """One line per finished or failed trial: counts and the best values so far.
+    """One line per finished or failed trial: counts, time, and the best values so far.
 
     Counts come from the trials' states (also those finished before a resume); the callback runs
-    before Ray updates the ending trial's state, so that trial is counted by hand.
+    before Ray updates the ending trial's state, so that trial is counted by hand. Time: elapsed
+    since this command started the experiment, and an estimate of what is left: the trials still
+    to end times this run's mean time per ended trial (concurrency included). A reuse, which
+    trains nothing, does not count in that mean.
     """
 
     def __init__(self, label: str, total: int, objectives: list[tuple[str, str]], echo: Callable[[str], None] = print):
         self.label, self.total, self.objectives, self.echo = label, total, objectives, echo
         self.best: dict[str, float] = {}
+        self.started = time.monotonic()
+        self.trained = 0  # trials ended in this run that did train
 
     def __getstate__(self):
         return {**self.__dict__, "echo": print}
+
+    def setup(self, **info):  # a restored experiment: its clock starts now
+        self.started, self.trained = time.monotonic(), 0
 
     def _line(self, trials, trial, failed_now: bool, what: str) -> str:
         others = [t for t in trials if t is not trial]
@@ -95,7 +129,16 @@ class Progress(tune.Callback):
         ended = sum(t.status in ("TERMINATED", "ERROR") for t in others) + 1
         running = sum(t.status == "RUNNING" for t in others)
         best = ", ".join(f"best {m} {v:.4g}" for m, v in self.best.items())
-        return (f"[{self.label}] {ended}/{self.total} ended ({failed} failed), {running} running"
+        if "_reuse" not in trial.config:
+            self.trained += 1
+        elapsed = time.monotonic() - self.started
+        left = max(0, self.total - ended)
+        timing = f"{duration(elapsed)} elapsed"
+        if left and self.trained:
+            timing += f", ~{duration(elapsed / self.trained * left)} left"
+        elif not left:
+            timing += ", done"
+        return (f"[{self.label}] {ended}/{self.total} ended ({failed} failed), {running} running, {timing}"
                 f" | {what}" + (f" | {best}" if best else ""))
 
     def on_trial_complete(self, iteration, trials, trial, **info):

@@ -86,6 +86,7 @@ class SearchConfig:
     optuna_storage: str | None = None  # an RDB URL; None: sqlite in results_dir/<name>/optuna.db
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)  # where runs are recorded
     max_failures: int = 0  # retries of a crashed trial before it counts as failed
+    repeats: int = 1  # trainings per setting, seeds train.seed + 0..repeats-1; objectives are their mean
 
     @property
     def objective_pairs(self) -> list[tuple[str, str]]:
@@ -167,9 +168,11 @@ def validate_search(cfg: SearchConfig) -> SearchConfig:
         raise ConfigError(f"sampler.seed must be in [0, {MAX_SEED}], got {brief(cfg.sampler.seed)}")
     if cfg.sampler.population_size is not None and cfg.sampler.population_size < 2:
         raise ConfigError(f"sampler.population_size must be >= 2, got {brief(cfg.sampler.population_size)}")
-    for key in ("trials", "concurrency"):
+    for key in ("trials", "concurrency", "repeats"):
         if getattr(cfg, key) < 1:
             raise ConfigError(f"{key} must be >= 1, got {brief(getattr(cfg, key))}")
+    if cfg.train.seed + cfg.repeats - 1 > MAX_SEED:
+        raise ConfigError(f"train.seed + repeats - 1 must be <= {MAX_SEED}, got {cfg.train.seed + cfg.repeats - 1}")
     if cfg.max_failures < 0:
         raise ConfigError(f"max_failures must be >= 0, got {brief(cfg.max_failures)}")
     if cfg.resources.cpu <= 0 or cfg.resources.gpu < 0:

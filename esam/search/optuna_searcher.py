@@ -13,24 +13,71 @@
   limiter's pickled count would keep it forever and the search would wait for nothing).
 - A restored searcher opens the study where the search lives now (`storage_url`), not where
   its pickle says: a moved results directory keeps its study.
+- No wasted trials: a proposal whose searched values equal a finished (COMPLETE) trial's, as the
+  study stores them (floats compared to 12 significant digits, so float noise cannot hide a
+  repeat), is not trained. The Ray trial still exists and reports the original's final metrics
+  at once (esam/search/trial.py), so Optuna is told the same values for it, MLflow records it as
+  a reuse (tag `esam.reused_from`: the original's run id) and the three stores stay matched by
+  the usual ray_trial_id. Asking the sampler for another point instead was rejected: on a small
+  or categorical space it can loop for ever, it hides from Optuna (and from the study's history)
+  what the sampler proposed, and NSGA-II would keep breeding the same child; telling it the known
+  values moves it on at no cost. The reuse counts against `trials` (the budget is proposals). A
+  duplicate of a trial still running, or one that failed, is trained.
+- The study names its objectives (`set_metric_names`: optuna-dashboard shows test_acc, not 0),
+  and each trial carries its MLflow run id (user attr `mlflow_run_id`, from the driver's record
+  writer once it created the run; absent when MLflow was away all the trial long) and its final
+  metrics (user attr `result`, what a reuse reports).
 
 Defined at module level so that a restored experiment unpickles this code, not a frozen copy.
 """
 from __future__ import annotations
 
+import contextlib
+import warnings
+
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 RAY_TRIAL_ATTR = "ray_trial_id"
+RUN_ATTR = "mlflow_run_id"  # the trial's MLflow child run
+RESULT_ATTR = "result"  # the trial's final metrics
+REUSE_ATTR = "reused_from"  # {"number", "run_id", "metrics"} of the finished trial this proposal repeats
+
+
+def _same(value) -> object:
+    """A searched value as compared for duplicates: floats to 12 significant digits."""
+    return float(f"{value:.12g}") if isinstance(value, float) else value
+
+
+def setting_key(params: dict) -> tuple:
+    return tuple(sorted((k, _same(v)) for k, v in params.items()))
+
+
+def final_metrics(result: dict) -> dict:
+    """The numbers of a trial's last result worth keeping (train()'s metrics and their spreads)."""
+    from esam.training.metrics import METRICS
+    keep = set(METRICS) | {f"{m}_std" for m in METRICS} | {"repeats"}
+    return {k: v for k, v in result.items()
+            if k in keep and isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
 class ReconcilingOptunaSearch(OptunaSearch):
     storage_url: str | None = None  # set by the running search: where its study lives now
+    records_key: tuple[str, str] | None = None  # (tracking URI, parent run id) of the running search
 
     def __init__(self, *args, max_trials: int | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.max_trials = max_trials
         self.max_concurrent: int | None = None
+        self._name_metrics()
+
+    def _name_metrics(self) -> None:
+        if self._ot_study is None or not isinstance(self._metric, list):
+            return
+        with warnings.catch_warnings(), contextlib.suppress(Exception):  # experimental in Optuna; cosmetic
+            warnings.simplefilter("ignore")
+            if self._ot_study.metric_names != list(self._metric):
+                self._ot_study.set_metric_names(list(self._metric))
 
     def set_max_concurrency(self, max_concurrent: int) -> bool:
         self.max_concurrent = max_concurrent
@@ -53,9 +100,61 @@ class ReconcilingOptunaSearch(OptunaSearch):
             elif self.max_trials is not None and len(self._ot_study.get_trials(deepcopy=False)) >= self.max_trials:
                 return Searcher.FINISHED
         params = super().suggest(trial_id)
-        if new and trial_id in self._ot_trials:
-            self._ot_trials[trial_id].set_user_attr(RAY_TRIAL_ATTR, trial_id)
-        return params
+        if trial_id not in self._ot_trials or not isinstance(params, dict):
+            return params
+        ot_trial = self._ot_trials[trial_id]
+        if new:
+            ot_trial.set_user_attr(RAY_TRIAL_ATTR, trial_id)
+        return self._noted(ot_trial, params, new)
+
+    def _noted(self, ot_trial, params: dict, new: bool) -> dict:
+        """`params` with the searcher's notes: the trial number, and the trial it reuses if any."""
+        reuse = self._ot_study._storage.get_trial(ot_trial._trial_id).user_attrs.get(REUSE_ATTR)
+        if reuse is None and new:
+            reuse = self._duplicate_of(params, ot_trial.number)
+            if reuse is not None:
+                ot_trial.set_user_attr(REUSE_ATTR, reuse)
+        return {**params, "_number": ot_trial.number, **({"_reuse": reuse} if reuse else {})}
+
+    def _duplicate_of(self, params: dict, number: int) -> dict | None:
+        """The finished trial with the same searched values (the earliest not itself a reuse), or None."""
+        import optuna
+        key = setting_key(params)
+        same = [t for t in self._ot_study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+                if t.number != number and setting_key(t.params) == key]
+        if not same:
+            return None
+        same.sort(key=lambda t: (REUSE_ATTR in t.user_attrs, t.number))
+        original = same[0]
+        if REUSE_ATTR in original.user_attrs:
+            return original.user_attrs[REUSE_ATTR]
+        metrics = original.user_attrs.get(RESULT_ATTR) or dict(zip(self._metric, original.values))
+        return {"number": original.number, "run_id": original.user_attrs.get(RUN_ATTR), "metrics": metrics}
+
+    def _attach_run(self, trial_id: str, wait_s: float = 0.0) -> None:
+        """Record the trial's MLflow run id on its Optuna trial, once the record writer knows it.
+
+        At the trial's end (`wait_s`) the writer gets that long to catch up: a reuse ends
+        before the writer thread has created its run.
+        """
+        attached = self.__dict__.setdefault("_attached", set())
+        ot_trial = self._ot_trials.get(trial_id)
+        if trial_id in attached or ot_trial is None or type(self).records_key is None:
+            return
+        from esam.search.trial_records import _open
+        buffer = _open.get(type(self).records_key)
+        runs = getattr(getattr(buffer, "write", None), "_runs", {})
+        if trial_id not in runs and wait_s and buffer is not None:
+            buffer.drain(wait_s)
+        run_id = runs.get(trial_id)
+        if run_id:
+            with contextlib.suppress(Exception):  # a trial the reconciliation already ended
+                ot_trial.set_user_attr(RUN_ATTR, run_id)
+                attached.add(trial_id)
+
+    def on_trial_result(self, trial_id: str, result: dict):
+        self._attach_run(trial_id)
+        super().on_trial_result(trial_id, result)
 
     def _next_orphan(self):
         import optuna
@@ -66,6 +165,11 @@ class ReconcilingOptunaSearch(OptunaSearch):
         return None
 
     def on_trial_complete(self, trial_id, result=None, error=False):
+        if trial_id in self._ot_trials and trial_id not in self._completed_trials:
+            self._attach_run(trial_id, wait_s=3.0)
+            if result and not error:
+                with contextlib.suppress(Exception):  # a trial the reconciliation already ended
+                    self._ot_trials[trial_id].set_user_attr(RESULT_ATTR, final_metrics(result))
         super().on_trial_complete(trial_id, None if error else result, error)
 
     def restore(self, checkpoint_path: str):
@@ -78,3 +182,4 @@ class ReconcilingOptunaSearch(OptunaSearch):
                                                sampler=self._ot_study.sampler, pruner=self._ot_study.pruner)
             self._ot_trials = {rid: optuna.trial.Trial(self._ot_study, t._trial_id)
                                for rid, t in self._ot_trials.items()}
+        self._name_metrics()

@@ -42,6 +42,11 @@ class SearchOutcome:
     front: list[dict]  # the ESAM trials on the Pareto front, best first objective first
     rows: list[dict]  # every child run (trials and references, any status)
     table: str  # the front and the references as printed
+    experiment_id: str = ""
+    runs_url: str = ""  # the experiment's runs table in the MLflow UI
+    serve_command: str | None = None  # what serves runs_url (None: the tracking server does)
+    already_complete: bool = False  # the search had finished before this command: nothing ran
+    summary: dict | None = None  # the parent run's summary metrics
 
 
 def _sampler(cfg: SearchConfig):
@@ -82,7 +87,7 @@ def _tuner(cfg: SearchConfig, experiment: str, param_space: dict, tune_config, c
 
     threads = max(1, int(cfg.resources.cpu))
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, base_train=to_dict(cfg.train), threads=threads),
+        tune.with_parameters(run_trial, base_train=to_dict(cfg.train), threads=threads, repeats=cfg.repeats),
         {"cpu": cfg.resources.cpu, "gpu": cfg.resources.gpu})
     path = cfg.directory / experiment
     if restore and tune.Tuner.can_restore(str(path)):
@@ -124,6 +129,24 @@ def _check_done(storage, cfg: SearchConfig) -> None:
     ended = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL))
     if len(ended) < cfg.trials:
         raise KeyboardInterrupt
+
+
+def _complete(cfg: SearchConfig, storage) -> bool:
+    """The search ended before: its study holds `trials` ended trials, and Ray saved every trial ended."""
+    import optuna
+    if cfg.name not in optuna.study.get_all_study_names(storage):
+        return False
+    study = optuna.load_study(study_name=cfg.name, storage=storage)
+    ended = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL))
+    if len(ended) < cfg.trials:
+        return False
+    for experiment, expected in (("references", len(cfg.references)), ("search", cfg.trials)):
+        if experiment == "references" and not expected:
+            continue
+        saved = ray_state.read_trials(cfg.directory / experiment) or []
+        if len(saved) < expected or any(t.status not in ray_state.TERMINAL for t in saved):
+            return False
+    return True
 
 
 def _check_local_data(cfg: SearchConfig, address: str | None) -> None:
@@ -205,12 +228,17 @@ def _run_search(cfg: SearchConfig, uri: str, client, *, address: str | None,
     params_of = functools.partial(trial_params, resolved["train"]["optimizer"])
     open_records(uri, parent, directory, echo)  # trial records an outage kept go first
     reconcile_all(cfg, client, parent, storage, echo)  # after a hard stop the stores may disagree
-    started_ray = init_ray(address)
+    complete = bool(state) and _complete(cfg, storage)
+    if complete:  # nothing to train: Ray is not even started
+        echo(f"search {cfg.name} is already complete ({cfg.trials} ESAM trials ended); showing its results")
+    started_ray = False if complete else init_ray(address)
     if _SIGNALS:
         _SIGNALS[-1].reinstall()
     status = "FAILED"
     try:
-        if cfg.references:
+        if complete:
+            pass
+        elif cfg.references:
             callbacks = [MlflowTrialRuns(uri, parent, "reference", trial_label, params_of),
                          Progress("references", len(cfg.references), objectives, echo)]
             tune_config = tune.TuneConfig(num_samples=1, max_concurrent_trials=cfg.concurrency,
@@ -221,12 +249,14 @@ def _run_search(cfg: SearchConfig, uri: str, client, *, address: str | None,
             space=_distributions(cfg), metric=[m for m, _ in objectives], mode=[d for _, d in objectives],
             sampler=_sampler(cfg), study_name=cfg.name, storage=storage, max_trials=cfg.trials)
         ReconcilingOptunaSearch.storage_url = cfg.optuna_url()
+        ReconcilingOptunaSearch.records_key = (uri, parent)
         tune_config = tune.TuneConfig(search_alg=searcher, num_samples=cfg.trials,
                                       max_concurrent_trials=cfg.concurrency,
                                       trial_dirname_creator=lambda t: f"esam_{t.trial_id}")
         callbacks = [MlflowTrialRuns(uri, parent, "trial", trial_label, params_of),
                      Progress("esam", cfg.trials, objectives, echo)]
-        _fit(_tuner(cfg, "search", {}, tune_config, callbacks, restore=bool(state)), directory / "search", None)
+        if not complete:
+            _fit(_tuner(cfg, "search", {}, tune_config, callbacks, restore=bool(state)), directory / "search", None)
         _check_done(storage, cfg)
         finish_records(uri, parent, wait=True)  # every trial's record is in MLflow before the parent ends
         retry(lambda: client.set_terminated(parent, status="FINISHED"), "the search run's status", echo=echo)
@@ -244,5 +274,9 @@ def _run_search(cfg: SearchConfig, uri: str, client, *, address: str | None,
                 client.set_terminated(parent, status=status)
     rows, front, references = retry(lambda: tag_front_and_write_artifacts(client, parent, objectives), "the Pareto artifacts",
                                     echo=echo)
+    summary = retry(lambda: tracking.summarize_parent(client, parent, rows, front, references, objectives),
+                    "the search run's summary", echo=echo)
     table = format_table(front, references)
-    return SearchOutcome(parent, uri, directory, front, rows, table)
+    exp_id = client.get_run(parent).info.experiment_id
+    url, serve = tracking.runs_url(uri, exp_id)
+    return SearchOutcome(parent, uri, directory, front, rows, table, exp_id, url, serve, complete, summary)

@@ -22,6 +22,11 @@ from esam.search.store_lock import store_creation_lock
 PARENT_TAG = "mlflow.parentRunId"
 SEARCH_TAG = "esam.search"
 KIND_TAG = "esam.kind"  # search (parent), trial (Optuna's ESAM trials), reference (sgd/sam)
+REUSED_TAG = "esam.reused_from"  # on a trial that repeated a finished trial's settings: that trial's run id
+NOTE_TAG = "mlflow.note.content"  # a run's description in the MLflow UI (markdown)
+# MLflow 3 opens an experiment on its GenAI overview unless the experiment's kind says otherwise
+# (mlflow/server/js: ExperimentKind.CUSTOM_MODEL_DEVELOPMENT); with this kind it opens on the runs.
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 
 
 # MLflow's database stores and its server; plain paths and file: URIs are the deprecated file store.
@@ -119,12 +124,25 @@ def connect(uri: str):
 
 
 def experiment_id(client, name: str) -> str:
+    """The experiment's id, created when missing; marked a model-training experiment (see EXPERIMENT_KIND)."""
     exp = client.get_experiment_by_name(name)
     if exp is None:
-        return client.create_experiment(name)
+        return client.create_experiment(name, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
     if exp.lifecycle_stage == "deleted":
         raise ConfigError(f"MLflow experiment {name!r} is deleted; restore it or choose another mlflow.experiment")
+    kind = exp.tags.get(EXPERIMENT_KIND_TAG, "")
+    if not kind or kind.endswith("_inferred") or kind == "no_inferred_type":  # a user's explicit choice stays
+        client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     return exp.experiment_id
+
+
+def runs_url(uri: str, experiment: str) -> tuple[str, str | None]:
+    """(the experiment's runs page, the command that serves it or None when a server already does)."""
+    from urllib.parse import quote
+    page = f"/#/experiments/{quote(str(experiment))}/runs"
+    if uri.startswith(("http://", "https://")):
+        return uri.rstrip("/") + page, None
+    return "http://127.0.0.1:5000" + page, f"mlflow ui --backend-store-uri {uri}"
 
 
 @functools.lru_cache(maxsize=1)
@@ -177,15 +195,28 @@ def find_parent_run(client, experiment: str, search_name: str) -> str | None:
     return runs[0].info.run_id if runs else None
 
 
+def fixed_params(resolved_config: dict) -> dict:
+    """The search config as the parent run's params: what the search really fixed.
+
+    A searched optimizer field's default in `train.optimizer` was never used by a trial: it is
+    left out (the field's range stays under `space.`). search_config.json keeps the whole config.
+    """
+    searched = set(resolved_config.get("space") or {})
+    train = resolved_config.get("train") or {}
+    optimizer = {k: v for k, v in (train.get("optimizer") or {}).items() if k not in searched}
+    return {**resolved_config, "train": {**train, "optimizer": optimizer}} if train else dict(resolved_config)
+
+
 def start_parent_run(client, experiment: str, search_name: str, resolved_config: dict,
                      existing_run_id: str | None = None) -> str:
     """Create (or reopen, when resuming) the parent run holding the config and provenance."""
     if existing_run_id is not None:
+        experiment_id(client, experiment)  # a store from before the experiment kind was set gets it
         client.update_run(existing_run_id, status="RUNNING")
         return existing_run_id
     run = client.create_run(experiment_id(client, experiment), run_name=search_name,
                             tags={SEARCH_TAG: search_name, KIND_TAG: "search", **provenance()})
-    _log_params(client, run.info.run_id, resolved_config)
+    _log_params(client, run.info.run_id, fixed_params(resolved_config))
     client.log_dict(run.info.run_id, resolved_config, "search_config.json")
     return run.info.run_id
 
@@ -199,7 +230,8 @@ def find_trial_run(client, parent_run_id: str, trial_id: str) -> str | None:
     return runs[0].info.run_id if runs else None
 
 
-def start_trial_run(client, parent_run_id: str, name: str, kind: str, params: dict, trial_id: str) -> str:
+def start_trial_run(client, parent_run_id: str, name: str, kind: str, params: dict, trial_id: str,
+                    tags: dict | None = None) -> str:
     """A child run nested under the search's parent (the UI groups by mlflow.parentRunId).
 
     Idempotent: a run already tagged with `trial_id` (a resumed trial, or a retry whose first
@@ -210,9 +242,12 @@ def start_trial_run(client, parent_run_id: str, name: str, kind: str, params: di
         parent = client.get_run(parent_run_id)
         run_id = client.create_run(parent.info.experiment_id, run_name=name,
                                    tags={PARENT_TAG: parent_run_id, SEARCH_TAG: parent.data.tags.get(SEARCH_TAG, ""),
-                                         KIND_TAG: kind, "trial_id": trial_id, **provenance()}).info.run_id
+                                         KIND_TAG: kind, "trial_id": trial_id, **provenance(),
+                                         **(tags or {})}).info.run_id
     else:
         client.update_run(run_id, status="RUNNING")
+        for key, value in (tags or {}).items():
+            client.set_tag(run_id, key, value)
     _log_params(client, run_id, params)  # same values again are accepted: safe to repeat
     return run_id
 
@@ -255,8 +290,13 @@ def search_rows(client, parent_run_id: str) -> list[dict]:
 
 
 def finished(rows: list[dict], kind: str | None = None) -> list[dict]:
-    """The rows of runs that ended normally (FINISHED), optionally only one kind: trial | reference."""
-    return [r for r in rows if r["status"] == "FINISHED" and (kind is None or r["kind"] == kind)]
+    """The rows of runs that ended normally (FINISHED), optionally only one kind: trial | reference.
+
+    A trial that reused a finished trial's result (same settings, see optuna_searcher.py) is left
+    out: it is the same point, and the front, plots and picks show it once.
+    """
+    return [r for r in rows if r["status"] == "FINISHED" and (kind is None or r["kind"] == kind)
+            and not r.get("reused_from")]
 
 
 def search_config_of(client, parent_run_id: str) -> dict:
@@ -305,6 +345,8 @@ def run_summary(run) -> dict:
     """A flat dict of a child run: ids, kind, status, params and last metric values."""
     row = {"run_id": run.info.run_id, "name": run.info.run_name, "status": run.info.status,
            "kind": run.data.tags.get(KIND_TAG, "")}
+    if REUSED_TAG in run.data.tags:
+        row["reused_from"] = run.data.tags[REUSED_TAG] or "unknown"
     row.update({k: _maybe_number(v) for k, v in run.data.params.items()})
     row.update(run.data.metrics)
     return row
@@ -315,3 +357,79 @@ def _maybe_number(value: str) -> Any:
         return json.loads(value)
     except (ValueError, TypeError):
         return value
+
+
+def hypervolume(rows: list[dict], objectives: list[tuple[str, str]]) -> tuple[float, dict[str, float]]:
+    """The area the finished ESAM trials dominate in the two objectives, and its reference point.
+
+    Reference point: 0 for a maximized objective (0 % accuracy, 0 x SGD's speed: fixed, so
+    searches with the same objectives compare), the worst finished trial's value for a
+    minimized one (it has no natural zero). Units: the product of the objectives' units.
+    """
+    trials = [r for r in finished(rows, "trial")
+              if all(isinstance(r.get(m), (int, float)) and r[m] == r[m] for m, _ in objectives)]
+    reference = {m: 0.0 if mode == "max" else max((float(r[m]) for r in trials), default=0.0)
+                 for m, mode in objectives}
+    gains = [tuple((r[m] - reference[m]) if mode == "max" else (reference[m] - r[m]) for m, mode in objectives)
+             for r in trials]
+    gains = sorted((g for g in gains if all(x >= 0 for x in g)), reverse=True)
+    area, top = 0.0, 0.0
+    for first, second in gains:  # first descending: each point adds the strip above the best second so far
+        if second > top:
+            area += first * (second - top)
+            top = second
+    return area, reference
+
+
+def _markdown_table(front: list[dict], references: list[dict], objectives: list[tuple[str, str]]) -> str:
+    settings = [k for k in ("rho", "beta", "gamma", "score", "lr") if any(k in r for r in front)]
+    columns = [m for m, _ in objectives] + settings
+    lines = ["| run | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+
+    def cell(v):
+        return f"{v:.4g}" if isinstance(v, float) else ("-" if v is None else str(v))
+    for r in list(front) + list(references):
+        lines.append(f"| {r.get('name') or r['run_id'][:12]} | " + " | ".join(cell(r.get(c)) for c in columns) + " |")
+    return "\n".join(lines)
+
+
+def _front_sentence(rows: list[dict], objectives: list[tuple[str, str]]) -> str:
+    """The noise-aware sentence on which reference dominates which ESAM points, when that module is there."""
+    for module in ("esam.search.front_summary", "esam.search.pareto_report"):
+        try:
+            summary = getattr(__import__(module, fromlist=["front_summary"]), "front_summary")
+        except (ImportError, AttributeError):
+            continue
+        try:
+            return str(summary(rows, objectives))
+        except Exception:  # noqa: BLE001 - a description is no reason to fail a finished search
+            return ""
+    return ""
+
+
+def summarize_parent(client, parent_run_id: str, rows: list[dict], front: list[dict], references: list[dict],
+                     objectives: list[tuple[str, str]]) -> dict[str, float]:
+    """The parent run's summary metrics and description (the front as a table, and what it says)."""
+    from mlflow.entities import Metric, RunTag
+    trials = [r for r in rows if r["kind"] == "trial"]
+    done = finished(rows, "trial")
+    metrics: dict[str, float] = {}
+    for m, mode in objectives:
+        values = [float(r[m]) for r in done if isinstance(r.get(m), (int, float)) and r[m] == r[m]]
+        if values:
+            metrics[f"best_{m}"] = max(values) if mode == "max" else min(values)
+    area, reference = hypervolume(rows, objectives)
+    metrics.update(front_size=float(len(front)), hypervolume=area, finished_trials=float(len(done)),
+                   failed_trials=float(sum(r["status"] == "FAILED" for r in trials)),
+                   reused_trials=float(sum(bool(r.get("reused_from")) for r in trials)))
+    point = ", ".join(f"{m} {v:g}" for m, v in reference.items())
+    sentence = _front_sentence(rows, objectives)
+    note = (f"**ESAM search**: {len(done)} finished ESAM trials ({int(metrics['failed_trials'])} failed, "
+            f"{int(metrics['reused_trials'])} reused an earlier trial's result), {len(front)} on the Pareto front; "
+            f"hypervolume {area:.4g} over the reference point ({point}).\n\n"
+            + (sentence + "\n\n" if sentence else "")
+            + "Pareto front, then the references:\n\n" + _markdown_table(front, references, objectives))
+    now = int(time.time() * 1000)
+    client.log_batch(parent_run_id, metrics=[Metric(k, v, now, 0) for k, v in metrics.items()],
+                     tags=[RunTag(NOTE_TAG, note[:5000]), RunTag("esam.hypervolume_reference", point)])
+    return metrics

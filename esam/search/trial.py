@@ -2,11 +2,16 @@
 
 A trial's config holds only what differs between trials: the optimizer name for reference
 trials, the sampled hyperparameters (rho, beta, gamma, ...) for ESAM trials. The shared training
-config arrives through `tune.with_parameters`.
+config arrives through `tune.with_parameters`. Keys starting with "_" are the searcher's notes,
+not settings: `_number` (the Optuna trial number) and `_reuse` (this proposal repeats a finished
+trial: {"number", "run_id", "metrics"}; the trainable reports those metrics and trains nothing,
+see esam/search/optuna_searcher.py).
 """
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 from pathlib import Path
 
 from ray import tune
@@ -18,18 +23,34 @@ from esam.training.checkpoint import CHECKPOINT_FILE
 from esam.training.trainer import train
 
 
+def searched(trial_config: dict) -> dict:
+    """The settings of a trial's config, without the searcher's notes (keys starting with "_")."""
+    return {k: v for k, v in trial_config.items() if not str(k).startswith("_")}
+
+
 def trial_overrides(trial_config: dict) -> dict:
     """{"optimizer": "sam"} or {"rho": .., "beta": ..} -> overrides of the training config."""
-    settings = dict(trial_config)
+    settings = searched(trial_config)
     method = settings.pop("optimizer", "esam")
     return {"optimizer": {"name": method, **settings}}
 
 
 def trial_label(trial_config: dict) -> str:
-    """A trial's name in MLflow and on the terminal: "sgd", "sam", or "esam rho=0.05 beta=0.6 ..."."""
+    """A trial's name in MLflow and on the terminal: "sgd", "sam", or "#3 esam rho=0.05 beta=0.6 ...".
+
+    The number is Optuna's trial number (unique in the search; two trials whose rounded values
+    read alike still differ by it); a reused proposal ends "(reuses #1)".
+    """
     if "optimizer" in trial_config:
         return str(trial_config["optimizer"])
-    return "esam " + " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial_config.items())
+    settings = searched(trial_config)
+    label = "esam " + " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in settings.items())
+    if "_number" in trial_config:
+        label = f"#{trial_config['_number']} {label}"
+    reuse = trial_config.get("_reuse")
+    if isinstance(reuse, dict) and "number" in reuse:
+        label += f" (reuses #{reuse['number']})"
+    return label
 
 
 _BASE_PARAMS = ("lr", "momentum", "weight_decay")  # the base SGD's, shared by every method
@@ -64,18 +85,69 @@ def _resume_copy(checkpoint, target: Path) -> Path | None:
     return None
 
 
-def run_trial(trial_config: dict, base_train: dict, threads: int | None) -> None:
+REPEATS_FILE = "repeats.json"  # in a repeated trial's checkpoints: the final metrics of its earlier repeats
+_NOT_AVERAGED = ("epoch", "learning_rate")
+
+
+def mean_over_repeats(finals: list[dict]) -> dict:
+    """One result from the final metrics of each repeat: means, `<metric>_std` spreads, `repeats`."""
+    out = dict(finals[-1])
+    for key, value in finals[-1].items():
+        values = [f.get(key) for f in finals]
+        if key in _NOT_AVERAGED or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            continue
+        mean = sum(values) / len(values)
+        out[key] = mean
+        out[f"{key}_std"] = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+    out["repeats"] = len(finals)
+    return out
+
+
+def run_trial(trial_config: dict, base_train: dict, threads: int | None, repeats: int = 1) -> None:
     config = train_config_from_dict(base_train, trial_overrides(trial_config))
+    reuse = trial_config.get("_reuse")
+    if isinstance(reuse, dict):  # the searcher's duplicate: the original's result, nothing trained
+        tune.report({"epoch": config.epochs, **reuse.get("metrics", {}), "reused": 1.0})
+        return
     if config.threads is None and threads:
         # Each trial owns its CPU share: unlimited threads would oversubscribe the cores.
         config = dataclasses.replace(config, threads=threads)
-
-    def report(metrics: dict, saved: Path | None) -> None:
-        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(saved) if saved else None)
 
     with trial_scratch() as tmp:
         resume_from = None
         checkpoint = tune.get_checkpoint()
         if checkpoint is not None:  # a restored trial continues from its last epoch
             resume_from = _resume_copy(checkpoint, tmp / "resume")
-        train(config, report, checkpoint_dir=tmp / "checkpoint", resume_from=resume_from)
+        if repeats <= 1:
+            def report(metrics: dict, saved: Path | None) -> None:
+                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(saved) if saved else None)
+            train(config, report, checkpoint_dir=tmp / "checkpoint", resume_from=resume_from)
+            return
+        _run_repeats(config, repeats, tmp, resume_from)
+
+
+def _run_repeats(config, repeats: int, tmp: Path, resume_from: Path | None) -> None:
+    """Train `repeats` times, seeds config.seed + 0, 1, ...; only the last repeat reports per epoch.
+
+    Its last epoch reports the mean over repeats (the objectives Optuna gets) with `<metric>_std`.
+    Its checkpoints carry the earlier repeats' final metrics, so a resumed trial goes on in the
+    last repeat; a stop during an earlier repeat trains that setting's earlier repeats again.
+    """
+    finals: list[dict] = []
+    if resume_from is not None and (resume_from / REPEATS_FILE).is_file():
+        finals = json.loads((resume_from / REPEATS_FILE).read_text())
+    else:
+        resume_from = None  # a checkpoint without the earlier repeats' results: start over
+    for r in range(len(finals), repeats - 1):
+        final = train(dataclasses.replace(config, seed=config.seed + r))
+        finals.append({k: v for k, v in final.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
+
+    def report(metrics: dict, saved: Path | None) -> None:
+        if int(metrics.get("epoch", 0)) >= config.epochs:
+            metrics = mean_over_repeats(finals + [metrics])
+        if saved:
+            (Path(saved) / REPEATS_FILE).write_text(json.dumps(finals))
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(saved) if saved else None)
+
+    train(dataclasses.replace(config, seed=config.seed + repeats - 1), report, checkpoint_dir=tmp / "checkpoint",
+          resume_from=resume_from)

@@ -55,7 +55,8 @@ class TrialRunWriter:
         op, trial_id = record["op"], record["trial_id"]
         if op == "start":
             self._runs[trial_id] = tracking.start_trial_run(self.client, self.parent_run_id, record["name"],
-                                                            record["kind"], record["params"], trial_id)
+                                                            record["kind"], record["params"], trial_id,
+                                                            record.get("tags"))
             return
         run_id = self._runs.get(trial_id) or tracking.find_trial_run(self.client, self.parent_run_id, trial_id)
         if run_id is None:
