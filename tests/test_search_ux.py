@@ -1,0 +1,187 @@
+"""What a search shows its user: no wasted trials, readable MLflow and Optuna records, progress, reruns.
+
+One real tiny search (a space of a single choice, so every proposal after the first repeats it)
+runs once for the module, then runs again; the fast tests check the pieces on their own.
+"""
+import contextlib
+import io
+import os
+import re
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import small_search
+from esam.cli import build_parser, main
+from esam.errors import ConfigError
+from esam.search import tracking
+from esam.search.callbacks import duration
+from esam.search.config import load_search_config
+from esam.search.optuna_searcher import setting_key
+from esam.search.trial import mean_over_repeats, trial_label, trial_params
+
+OBJECTIVES = [("test_acc", "max"), ("speed_vs_sgd", "max")]
+
+
+# --- the real search ---------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory):
+    """(directory, MLflow URI, first run's stdout, second run's stdout)."""
+    directory = tmp_path_factory.mktemp("ux")
+    path = small_search(directory, "ux", trials=3, concurrency=1, references=("sgd",), epochs=1,
+                        train_limit=128, test_limit=64, space={"score": {"choices": ["loss_rise"]}})
+    here = os.getcwd()
+    os.chdir(directory)
+    outs = []
+    try:
+        for _ in range(2):
+            out = io.StringIO()
+            with contextlib.redirect_stdout(out):
+                assert main(["search", str(path)]) == 0
+            outs.append(out.getvalue())
+    finally:
+        os.chdir(here)
+    return directory, f"sqlite:///{directory / 'mlflow.db'}", outs[0], outs[1]
+
+
+@pytest.fixture(scope="module")
+def stores(searched):
+    directory, uri, _, _ = searched
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name("esam")
+    parent = client.search_runs([exp.experiment_id], "tags.`esam.kind` = 'search'")[0]
+    children = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    study = optuna.load_study(study_name="ux", storage=f"sqlite:///{directory / 'esam_results' / 'ux' / 'optuna.db'}")
+    return client, exp, parent, children, study
+
+
+@pytest.mark.slow
+def test_a_repeated_proposal_is_reused_not_trained(stores):
+    client, _, _, children, study = stores
+    trials = sorted(study.trials, key=lambda t: t.number)
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 3
+    assert "reused_from" not in trials[0].user_attrs
+    runs = {r.data.tags["optuna_trial_number"]: r for r in children if r.data.tags["esam.kind"] == "trial"}
+    original = runs["0"]
+    for t in trials[1:]:
+        assert t.user_attrs["reused_from"]["number"] == 0
+        assert t.values == trials[0].values  # Optuna knows its values
+        run = runs[str(t.number)]
+        assert run.info.status == "FINISHED"
+        assert run.info.run_name.startswith(f"#{t.number} esam score=loss_rise") and "reuses #0" in run.info.run_name
+        assert run.data.tags["esam.reused_from"] == original.info.run_id
+        # not trained again: a new training would time its epoch anew
+        assert run.data.metrics["epoch_time_s"] == original.data.metrics["epoch_time_s"]
+        assert len(client.get_metric_history(run.info.run_id, "test_acc")) == 1
+    assert original.info.run_name.startswith("#0 esam")
+
+
+@pytest.mark.slow
+def test_optuna_names_its_metrics_and_links_each_trial_to_its_run(stores):
+    _, _, _, children, study = stores
+    assert study.metric_names == [m for m, _ in OBJECTIVES]
+    by_trial_id = {r.data.tags["trial_id"]: r.info.run_id for r in children}
+    for t in study.trials:
+        assert t.user_attrs["mlflow_run_id"] == by_trial_id[t.user_attrs["ray_trial_id"]]
+
+
+@pytest.mark.slow
+def test_the_experiment_opens_on_its_runs_and_the_parent_summarizes(searched, stores):
+    _, uri, out, _ = searched
+    _, exp, parent, _, study = stores
+    assert exp.tags[tracking.EXPERIMENT_KIND_TAG] == "custom_model_development"
+    assert f"http://127.0.0.1:5000/#/experiments/{exp.experiment_id}/runs" in out
+    assert f"mlflow ui --backend-store-uri {uri}" in out and "optuna-dashboard sqlite:///" in out
+    m = parent.data.metrics
+    best = study.trials[0].values
+    assert m["best_test_acc"] == pytest.approx(best[0]) and m["best_speed_vs_sgd"] == pytest.approx(best[1])
+    assert m["front_size"] == 1 and m["reused_trials"] == 2 and m["finished_trials"] == 1
+    assert m["hypervolume"] == pytest.approx(best[0] * best[1])  # one point, reference (0, 0)
+    note = parent.data.tags["mlflow.note.content"]
+    assert "hypervolume" in note and "| run |" in note and "#0 esam" in note
+    params = parent.data.params
+    assert "train.optimizer.score" not in params and "space.score.choices" in params  # the searched field's default is gone
+    assert "train.optimizer.lr" in params
+
+
+@pytest.mark.slow
+def test_progress_lines_carry_time(searched):
+    lines = [line for line in searched[2].splitlines() if line.startswith("[esam]")]
+    assert len(lines) == 3 and all("elapsed" in line for line in lines)
+    assert "left" in lines[0] and lines[-1].split("|")[0].rstrip().endswith("done")
+
+
+@pytest.mark.slow
+def test_running_a_finished_search_again_says_it_is_complete(searched):
+    first, again = searched[2], searched[3]
+    assert "already complete" not in first
+    line = next(i for i, text in enumerate(again.splitlines()) if "is already complete" in text)
+    table = next(i for i, text in enumerate(again.splitlines()) if text.startswith("Pareto front"))
+    assert line < table and "[esam]" not in again  # nothing trained
+
+
+# --- the pieces, fast ---------------------------------------------------------------------------------------------
+
+def test_hypervolume_uses_a_stated_reference_point():
+    rows = [{"run_id": str(i), "status": "FINISHED", "kind": "trial", "test_acc": a, "speed_vs_sgd": s}
+            for i, (a, s) in enumerate([(90.0, 1.0), (80.0, 2.0), (70.0, 1.5)])]
+    rows.append({"run_id": "r", "status": "FINISHED", "kind": "trial", "test_acc": 99.0, "speed_vs_sgd": 9.0,
+                 "reused_from": "0"})  # a reuse is the same point as its original: left out
+    area, ref = tracking.hypervolume(rows, OBJECTIVES)
+    assert ref == {"test_acc": 0.0, "speed_vs_sgd": 0.0}
+    assert area == pytest.approx(90 * 1.0 + 80 * 1.0)
+
+
+def test_labels_carry_the_trial_number_and_the_reuse():
+    config = {"rho": 0.05, "beta": 0.6, "_number": 3}
+    assert trial_label(config) == "#3 esam rho=0.05 beta=0.6"
+    assert trial_label({**config, "_reuse": {"number": 1}}).endswith("(reuses #1)")
+    assert trial_label({"optimizer": "sgd"}) == "sgd"
+    from esam.config import OptimizerConfig, to_dict
+    params = trial_params(to_dict(OptimizerConfig(name="esam")), {**config, "_reuse": {"number": 1}})
+    assert not any(k.startswith("_") for k in params)
+
+
+def test_duplicates_compare_what_the_stores_keep():
+    assert setting_key({"rho": 0.1, "score": "loss_rise"}) == setting_key({"score": "loss_rise", "rho": 0.1 + 1e-17})
+    assert setting_key({"rho": 0.1}) != setting_key({"rho": 0.1000001})
+
+
+def test_repeats_report_the_mean_and_spread():
+    out = mean_over_repeats([{"epoch": 2, "test_acc": 90.0, "speed_vs_sgd": 1.0},
+                             {"epoch": 2, "test_acc": 92.0, "speed_vs_sgd": 1.2}])
+    assert out["test_acc"] == 91.0 and out["epoch"] == 2 and out["repeats"] == 2
+    assert out["test_acc_std"] == pytest.approx(2 ** 0.5) and out["speed_vs_sgd"] == pytest.approx(1.1)
+
+
+def test_repeats_are_validated(tmp_path):
+    path = small_search(tmp_path, "r")
+    assert load_search_config(path, ["repeats=3"]).repeats == 3
+    with pytest.raises(ConfigError, match="repeats must be >= 1"):
+        load_search_config(path, ["repeats=0"])
+
+
+def test_parent_params_leave_out_searched_defaults():
+    resolved = {"train": {"epochs": 2, "optimizer": {"lr": 0.1, "rho": 0.05, "beta": 0.6}},
+                "space": {"rho": {"low": 0.01, "high": 0.5}}}
+    params = tracking.fixed_params(resolved)
+    assert params["train"]["optimizer"] == {"lr": 0.1, "beta": 0.6} and params["space"] == resolved["space"]
+
+
+def test_runs_url_for_a_server_and_for_a_file_store():
+    assert tracking.runs_url("http://host:5000/", "7") == ("http://host:5000/#/experiments/7/runs", None)
+    url, serve = tracking.runs_url("sqlite:////tmp/m.db", "1")
+    assert url == "http://127.0.0.1:5000/#/experiments/1/runs" and serve == "mlflow ui --backend-store-uri sqlite:////tmp/m.db"
+
+
+def test_durations_read_short():
+    assert [duration(s) for s in (5, 65, 3725)] == ["5s", "1m05s", "1h02m"]
+
+
+def test_search_help_shows_an_override_a_search_accepts(tmp_path):
+    search = build_parser()._subparsers._group_actions[0].choices["search"].format_help()
+    example = re.search(r"e\.g\. --set (\S+=\S+)", search.replace("\n", " ")).group(1)
+    assert example.startswith(("trials=", "train."))
+    load_search_config(small_search(tmp_path, "h"), [example])  # accepted
