@@ -80,16 +80,19 @@ def sgd(model: nn.Module, lr: float = 0.1, momentum: float = 0.9, weight_decay: 
 class MlflowServer:
     """A real `mlflow server` over HTTP with a SQLite store; stop() and start() keep port and store."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, store: Path | None = None):
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
         self.root, self.url, self.proc = root, f"http://127.0.0.1:{self.port}", None
+        self.store = store or root / "server.db"  # an existing store (a search's mlflow.db) or a new one
 
     def start(self, timeout: float = 90) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{self.root / 'server.db'}",
-             "--artifacts-destination", str(self.root / "art"), "--host", "127.0.0.1", "--port", str(self.port)],
+            [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{self.store}",
+             "--artifacts-destination", str(self.root / "art"), "--host", "127.0.0.1", "--port", str(self.port),
+             "--workers", "1"],  # one worker and no job runner: the server's default pool swamps 2 cores
+            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         deadline = time.time() + timeout
         while time.time() < deadline:
@@ -130,3 +133,40 @@ def mlflow_service(tmp_path):
 def mlflow_server(mlflow_service):
     """The URL of a running MLflow server."""
     return mlflow_service.url
+
+
+# --- a headless Chromium driven by selenium (test_browser.py) -----------------------------------------------------
+
+CHROMIUM_FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--no-first-run", "--window-size=1600,1000")
+
+
+@pytest.fixture(scope="module")
+def chrome(tmp_path_factory):
+    """Debian's chromium + chromedriver through selenium; skipped where either is missing (CI installs them)."""
+    import shutil
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver")
+    if not (browser and driver):
+        pytest.skip("the browser test needs Debian's chromium and chromium-driver "
+                    "(apt-get install -y chromium chromium-driver; .ci/run installs them)")
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        pytest.skip("the browser test needs selenium (pip install -e '.[test]')")
+    os.environ["SE_OFFLINE"] = "true"  # selenium-manager must never try to download a driver or a browser
+    profile = tmp_path_factory.mktemp("chromium-profile")
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser
+    for flag in CHROMIUM_FLAGS + (f"--user-data-dir={profile}",):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    service = Service(executable_path=driver, log_output=str(profile.parent / "chromedriver.log"))
+    session = webdriver.Chrome(options=options, service=service)
+    session.set_page_load_timeout(60)
+    try:
+        yield session
+    finally:
+        session.quit()
