@@ -71,7 +71,8 @@ def cmd_search(args) -> int:
     path = Path(args.config) if args.config else default_search_config()
     cfg = load_search_config(path, args.set)
     outcome = run_search(cfg, address=args.address)
-    done = sum(r["kind"] == "trial" and r["status"] == "FINISHED" for r in outcome.rows)
+    from esam.search.tracking import finished
+    done = len(finished(outcome.rows, "trial"))  # a reused result counts once
     print(f"\nPareto front (accuracy vs throughput): {len(outcome.front)} of {done} finished ESAM trials, "
           f"then the references:")
     print(outcome.table)

@@ -12,6 +12,7 @@ import math
 from typing import Sequence
 
 from esam.search.pareto import Objective, dominates, indistinguishable, noise_of, pareto_front
+from esam.search.tracking import finished
 
 # metric -> (number format, how a value reads, "better" when the mode is max, and when it is min)
 _WORDS: dict[str, tuple[str, str, str, str]] = {
@@ -103,9 +104,9 @@ def front_summary(rows: list[dict], objectives: Sequence[Objective]) -> str:
     Cases: a reference dominates every ESAM trial ("SGD (98.33%, 1.000x) dominates every ESAM trial
     (12 of 12): ..."); dominates some of them (and how many on the front); some ESAM trials beat it
     on both axes (said when only within the noise); neither. Rows are flat run rows (kind: trial |
-    reference, status); only FINISHED runs with finite objective values count.
+    reference, status); only FINISHED runs with finite objective values count, a reused result once.
     """
-    done = [r for r in rows if r.get("status") == "FINISHED" and _usable(r, objectives)]
+    done = [r for r in finished(rows) if _usable(r, objectives)]
     trials = [r for r in done if r.get("kind") == "trial"]
     references = sorted((r for r in done if r.get("kind") == "reference"),
                         key=lambda r: (_REFERENCE_ORDER.index(r.get("optimizer")) if r.get("optimizer") in _REFERENCE_ORDER

@@ -295,7 +295,7 @@ def finished(rows: list[dict], kind: str | None = None) -> list[dict]:
     A trial that reused a finished trial's result (same settings, see optuna_searcher.py) is left
     out: it is the same point, and the front, plots and picks show it once.
     """
-    return [r for r in rows if r["status"] == "FINISHED" and (kind is None or r["kind"] == kind)
+    return [r for r in rows if r.get("status") == "FINISHED" and (kind is None or r.get("kind") == kind)
             and not r.get("reused_from")]
 
 
