@@ -185,3 +185,16 @@ def test_search_help_shows_an_override_a_search_accepts(tmp_path):
     example = re.search(r"e\.g\. --set (\S+=\S+)", search.replace("\n", " ")).group(1)
     assert example.startswith(("trials=", "train."))
     load_search_config(small_search(tmp_path, "h"), [example])  # accepted
+
+
+def test_a_config_saved_before_new_keys_is_the_same_search():
+    # A search saved by an older esam lacks keys added since (repeats, typed space entries): it continues.
+    from esam.config import to_dict
+    from esam.search.config import SearchConfig
+    from esam.search.startup import same_config
+    current = to_dict(SearchConfig())
+    older = {k: v for k, v in current.items() if k != "repeats"}
+    older["space"] = {name: {"low": p["low"], "high": p["high"], **({"log": True} if p["log"] else {})}
+                      for name, p in current["space"].items()}
+    assert same_config(older, current)
+    assert not same_config({**older, "trials": current["trials"] + 1}, current)

@@ -17,11 +17,30 @@ from esam.search.config import SearchConfig
 from esam.search.state import EXPERIMENTS, STATE_FILE, read_state
 
 
+def _with_defaults(saved: dict) -> dict:
+    """A config saved by an older esam, with the keys added since filled in by their defaults.
+
+    A key added with a default (say `repeats`) does not make an existing search "different";
+    a saved config this version cannot read stays as it was, and so compares unequal.
+    """
+    import dataclasses
+
+    from esam.config import from_dict, to_dict, train_config_from_dict
+    from esam.errors import ConfigError
+    from esam.search.config import SearchConfig
+    try:
+        rest = {k: v for k, v in saved.items() if k != "train"}
+        cfg = dataclasses.replace(from_dict(SearchConfig, rest), train=train_config_from_dict(saved.get("train", {})))
+    except (ConfigError, TypeError):
+        return saved
+    return to_dict(cfg)
+
+
 def same_config(saved: dict, resolved: dict) -> bool:
     """Configs match except for where MLflow lives (a moved store may be named again)."""
     def what(c: dict) -> dict:
         return {**c, "mlflow": {**c.get("mlflow", {}), "tracking_uri": None}}
-    return what(saved) == what(resolved)
+    return what(_with_defaults(saved)) == what(resolved)
 
 
 def _has_run(client, run_id: str) -> bool:
