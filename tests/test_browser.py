@@ -6,6 +6,7 @@ One tiny real search (SGD and SAM references, 2 ESAM trials, 1 epoch) for the mo
 - `mlflow server` over its store, at the runs URL the search printed: the runs table (not the GenAI
   overview) with the search's parent run and, under it, every trial and reference.
 Screenshots go under the pytest temp dir; their paths are printed (pytest -rP shows them).
+Each test asks for `chrome` first: without a browser it is skipped before the search runs.
 """
 import contextlib
 import io
@@ -104,7 +105,7 @@ return {
 """
 
 
-def test_pareto_html_renders_every_run_with_both_references(search, chrome, shots):
+def test_pareto_html_renders_every_run_with_both_references(chrome, search, shots):
     directory, _, client, parent, children = search
     html = mlflow.artifacts.download_artifacts(run_id=parent.info.run_id, artifact_path="pareto/pareto.html",
                                                dst_path=str(directory), tracking_uri=client.tracking_uri)
@@ -114,7 +115,7 @@ def test_pareto_html_renders_every_run_with_both_references(search, chrome, shot
 
     traces = {t["name"]: t for t in figure["traces"]}
     for t in figure["traces"]:
-        assert t["drawn"] == len(t["x"]) == len(t["y"]), f"trace {t['name']!r}: {t['drawn']} points drawn of {len(t['x'])}"
+        assert t["drawn"] == len(t["x"]) == len(t["y"]), f"{t['name']!r}: {t['drawn']} points drawn of {len(t['x'])}"
     trials, references = _finished(children, "trial"), _finished(children, "reference")
     front = [r for r in trials if r.data.tags.get("pareto") == "true"]
     assert len(trials) == 2 and front, [(r.info.run_name, r.info.status) for r in children]
@@ -132,8 +133,8 @@ def test_pareto_html_renders_every_run_with_both_references(search, chrome, shot
     assert not errors, errors
 
 
-def test_runs_url_shows_the_parent_with_its_trials(search, chrome, shots):
-    directory, out, client, parent, children = search
+def test_runs_url_shows_the_parent_with_its_trials(chrome, search, shots):
+    directory, out, _, parent, children = search
     printed = re.findall(r"https?://\S+/#/experiments/\S+/runs\b", out)
     assert printed, f"the search printed no runs URL:\n{out[-1500:]}"
     page = urlsplit(printed[-1]).fragment  # printed for `mlflow ui` on its default port; served here on a free one
@@ -144,8 +145,8 @@ def test_runs_url_shows_the_parent_with_its_trials(search, chrome, shots):
         chrome.get(f"{server.url}/#{page}")
         parent_id = parent.info.run_id
         name_cell = f'[role=row][row-id="{parent_id}"] [col-id="attributes.`Run Name`"]'
-        _wait(chrome, lambda d: d.find_elements("css selector", name_cell), "the runs table did not list the search's run",
-              shots, "mlflow-runs")
+        _wait(chrome, lambda d: d.find_elements("css selector", name_cell),
+              "the runs table did not list the search's run", shots, "mlflow-runs")
         assert "/runs" in chrome.current_url and "/overview" not in chrome.current_url, chrome.current_url
         text = chrome.execute_script("return document.body.innerText")
         for genai in ("Token Usage", "Tool calls", "Cost Breakdown"):  # what the GenAI overview shows
