@@ -135,10 +135,10 @@ def test_pareto_html_renders_every_run_with_both_references(chrome, search, shot
 
 def test_runs_url_shows_the_parent_with_its_trials(chrome, search, shots):
     directory, out, _, parent, children = search
-    printed = re.findall(r"https?://\S+/#/experiments/\S+/runs\b", out)
+    printed = re.findall(r"https?://\S+/#/experiments/\S+/runs\S*", out)
     assert printed, f"the search printed no runs URL:\n{out[-1500:]}"
     page = urlsplit(printed[-1]).fragment  # printed for `mlflow ui` on its default port; served here on a free one
-    assert page == f"/experiments/{parent.info.experiment_id}/runs"
+    assert page == f"/experiments/{parent.info.experiment_id}/runs?workflowType=machine_learning"
     server = MlflowServer(directory, store=directory / "mlflow.db")
     server.start()
     try:
@@ -149,7 +149,7 @@ def test_runs_url_shows_the_parent_with_its_trials(chrome, search, shots):
               "the runs table did not list the search's run", shots, "mlflow-runs")
         assert "/runs" in chrome.current_url and "/overview" not in chrome.current_url, chrome.current_url
         text = chrome.execute_script("return document.body.innerText")
-        for genai in ("Token Usage", "Tool calls", "Cost Breakdown"):  # what the GenAI overview shows
+        for genai in ("Token Usage", "Tool calls", "Cost Breakdown", "Judges"):  # the GenAI overview and sidebar
             assert genai not in text, f"the GenAI overview is shown ({genai!r}), not the runs table"
         assert _run_link(chrome, parent_id) == NAME
         _screenshot(chrome, shots, "mlflow-runs")

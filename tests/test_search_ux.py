@@ -92,7 +92,7 @@ def test_the_experiment_opens_on_its_runs_and_the_parent_summarizes(searched, st
     _, uri, out, _ = searched
     _, exp, parent, _, study = stores
     assert exp.tags[tracking.EXPERIMENT_KIND_TAG] == "custom_model_development"
-    assert f"http://127.0.0.1:5000/#/experiments/{exp.experiment_id}/runs" in out
+    assert f"http://127.0.0.1:5000/#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning" in out
     assert f"mlflow ui --backend-store-uri {uri}" in out and "optuna-dashboard sqlite:///" in out
     m = parent.data.metrics
     best = study.trials[0].values
@@ -171,9 +171,9 @@ def test_parent_params_leave_out_searched_defaults():
 
 
 def test_runs_url_for_a_server_and_for_a_file_store():
-    assert tracking.runs_url("http://host:5000/", "7") == ("http://host:5000/#/experiments/7/runs", None)
+    assert tracking.runs_url("http://host:5000/", "7") == ("http://host:5000/#/experiments/7/runs?workflowType=machine_learning", None)
     url, serve = tracking.runs_url("sqlite:////tmp/m.db", "1")
-    assert url == "http://127.0.0.1:5000/#/experiments/1/runs" and serve == "mlflow ui --backend-store-uri sqlite:////tmp/m.db"
+    assert url == "http://127.0.0.1:5000/#/experiments/1/runs?workflowType=machine_learning" and serve == "mlflow ui --backend-store-uri sqlite:////tmp/m.db"
 
 
 def test_durations_read_short():

@@ -139,7 +139,9 @@ def experiment_id(client, name: str) -> str:
 def runs_url(uri: str, experiment: str) -> tuple[str, str | None]:
     """(the experiment's runs page, the command that serves it or None when a server already does)."""
     from urllib.parse import quote
-    page = f"/#/experiments/{quote(str(experiment))}/runs"
+    # MLflow 3's UI picks "Model training" or GenAI from the URL (else a toggle it keeps in the
+    # browser, GenAI by default); the experimentKind tag alone does not decide it.
+    page = f"/#/experiments/{quote(str(experiment))}/runs?workflowType=machine_learning"
     if uri.startswith(("http://", "https://")):
         return uri.rstrip("/") + page, None
     return "http://127.0.0.1:5000" + page, f"mlflow ui --backend-store-uri {uri}"
