@@ -46,6 +46,27 @@ def small_search(directory: Path, name: str, *, trials: int = 2, concurrency: in
     return path
 
 
+def search_in(directory: Path, path: Path) -> str:
+    """`esam search path` run in `directory` (its default ./mlflow.db lands there); returns what it printed."""
+    import contextlib
+    import io
+
+    from esam.cli import main
+    here, out = os.getcwd(), io.StringIO()
+    # Module fixtures run before the per-test isolation: a store an earlier search named (mlflow sets
+    # $MLFLOW_TRACKING_URI) must not catch this one's runs.
+    named = os.environ.pop("MLFLOW_TRACKING_URI", None)
+    os.chdir(directory)
+    try:
+        with contextlib.redirect_stdout(out):
+            assert main(["search", str(path)]) == 0
+    finally:
+        os.chdir(here)
+        if named is not None:
+            os.environ["MLFLOW_TRACKING_URI"] = named
+    return out.getvalue()
+
+
 # --- tiny optimizer problems (test_optim.py, test_graphs.py) ------------------------------------------------------
 
 def make_cnn(seed: int = 0) -> nn.Module:

@@ -8,10 +8,7 @@ One tiny real search (SGD and SAM references, 2 ESAM trials, 1 epoch) for the mo
 Screenshots go under the pytest temp dir; their paths are printed (pytest -rP shows them).
 Each test asks for `chrome` first: without a browser it is skipped before the search runs.
 """
-import contextlib
-import io
 import math
-import os
 import re
 from urllib.parse import urlsplit
 
@@ -19,8 +16,7 @@ import mlflow.artifacts
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import MlflowServer, small_search
-from esam.cli import main
+from conftest import MlflowServer, search_in, small_search
 
 pytestmark = pytest.mark.slow
 NAME = "browse"
@@ -32,18 +28,11 @@ def search(tmp_path_factory):
     """The search, run once: (directory, captured stdout, client, parent run, child runs)."""
     directory = tmp_path_factory.mktemp("browser")
     path = small_search(directory, NAME, trials=2, references=("sgd", "sam"), epochs=1)
-    here = os.getcwd()
-    os.chdir(directory)  # the default MLflow store is ./mlflow.db
-    try:
-        out = io.StringIO()
-        with contextlib.redirect_stdout(out):
-            assert main(["search", str(path)]) == 0
-    finally:
-        os.chdir(here)
+    out = search_in(directory, path)
     client = MlflowClient(tracking_uri=f"sqlite:///{directory / 'mlflow.db'}")
     (parent,) = client.search_runs([client.get_experiment_by_name("esam").experiment_id], "tags.`esam.kind` = 'search'")
     children = client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
-    return directory, out.getvalue(), client, parent, children
+    return directory, out, client, parent, children
 
 
 @pytest.fixture(scope="module")

@@ -12,12 +12,10 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
 
-from esam.search import ray_state
 from faults_helpers import Stores, assert_agree, kill_hard, run, start, wait_for, write_config
 
 pytestmark = pytest.mark.slow

@@ -2,10 +2,7 @@
 
 The search runs once for the module; each test checks one behaviour of what it left behind.
 """
-import contextlib
-import io
 import json
-import os
 from pathlib import Path
 
 import optuna
@@ -14,7 +11,7 @@ import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
-from conftest import small_search
+from conftest import search_in, small_search
 from esam import ESAM
 from esam.cli import main
 from esam.config import load_train_config
@@ -33,15 +30,7 @@ def search(tmp_path_factory):
              "gamma": {"low": 0.4, "high": 1.0}, "lr": {"low": 0.01, "high": 1.0e12, "log": True}}
     path = small_search(directory, "e2e", trials=4, concurrency=2, references=("sgd", "sam"), epochs=2,
                         train_limit=384, test_limit=192, seed=3, space=space)
-    here = os.getcwd()
-    os.chdir(directory)  # the default MLflow store is ./mlflow.db
-    try:
-        out = io.StringIO()
-        with contextlib.redirect_stdout(out):
-            assert main(["search", str(path)]) == 0
-    finally:
-        os.chdir(here)
-    return directory, path, f"sqlite:///{directory / 'mlflow.db'}", out.getvalue()
+    return directory, path, f"sqlite:///{directory / 'mlflow.db'}", search_in(directory, path)
 
 
 @pytest.fixture(scope="module")

@@ -44,7 +44,7 @@ from esam.optim import predicted_relative_cost
 from esam.perf.dispatch_count import count_ops
 from esam.training.cuda_graphs import warm_up, warm_up_quiet_steps
 from esam.training.speed_estimate import median_interval
-from esam.training.step import PassMode, build_step_optimizer, loss_closure, resolve_device
+from esam.training.step import PassMode, build_step_optimizer, loss_closure, prepare_device, resolve_device
 from esam.training.timing import synchronize
 
 # label -> (registry name, optimizer settings that differ from the config's)
@@ -96,13 +96,7 @@ def run_bench(config: TrainConfig, *, repeats: int = 5, steps: int = 30, warmup:
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ConfigError(f"unknown methods {unknown} (valid: {', '.join(METHODS)})")
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    dev = resolve_device(config.device)
-    if config.cuda_graphs and dev.type != "cuda":
-        raise ConfigError(f"--cuda-graphs needs a CUDA device, got {dev}")
-    if dev.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # static shapes (ESAM's subset size included): tune once
+    dev = prepare_device(config)
     precision = "bf16" if config.precision == "bf16" else "fp32"
     num_classes, batch_size, seed = config.data.synthetic_classes, config.batch_size, config.seed
     torch.manual_seed(seed)

@@ -35,6 +35,19 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
+def prepare_device(config: TrainConfig) -> torch.device:
+    """The run's device, with torch's threads and cudnn set for it; CUDA graphs need CUDA."""
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    device = resolve_device(config.device)
+    if config.cuda_graphs and device.type != "cuda":
+        raise ConfigError(f"cuda_graphs: true needs a CUDA device, but this run is on {device}")
+    if device.type == "cuda":
+        # Shapes are static (batch, ESAM's subset k, eval batch): let cudnn time its algorithms once.
+        torch.backends.cudnn.benchmark = True
+    return device
+
+
 def resolve_precision(precision: str, device: torch.device) -> str:
     return precision if precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
 

@@ -22,14 +22,13 @@ import torch.nn.functional as F
 
 from esam.config import TrainConfig
 from esam.data import build_data
-from esam.errors import ConfigError
 from esam.models import build_model
 from esam.training.checkpoint import CHECKPOINT_FILE, load_checkpoint, restore, save_checkpoint
 from esam.training.cuda_graphs import warm_up, warm_up_quiet_steps
 from esam.training.schedule import lr_multiplier
 from esam.training.speed_estimate import SpeedEstimate, median, probe_epoch, ratios
 from esam.training.speed_probe import InterleavedProbe
-from esam.training.step import (PassMode, autocast, build_step_optimizer, loss_closure, resolve_device,
+from esam.training.step import (PassMode, autocast, build_step_optimizer, loss_closure, prepare_device,
                                 resolve_precision)
 from esam.training.timing import StepTimer, synchronize
 
@@ -81,14 +80,7 @@ class _Run:
 
 
 def _setup(config: TrainConfig) -> _Run:
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    device = resolve_device(config.device)
-    if config.cuda_graphs and device.type != "cuda":
-        raise ConfigError(f"cuda_graphs: true needs a CUDA device, but this run is on {device}")
-    if device.type == "cuda":
-        # Shapes are static (batch, ESAM's subset k, eval batch): let cudnn time its algorithms once.
-        torch.backends.cudnn.benchmark = True
+    device = prepare_device(config)
     torch.manual_seed(config.seed)  # weights; data and SWP draw from their own seeded generators
 
     data = build_data(config.data, device, config.seed, config.batch_size, config.eval_batch_size)
