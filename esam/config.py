@@ -91,7 +91,7 @@ class TrainConfig:
     threads: int | None = None  # torch CPU threads (None: torch's default)
     seed: int = 0  # one seed for weights, data order, augmentation and SWP
     timing_warmup_steps: int = 3  # steps per epoch excluded from images/s (warm-up, autotuning)
-    probe_steps: int = 3  # per epoch: method/SGD step pairs timed interleaved (0: off)
+    probe_steps: int = 3  # per epoch: at least this many method/SGD step pairs timed interleaved, more until precise (0: off)
     checkpoint_every: int = 1  # epochs between checkpoints when a checkpoint dir is given (0: never)
 
 
