@@ -198,3 +198,14 @@ def test_a_config_saved_before_new_keys_is_the_same_search():
                       for name, p in current["space"].items()}
     assert same_config(older, current)
     assert not same_config({**older, "trials": current["trials"] + 1}, current)
+
+
+def test_connecting_leaves_the_environment_alone(tmp_path, monkeypatch):
+    # mlflow.set_tracking_uri exports the URI; a second search in this process must not inherit it.
+    import os
+
+    from esam.search import tracking
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    tracking.connect(f"sqlite:///{tmp_path / 'first.db'}")
+    assert "MLFLOW_TRACKING_URI" not in os.environ
+    assert tracking.tracking_uri(None) == f"sqlite:///{tmp_path / 'mlflow.db'}"  # the working dir's store again

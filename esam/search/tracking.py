@@ -119,7 +119,14 @@ def connect(uri: str):
             client.search_experiments(max_results=1)
     except Exception as err:  # noqa: BLE001 - any failure here means "cannot record"
         raise ConfigError(f"MLflow tracking store {uri} is unreachable: {_first_line(err)}") from None
+    exported = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(uri)
+    # mlflow also exports the URI to this process's environment; only the driver writes, and a
+    # later search in the same process must read its own config, not inherit this store.
+    if exported is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = exported
     return client
 
 
