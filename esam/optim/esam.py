@@ -15,6 +15,13 @@ from .sam import SAM
 BASE_KEYS = frozenset({"name", "lr", "momentum", "weight_decay", "nesterov", "dampening", "betas", "eps", "base"})
 
 
+def _other_methods_keys(cls: type) -> set[str]:
+    """Settings that registered optimizers other than `cls` take: an exported config holds them all."""
+    from .factory import OPTIMIZERS  # the registry imports this module
+    everyone = {k for factory in OPTIMIZERS.values() for k in getattr(factory, "hyperparameters", ())}
+    return everyone - set(cls._config_keys())
+
+
 class ESAM(SAM):
     """Efficient SAM: perturb a random subset of the tensors, descend on the sharpest samples.
 
@@ -30,6 +37,15 @@ class ESAM(SAM):
         g'    = grad mean_{i in top k} l_i(w + e); w is restored by copy; w <- base_optimizer(w, g')
     Cost relative to SGD: ((2 + f) B + [loss_rise] B + 3 k) / (3 B), f the realized kept fraction
     (1.7 at beta 0.6, gamma 0.5 with the paper's rule; see cost.py).
+
+    Under DDP (model= the DistributedDataParallel module; SAM's docstring has the ascent and descent):
+        SWP   the same tensors are frozen on every rank: the draw depends on nothing but the generator,
+              so seed (or generator) is required with a DDP model and must be the same on every rank,
+              and every rank must take the same number of steps (the frozen tensors get no ascent
+              gradient, which a synced backward would wait for: another reason for no_sync)
+        e_r   each rank's own, from its own batch (ascent under no_sync)
+        SDS   per rank: the k_r = ceil(gamma * B_r) sharpest of the rank's own B_r samples
+        g'    = mean_r grad mean_{i in top k_r} l_i(w + e_r), all-reduced by DDP's backward
 
     Degenerate case: beta = 1 and gamma = 1 is SAM exactly (no draw, no scoring, the same arithmetic:
     rho / (1.0 * ||g||)). If SWP keeps no tensor, e = 0 and the ascent pass is a forward only.
@@ -63,6 +79,10 @@ class ESAM(SAM):
             raise ValueError(f"swp_patterns must be a positive integer or None, got {swp_patterns!r}")
         if generator is not None and generator.device.type != "cpu":
             raise ValueError(f"generator must be a CPU torch.Generator (SWP draws on the host), got {generator.device}")
+        if isinstance(model, torch.nn.parallel.DistributedDataParallel) and seed is None and generator is None:
+            # torch.initial_seed() is often seeded per rank; a mask that differs between ranks breaks SWP's meaning.
+            raise ValueError("ESAM under DDP needs seed=... (the same on every rank) so that every rank "
+                             "draws the same SWP mask")
         super().__init__(params, base_optimizer, rho, adaptive, max_grad_norm, model, bn_update)
         self.defaults.update(beta=beta, gamma=gamma, score=score)
         self.beta, self.gamma, self.score = float(beta), float(gamma), score
@@ -75,6 +95,8 @@ class ESAM(SAM):
         self._swp_pool = None if swp_patterns is None or self.beta >= 1 else \
             torch.rand(swp_patterns, len(self._params), generator=generator) < self.beta
 
+    _float_keys: tuple[str, ...] = ("rho", "beta", "gamma", "max_grad_norm")  # read as numbers from YAML
+
     @classmethod
     def _config_keys(cls) -> tuple[str, ...]:
         return cls.hyperparameters + ("seed",)
@@ -84,8 +106,10 @@ class ESAM(SAM):
                     path_or_dict: str | os.PathLike | Mapping[str, Any], **overrides: Any) -> ESAM:
         """ESAM from an exported config: a YAML file or dict with an `optimizer:` mapping (or the mapping itself).
 
-        Base-optimizer keys (lr, momentum, weight_decay, nesterov, name, ...) are ignored; unknown keys
-        raise ValueError. `overrides` (model=..., generator=...) are passed on as they are.
+        Base-optimizer keys (lr, momentum, weight_decay, nesterov, name, ...) and the settings of other
+        registered methods (an exported config holds every optimizer field) are ignored; unknown keys
+        raise ValueError. `overrides` (model=..., generator=...) are passed on as they are. Subclasses
+        (LookSAM, RST, AESAM) load their own `optimizer.name` the same way.
         """
         if isinstance(path_or_dict, (str, os.PathLike)):
             with open(path_or_dict) as f:
@@ -97,14 +121,14 @@ class ESAM(SAM):
         opt = config.get("optimizer", config)
         if not isinstance(opt, Mapping):
             raise ValueError(f"config's optimizer must be a mapping, got {opt!r}")
-        if opt.get("name", "esam") != "esam":
-            raise ValueError(f"config's optimizer.name is {opt['name']!r}, not 'esam'")
-        unknown = sorted(set(opt) - BASE_KEYS - set(cls._config_keys()))
+        if opt.get("name", cls.method) != cls.method:
+            raise ValueError(f"config's optimizer.name is {opt['name']!r}, not {cls.method!r}")
+        unknown = sorted(set(opt) - BASE_KEYS - _other_methods_keys(cls) - set(cls._config_keys()))
         if unknown:
-            raise ValueError(f"unknown ESAM config keys {unknown} (valid: {', '.join(cls._config_keys())}; "
-                             f"ignored: {', '.join(sorted(BASE_KEYS))})")
+            raise ValueError(f"unknown {cls.__name__} config keys {unknown} (valid: {', '.join(cls._config_keys())}; "
+                             f"ignored: {', '.join(sorted(BASE_KEYS))} and other methods' settings)")
         kwargs = {k: opt[k] for k in cls._config_keys() if k in opt}
-        for k in ("rho", "beta", "gamma", "max_grad_norm"):  # YAML reads 5e-2 (no dot) as a string
+        for k in cls._float_keys:  # YAML reads 5e-2 (no dot) as a string
             if isinstance(kwargs.get(k), str):
                 try:
                     kwargs[k] = float(kwargs[k])

@@ -29,16 +29,22 @@ class SAM(Plain):
         rho: neighbourhood size, >= 0.
         adaptive: ASAM's scale-invariant neighbourhood.
         max_grad_norm: clip the descent gradient to this norm before the update; None: no clipping.
-        model: the module the closure runs; needed for bn_update="clean" and for DDP. If it is a
-            DistributedDataParallel, the ascent pass runs inside model.no_sync(), so each replica
-            perturbs with its own gradient (m-sharpness) and only the descent gradient is all-reduced
-            (multi-GPU untested).
+        model: the module the closure runs; needed for bn_update="clean" and for DDP (below).
         bn_update: "all" (the authors': every forward updates BatchNorm running stats) or "clean"
             (only the clean forward at w does: the stats are saved after it and copied back after
             the perturbed passes).
 
+    Under DDP (`model` is the DistributedDataParallel module the closure runs), with rank r's batch
+    loss L_r:
+        g_r = grad L_r(w)                  ascent pass inside model.no_sync(): local, no all-reduce
+        e_r = rho * g_r / ||g_r||          each rank's own norm: m-sharpness with m = the rank's batch
+        g'  = mean_r grad L_r(w + e_r)     descent pass: an ordinary DDP backward, all-reduced
+    so w is the same on every rank before and after a step; only w + e_r differs between ranks.
+    Tested against a single-process computation of the same quantities (tests/test_ddp_semantics.py).
+
     `first_step` / `second_step` stay public for callers who run the passes themselves (as in
-    davda54/sam): forward+backward, first_step(zero_grad=True), forward+backward, second_step().
+    davda54/sam): forward+backward, first_step(zero_grad=True), forward+backward, second_step(); under
+    DDP such a caller runs the first backward inside model.no_sync() itself.
     """
 
     method = "sam"
