@@ -71,11 +71,14 @@ def cmd_search(args) -> int:
     path = Path(args.config) if args.config else default_search_config()
     cfg = load_search_config(path, args.set)
     outcome = run_search(cfg, address=args.address)
-    from esam.search.tracking import finished
-    done = len(finished(outcome.rows, "trial"))  # a reused result counts once
-    print(f"\nPareto front (accuracy vs throughput): {len(outcome.front)} of {done} finished ESAM trials, "
-          f"then the references:")
+    from esam.search.constraints import parse_all
+    from esam.search.config import OBJECTIVE_METRICS
+    from esam.search.pareto_report import front_note
+    constraints = parse_all(cfg.constraints, OBJECTIVE_METRICS, cfg.references)
+    print(f"\n{front_note(outcome.rows, outcome.front, constraints)}; then the references:")
     print(outcome.table)
+    if outcome.summary and "hypervolume" in outcome.summary:
+        print(f"hypervolume of the front: {outcome.summary['hypervolume']:.4g} (reference point: 0 on each axis)")
     from esam.search.front_summary import front_summary
     print(f"\n{front_summary(outcome.rows, cfg.objective_pairs)}")
     print(f"\nresults: MLflow run {outcome.parent_run_id} at {outcome.tracking_uri}")
@@ -95,18 +98,34 @@ def _client(args):
     return tracking.open_store(tracking.tracking_uri(args.tracking_uri))
 
 
+def hypervolume_lines(client, parent: str, rows: list[dict], objectives, constraints) -> str:
+    """The front's hypervolume now, and how it grew trial by trial (the series the search logged)."""
+    from esam.search import tracking
+    from esam.search.hypervolume import hypervolume
+    area, reference = hypervolume(tracking.candidates(rows, constraints), objectives)
+    point = ", ".join(f"{m} {v:g}" for m, v in reference.items())
+    history = sorted(client.get_metric_history(parent, tracking.HYPERVOLUME_SERIES), key=lambda m: m.step)
+    text = f"hypervolume of the front: {area:.4g} (reference point: {point})"
+    if history:
+        text += "\nafter each ended trial: " + ", ".join(f"{m.step}: {m.value:.4g}" for m in history)
+    return text
+
+
 def cmd_pareto(args) -> int:
     from esam.search import tracking
     from esam.search.front_summary import front_summary
-    from esam.search.pareto_report import format_table, tag_front_and_write_artifacts
+    from esam.search.pareto_report import format_table, front_note, tag_front_and_write_artifacts
 
     client = _client(args)
     parent = tracking.resolve_search(client, args.experiment, args.search)
-    objectives = tracking.objectives_of(tracking.search_config_of(client, parent))
-    rows, front, references = tag_front_and_write_artifacts(client, parent, objectives)
+    search_config = tracking.search_config_of(client, parent)
+    objectives, constraints = tracking.objectives_of(search_config), tracking.constraints_of(search_config)
+    rows, front, references = tag_front_and_write_artifacts(client, parent, objectives, constraints)
     failed = sum(r["status"] == "FAILED" for r in rows)
     print(f"search run {parent}: {len(rows)} runs ({failed} failed), {len(front)} on the front")
+    print(f"{front_note(rows, front, constraints)}; then the references:")
     print(format_table(front, references, objectives))
+    print(hypervolume_lines(client, parent, rows, objectives, constraints))
     print(f"\n{front_summary(rows, objectives)}\n")
     print(f"artifacts rewritten under run {parent}: pareto/pareto.{{csv,json,png,html}}, pareto/best_configs.json")
     return 0

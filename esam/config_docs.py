@@ -75,7 +75,8 @@ def reference() -> str:
     from esam.training.metrics import EPOCH_METRICS
 
     classes = [config.TrainConfig, config.DataConfig, config.OptimizerConfig, search.SearchConfig,
-               search.ParamSpace, search.Objective, search.SamplerConfig, search.Resources, search.MlflowConfig]
+               search.ParamSpace, search.Objective, search.SamplerConfig, search.SchedulerConfig, search.Resources,
+               search.MlflowConfig]
     parts = ["Training config (`esam train`, and `train:` in a search config); YAML files hold only what differs."]
     parts += [table(c) for c in classes]
     metrics = ["**Metrics** (reported by `train()` every epoch; any of them but `epoch` and `learning_rate` can be an objective)", "",

@@ -18,6 +18,7 @@ from esam.errors import ConfigError
 from esam.search import tracking
 from esam.search.callbacks import duration
 from esam.search.config import load_search_config
+from esam.search.hypervolume import hypervolume
 from esam.search.optuna_searcher import setting_key
 from esam.search.trial import mean_over_repeats, trial_label, trial_params
 
@@ -129,7 +130,9 @@ def test_hypervolume_uses_a_stated_reference_point():
             for i, (a, s) in enumerate([(90.0, 1.0), (80.0, 2.0), (70.0, 1.5)])]
     rows.append({"run_id": "r", "status": "FINISHED", "kind": "trial", "test_acc": 99.0, "speed_vs_sgd": 9.0,
                  "reused_from": "0"})  # a reuse is the same point as its original: left out
-    area, ref = tracking.hypervolume(rows, OBJECTIVES)
+    rows.append({"run_id": "s", "status": "FINISHED", "kind": "trial", "test_acc": 95.0, "speed_vs_sgd": 8.0,
+                 "stopped_early": 2})  # stopped early: its metrics are an earlier epoch's, no point of the front
+    area, ref = hypervolume(tracking.candidates(rows), OBJECTIVES)
     assert ref == {"test_acc": 0.0, "speed_vs_sgd": 0.0}
     assert area == pytest.approx(90 * 1.0 + 80 * 1.0)
 
@@ -197,7 +200,8 @@ def test_a_config_saved_before_new_keys_is_the_same_search():
     older["space"] = {name: {"low": p["low"], "high": p["high"], **({"log": True} if p["log"] else {})}
                       for name, p in current["space"].items()}
     assert same_config(older, current)
-    assert not same_config({**older, "trials": current["trials"] + 1}, current)
+    assert not same_config({**older, "sampler": {**older["sampler"], "seed": 7}}, current)
+    assert same_config({**older, "trials": current["trials"] - 1, "concurrency": 5}, current)  # a search may grow
 
 
 def test_connecting_leaves_the_environment_alone(tmp_path, monkeypatch):

@@ -1,4 +1,5 @@
-"""Ray Tune callbacks run on the driver: MLflow child runs per trial, and a terse progress line."""
+"""Ray Tune callbacks run on the driver: MLflow child runs per trial, a terse progress line, and
+the front's hypervolume after each ended trial."""
 from __future__ import annotations
 
 import math
@@ -9,6 +10,7 @@ from typing import Callable
 
 from ray import tune
 
+from esam.search.tracking import HYPERVOLUME_SERIES, STOPPED_EPOCH_TAG, STOPPED_TAG
 from esam.search.trial import trial_label
 from esam.training.metrics import METRICS
 
@@ -27,6 +29,12 @@ def trial_tags(trial_config: dict) -> dict:
         tags[REUSED_TAG] = str(reuse.get("run_id") or "")
         tags["esam.reused_trial_number"] = str(reuse.get("number", ""))
     return tags
+
+
+def stopped_at(trial, full_epochs: int) -> int | None:
+    """The epoch at which the scheduler stopped this ending trial, or None if it ran all its epochs."""
+    epoch = int((trial.last_result or {}).get("epoch") or 0)
+    return epoch if full_epochs and epoch < full_epochs else None
 
 
 def error_line(trial) -> str:
@@ -50,9 +58,10 @@ class MlflowTrialRuns(tune.Callback):
     """
 
     def __init__(self, uri: str, parent_run_id: str, kind: str, name_of: Callable[[dict], str],
-                 params_of: Callable[[dict], dict]):
+                 params_of: Callable[[dict], dict], full_epochs: int = 0):
         self.uri, self.parent_run_id, self.kind = uri, parent_run_id, kind
         self.name_of, self.params_of = name_of, params_of
+        self.full_epochs = full_epochs  # a trial ending before this epoch was stopped by the scheduler
         self._stopping = False
 
     def __getstate__(self):  # Ray pickles callbacks with the experiment; a stop request is per run
@@ -73,7 +82,9 @@ class MlflowTrialRuns(tune.Callback):
                   metrics=metrics)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self._put(trial, "end", error=None)
+        epoch = stopped_at(trial, getattr(self, "full_epochs", 0))
+        tags = {} if epoch is None else {STOPPED_TAG: "true", STOPPED_EPOCH_TAG: str(epoch)}
+        self._put(trial, "end", error=None, tags=tags)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._put(trial, "end", error=error_line(trial))
@@ -111,8 +122,10 @@ class Progress(tune.Callback):
     trains nothing, does not count in that mean.
     """
 
-    def __init__(self, label: str, total: int, objectives: list[tuple[str, str]], echo: Callable[[str], None] = print):
+    def __init__(self, label: str, total: int, objectives: list[tuple[str, str]], echo: Callable[[str], None] = print,
+                 full_epochs: int = 0):
         self.label, self.total, self.objectives, self.echo = label, total, objectives, echo
+        self.full_epochs = full_epochs
         self.best: dict[str, float] = {}
         self.started = time.monotonic()
         self.trained = 0  # trials ended in this run that did train
@@ -143,6 +156,10 @@ class Progress(tune.Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         result = trial.last_result or {}
+        epoch = stopped_at(trial, getattr(self, "full_epochs", 0))
+        if epoch is not None:  # its values are an earlier epoch's: no "best so far"
+            self.echo(self._line(trials, trial, False, f"{trial_label(trial.config)}: stopped early at epoch {epoch}"))
+            return
         for metric, mode in self.objectives:
             v = result.get(metric)
             if isinstance(v, (int, float)) and math.isfinite(v):
@@ -154,3 +171,45 @@ class Progress(tune.Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self.echo(self._line(trials, trial, True, f"FAILED {trial_label(trial.config)}: {error_line(trial)}"))
+
+
+class FrontProgress(tune.Callback):
+    """After each ended ESAM trial: the hypervolume of the front so far, as a series on the parent run.
+
+    MLflow's chart view then shows the search converging (step: trials ended so far). The front
+    is made of the trials that ran all their epochs and meet the constraints, as the final front
+    is; the reference point is esam.search.hypervolume's (0 for maximized objectives).
+    """
+
+    def __init__(self, uri: str, parent_run_id: str, objectives: list[tuple[str, str]], full_epochs: int,
+                 constraints: list = (), references: dict | None = None):
+        self.uri, self.parent_run_id, self.objectives = uri, parent_run_id, objectives
+        self.full_epochs, self.constraints, self.references = full_epochs, list(constraints), references or {}
+
+    def _point(self, trial) -> dict | None:
+        from esam.search.constraints import is_feasible
+        result = trial.last_result or {}
+        if "_reuse" in trial.config or stopped_at(trial, self.full_epochs) is not None:
+            return None
+        if self.constraints and not is_feasible(self.constraints, result, self.references):
+            return None
+        return result
+
+    def _log(self, trials, trial, failed: bool) -> None:
+        from esam.search.hypervolume import hypervolume
+        from esam.search.trial_records import open_records
+        # Ray updates the ending trial's status after its callbacks: it is counted by hand
+        others = [t for t in trials if t is not trial]
+        finished = [t for t in others if t.status == "TERMINATED"] + ([] if failed else [trial])
+        points = [p for t in finished if (p := self._point(t)) is not None]
+        area, _ = hypervolume(points, self.objectives)
+        step = sum(t.status in ("TERMINATED", "ERROR") for t in others) + 1
+        open_records(self.uri, self.parent_run_id).put(
+            {"op": "search_metrics", "trial_id": "", "step": step, "timestamp": int(time.time() * 1000),
+             "metrics": {HYPERVOLUME_SERIES: area}})
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._log(trials, trial, failed=False)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._log(trials, trial, failed=True)

@@ -21,6 +21,9 @@ OBJECTIVE_METRICS = tuple(m for m in METRICS if m not in ("epoch", "learning_rat
 # Search names go into MLflow filter strings, paths and study names: no quotes, slashes or spaces.
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 SAMPLERS = ("nsga2", "tpe", "gp", "random")
+SCHEDULERS = ("none", "moasha")
+# The paper's setting (Du et al., ICLR 2022, CIFAR): a warm-started search proposes it first.
+PAPER_SETTING = {"rho": 0.05, "beta": 0.6, "gamma": 0.5, "score": "loss_rise"}
 REFERENCES = ("sgd", "sam")
 # Ranges that are legal for each searchable optimizer field (open/closed as the optimizer demands).
 _BOUNDS = {"rho": (0.0, None), "beta": (0.0, 1.0), "gamma": (0.0, 1.0), "lr": (0.0, None),
@@ -49,6 +52,14 @@ class SamplerConfig:
     name: str = "nsga2"  # nsga2 | tpe | gp | random
     seed: int = 0  # seeds the sampler: the same search proposes the same trials
     population_size: int | None = None  # nsga2 generation size (None: Optuna's default)
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    name: str = "none"  # none (every trial trains all its epochs) | moasha (two-objective early stopping)
+    grace_epochs: int = 1  # moasha: the first rung; no trial stops before it
+    reduction_factor: float = 3.0  # moasha: each rung lets the best 1/reduction_factor of its trials go on
+    max_epochs: int | None = None  # moasha: a finished trial's epochs (None: train.epochs, the only value allowed)
 
 
 @dataclass(frozen=True)
@@ -87,6 +98,9 @@ class SearchConfig:
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)  # where runs are recorded
     max_failures: int = 0  # retries of a crashed trial before it counts as failed
     repeats: int = 1  # trainings per setting, seeds train.seed + 0..repeats-1; objectives are their mean
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)  # early stopping of ESAM trials
+    constraints: list = field(default_factory=list)  # e.g. ["speed_vs_sgd >= sam", "test_acc >= sam - 0.5"]
+    warm_start: bool = True  # the paper's setting (rho 0.05, beta 0.6, gamma 0.5) is the first trial
 
     @property
     def objective_pairs(self) -> list[tuple[str, str]]:
@@ -149,6 +163,25 @@ def _validate_space(space: dict[str, ParamSpace]) -> None:
             raise ConfigError(f"space.{name}: a log scale needs low > 0, got {p.low}")
 
 
+def _validate_scheduler(cfg: SearchConfig) -> None:
+    s = cfg.scheduler
+    if s.name not in SCHEDULERS:
+        raise ConfigError(f"scheduler.name: unknown scheduler {brief(s.name)} (valid: {', '.join(SCHEDULERS)})")
+    if s.name == "none":
+        return
+    if s.max_epochs is not None and s.max_epochs != cfg.train.epochs:
+        raise ConfigError(f"scheduler.max_epochs ({s.max_epochs}) must equal train.epochs ({cfg.train.epochs}): "
+                          f"a trial that is not stopped trains all its epochs (leave max_epochs out)")
+    if not 1 <= s.grace_epochs < cfg.train.epochs:
+        raise ConfigError(f"scheduler.grace_epochs must be in [1, train.epochs - 1] = [1, {cfg.train.epochs - 1}], "
+                          f"got {brief(s.grace_epochs)}")
+    if not s.reduction_factor > 1:
+        raise ConfigError(f"scheduler.reduction_factor must be > 1, got {brief(s.reduction_factor)}")
+    if cfg.repeats > 1:
+        raise ConfigError("scheduler moasha with repeats > 1: the earlier repeats would train in full before "
+                          "the first rung; use repeats: 1 or scheduler: {name: none}")
+
+
 def validate_search(cfg: SearchConfig) -> SearchConfig:
     if not NAME_PATTERN.fullmatch(cfg.name):
         raise ConfigError(f"name must be letters, digits, '_', '-', '.', got {brief(cfg.name)}")
@@ -182,6 +215,9 @@ def validate_search(cfg: SearchConfig) -> SearchConfig:
         check_uri(cfg.mlflow.tracking_uri, " (mlflow.tracking_uri)")
     if not isinstance(cfg.references, list) or any(r not in REFERENCES for r in cfg.references):
         raise ConfigError(f"references must be a list from {', '.join(REFERENCES)}, got {brief(cfg.references)}")
+    _validate_scheduler(cfg)
+    from esam.search.constraints import parse_all
+    parse_all(cfg.constraints, OBJECTIVE_METRICS, cfg.references)
     if cfg.train.optimizer.name != "esam":
         raise ConfigError(f"train.optimizer.name must be esam in a search, got {brief(cfg.train.optimizer.name)}")
     return cfg
@@ -199,6 +235,8 @@ def load_search_config(path: str | Path, overrides: list[str] | tuple[str, ...] 
         # "model: unknown model ..." names a field: qualify it (train.model); other messages get a "train:" prefix.
         message = str(err)
         raise ConfigError(f"train.{message}" if re.match(r"[A-Za-z_][\w.]*: ", message) else f"train: {message}") from None
+    if isinstance(values.get("scheduler"), str):  # `scheduler: moasha` is short for {name: moasha}
+        values["scheduler"] = {"name": values["scheduler"]}
     for key in ("space", "objectives"):
         if key in values and values[key] is None:
             raise ConfigError(f"{key} is empty")

@@ -25,7 +25,13 @@ def export_config(client, parent_run_id: str, rule: str, out: str | Path) -> dic
     """Write the front point chosen by `rule` (see esam.search.pareto.pick) to `out`; return the document."""
     search_config = tracking.search_config_of(client, parent_run_id)
     objectives = tracking.objectives_of(search_config)
-    trials = tracking.finished(tracking.search_rows(client, parent_run_id), "trial")
+    # only trials that ran all their epochs and meet the search's constraints (tracking.candidates)
+    constraints = tracking.constraints_of(search_config)
+    rows = tracking.search_rows(client, parent_run_id)
+    trials = tracking.candidates(rows, constraints)
+    if constraints and tracking.finished(rows, "trial") and not trials:
+        raise ConfigError(f"no trial of search {search_config['name']!r} meets its constraints "
+                          f"({'; '.join(c.text for c in constraints)}): nothing to export")
     try:
         index = pick(trials, objectives, rule)
     except ValueError as err:

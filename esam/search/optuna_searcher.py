@@ -23,6 +23,15 @@
   what the sampler proposed, and NSGA-II would keep breeding the same child; telling it the known
   values moves it on at no cost. The reuse counts against `trials` (the budget is proposals). A
   duplicate of a trial still running, or one that failed, is trained.
+- A trial the scheduler stopped early (its last result is before the last epoch) is told to
+  Optuna as PRUNED, with no values: Optuna 5 has no multi-objective pruning, but a PRUNED trial
+  is never on the study's front (`best_trials` and NSGA-II's population take COMPLETE trials
+  only; TPE ranks pruned trials below the complete ones), so its truncated accuracy cannot pose
+  as a result. Its metrics at the stop are kept as user attrs `partial_result` and
+  `stopped_at_epoch`. Telling the truncated values as COMPLETE (the default of Ray's searcher)
+  would put them on the sampler's front; FAIL would be a lie and discard the information.
+- A continued search may grow: `limits` (trials, concurrency, epochs), set by the running
+  search, override what the restored pickle holds.
 - The study names its objectives (`set_metric_names`: optuna-dashboard shows test_acc, not 0),
   and each trial carries its MLflow run id (user attr `mlflow_run_id`, from the driver's record
   writer once it created the run; absent when MLflow was away all the trial long) and its final
@@ -42,6 +51,8 @@ RAY_TRIAL_ATTR = "ray_trial_id"
 RUN_ATTR = "mlflow_run_id"  # the trial's MLflow child run
 RESULT_ATTR = "result"  # the trial's final metrics
 REUSE_ATTR = "reused_from"  # {"number", "run_id", "metrics"} of the finished trial this proposal repeats
+PARTIAL_ATTR = "partial_result"  # a stopped trial's metrics at its last epoch
+STOPPED_ATTR = "stopped_at_epoch"
 
 
 def _same(value) -> object:
@@ -64,6 +75,7 @@ def final_metrics(result: dict) -> dict:
 class ReconcilingOptunaSearch(OptunaSearch):
     storage_url: str | None = None  # set by the running search: where its study lives now
     records_key: tuple[str, str] | None = None  # (tracking URI, parent run id) of the running search
+    limits: tuple[int, int, int] | None = None  # (trials, concurrency, epochs) of the running search
 
     def __init__(self, *args, max_trials: int | None = None, **kwargs):
         super().__init__(*args, **kwargs)
@@ -164,17 +176,28 @@ class ReconcilingOptunaSearch(OptunaSearch):
                 return optuna.trial.Trial(self._ot_study, frozen._trial_id)
         return None
 
+    def _stopped_early(self, result: dict | None) -> bool:
+        epochs = (type(self).limits or (0, 0, 0))[2]
+        return bool(result) and epochs > 0 and int(result.get("epoch") or 0) < epochs
+
     def on_trial_complete(self, trial_id, result=None, error=False):
+        stopped = not error and self._stopped_early(result)
         if trial_id in self._ot_trials and trial_id not in self._completed_trials:
             self._attach_run(trial_id, wait_s=3.0)
-            if result and not error:
-                with contextlib.suppress(Exception):  # a trial the reconciliation already ended
-                    self._ot_trials[trial_id].set_user_attr(RESULT_ATTR, final_metrics(result))
-        super().on_trial_complete(trial_id, None if error else result, error)
+            ot_trial = self._ot_trials[trial_id]
+            with contextlib.suppress(Exception):  # a trial the reconciliation already ended
+                if stopped:
+                    ot_trial.set_user_attr(PARTIAL_ATTR, final_metrics(result))
+                    ot_trial.set_user_attr(STOPPED_ATTR, int(result.get("epoch") or 0))
+                elif result and not error:
+                    ot_trial.set_user_attr(RESULT_ATTR, final_metrics(result))
+        super().on_trial_complete(trial_id, None if error or stopped else result, error)
 
     def restore(self, checkpoint_path: str):
         import optuna
         super().restore(checkpoint_path)
+        if type(self).limits is not None:  # a search that grows, or runs more trials at once
+            self.max_trials, self.max_concurrent = type(self).limits[0], type(self).limits[1]
         url = type(self).storage_url
         if url and self._ot_study is not None:
             self._storage = optuna.storages.RDBStorage(url)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from esam.search.front_summary import front_summary
 from esam.search.pareto import PICKS, error_band, indistinguishable, pareto_front, pick
-from esam.search.tracking import finished, search_rows
+from esam.search.tracking import FEASIBLE_TAG, candidates, finished, search_rows
 
 DEFAULT_OBJECTIVES = [("test_acc", "max"), ("speed_vs_sgd", "max")]
 TABLE_COLUMNS = ("test_acc", "test_acc_se", "images_per_s", "speed_vs_sgd", "speed_vs_sgd_low", "speed_vs_sgd_high",
@@ -42,16 +42,16 @@ def axis_title(metric: str, mode: str) -> str:
     return AXIS_TITLES.get(metric, f"{metric} ({'higher' if mode == 'max' else 'lower'} is better)")
 
 
-def front_of(rows: list[dict], objectives: list[tuple[str, str]]) -> list[dict]:
-    """Finished ESAM trials on the front, sorted by the first objective (best first)."""
-    trials = finished(rows, "trial")
+def front_of(rows: list[dict], objectives: list[tuple[str, str]], constraints: list | tuple = ()) -> list[dict]:
+    """The front of the finished, feasible ESAM trials, sorted by the first objective (best first)."""
+    trials = candidates(rows, constraints)
     members = [trials[i] for i in pareto_front(trials, objectives)]
     metric, mode = objectives[0]
     return sorted(members, key=lambda r: r[metric], reverse=(mode == "max"))
 
 
-def best_configs(rows: list[dict], objectives: list[tuple[str, str]]) -> dict:
-    trials = finished(rows, "trial")
+def best_configs(rows: list[dict], objectives: list[tuple[str, str]], constraints: list | tuple = ()) -> dict:
+    trials = candidates(rows, constraints)
     picks = {}
     for rule in ("max-accuracy", "max-throughput", "knee"):
         try:
@@ -244,23 +244,46 @@ def _plot_png(path: Path, rows: list[dict], front: list[dict], objectives, summa
     plt.close(fig)
 
 
-def tag_front_and_write_artifacts(client, parent_run_id: str,
-                                  objectives: list[tuple[str, str]]) -> tuple[list[dict], list[dict], list[dict]]:
-    """Recompute the front from MLflow, tag each trial run pareto=true/false, (re)write the parent's
-    pareto/ artifacts. Returns (rows, front, references)."""
+def front_note(rows: list[dict], front: list[dict], constraints: list | tuple = ()) -> str:
+    """What the front is made of, in one line: the trials it chose from, and those it left out."""
+    trials = [r for r in rows if r.get("kind") == "trial"]
+    done = finished(rows, "trial")
+    stopped = sum(bool(r.get("stopped_early")) for r in trials)
+    line = (f"Pareto front (accuracy vs throughput): {len(front)} of {len(done)} ESAM trials that ran all "
+            f"their epochs")
+    if stopped:
+        line += f" ({stopped} stopped early by the scheduler: their metrics are from an earlier epoch, not on the front)"
+    if constraints:
+        feasible = candidates(rows, constraints)
+        rules = "; ".join(c.text for c in constraints)
+        if done and not feasible:
+            return line + f"; no trial meets the constraints ({rules}), so the front is empty"
+        line += f"; {len(done) - len(feasible)} miss the constraints ({rules})"
+    return line
+
+
+def tag_front_and_write_artifacts(client, parent_run_id: str, objectives: list[tuple[str, str]],
+                                  constraints: list | tuple = ()) -> tuple[list[dict], list[dict], list[dict]]:
+    """Recompute the front from MLflow, tag each trial run pareto=true/false (and feasible=true/false
+    under constraints), (re)write the parent's pareto/ artifacts. Returns (rows, front, references)."""
     rows = search_rows(client, parent_run_id)
-    front = front_of(rows, objectives)
+    front = front_of(rows, objectives, constraints)
     on_front = {r["run_id"] for r in front}
+    feasible = {r["run_id"] for r in candidates(rows, constraints)}
     for r in rows:
         if r["kind"] == "trial":
             client.set_tag(r["run_id"], "pareto", "true" if r["run_id"] in on_front else "false")
+            if constraints and r in finished(rows, "trial"):
+                client.set_tag(r["run_id"], FEASIBLE_TAG, "true" if r["run_id"] in feasible else "false")
     references = finished(rows, "reference")
-    picks = best_configs(rows, objectives)
+    picks = best_configs(rows, objectives, constraints)
     summary = front_summary(rows, objectives)
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
         (d / "pareto.csv").write_text(_csv(front))
         (d / "pareto.json").write_text(json.dumps({"objectives": objectives, "summary": summary, "front": front,
+                                                   "made_of": front_note(rows, front, constraints),
+                                                   "constraints": [c.text for c in constraints],
                                                    "references": references}, indent=2, default=str))
         (d / "best_configs.json").write_text(json.dumps(picks, indent=2, default=str))
         _plot_png(d / "pareto.png", rows, front, objectives, summary)
@@ -270,4 +293,4 @@ def tag_front_and_write_artifacts(client, parent_run_id: str,
     return rows, front, references
 
 
-__all__ = ["PICKS", "format_table", "front_of", "front_summary", "pareto_figure", "tag_front_and_write_artifacts"]
+__all__ = ["PICKS", "format_table", "front_note", "front_of", "front_summary", "pareto_figure", "tag_front_and_write_artifacts"]

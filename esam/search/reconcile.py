@@ -1,11 +1,11 @@
 """Make Ray's saved state, the Optuna study and the MLflow runs agree on every trial.
 
 Which store says what (see README, "failures the project survives"):
-- That a trial ended, and how (finished or failed), is decided by the first durable record of
-  it. Ray tells the searcher before its callbacks, so for ESAM trials the Optuna study speaks
+- That a trial ended, and how (finished, stopped early by the scheduler, or failed), is decided
+  by the first durable record of it. Ray tells the searcher before its callbacks, so for ESAM trials the Optuna study speaks
   first, then MLflow; for references (not in Optuna) MLflow. Ray's snapshot is written every
   few seconds and can lag, so it speaks last: it only says "finished" when the trial's last
-  result covers every epoch.
+  result covers every epoch, or (stopped early) when the scheduler's rung records say it stopped it.
 - What a trial measured (metric histories) is MLflow's; which trials exist is Ray's snapshot
   (trials it never saved are re-proposed: their MLflow runs are deleted, Optuna's trial is
   handed to the new Ray trial by the searcher).
@@ -15,7 +15,7 @@ Which store says what (see README, "failures the project survives"):
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from esam.search import ray_state
@@ -23,10 +23,10 @@ from esam.search import tracking
 from esam.errors import ConfigError
 from esam.search.optuna_searcher import RAY_TRIAL_ATTR
 
-FINISHED, FAILED = "finished", "failed"
-_OPTUNA = {"COMPLETE": FINISHED, "FAIL": FAILED}
+FINISHED, STOPPED, FAILED = "finished", "stopped", "failed"
+_OPTUNA = {"COMPLETE": FINISHED, "PRUNED": STOPPED, "FAIL": FAILED}
 _MLFLOW = {"FINISHED": FINISHED, "FAILED": FAILED}
-_RAY = {FINISHED: "TERMINATED", FAILED: "ERROR"}
+_RAY = {FINISHED: "TERMINATED", STOPPED: "TERMINATED", FAILED: "ERROR"}
 
 
 @dataclass
@@ -37,18 +37,27 @@ class Experiment:
     epochs: int  # a trial that reported this epoch has finished
     objectives: list[tuple[str, str]]
     study: object = None  # the Optuna study (ESAM trials only)
+    stopped: dict = field(default_factory=dict)  # trial id -> epoch: the scheduler's stop decisions
 
 
-def _verdict(saved: ray_state.SavedTrial, optuna_trial, run, epochs: int) -> str | None:
-    """finished | failed | None (unfinished: Ray resumes it)."""
+def _mlflow_verdict(run) -> str:
+    if run.info.status == "FINISHED" and run.data.tags.get(tracking.STOPPED_TAG) == "true":
+        return STOPPED
+    return _MLFLOW[run.info.status]
+
+
+def _verdict(saved: ray_state.SavedTrial, optuna_trial, run, epochs: int, stopped: dict) -> str | None:
+    """finished | stopped | failed | None (unfinished: Ray resumes it)."""
     if optuna_trial is not None and optuna_trial.state.name in _OPTUNA:
         return _OPTUNA[optuna_trial.state.name]
     if run is not None and run.info.status in _MLFLOW:
-        return _MLFLOW[run.info.status]
+        return _mlflow_verdict(run)
     if saved.status == "ERROR":
         return FAILED
     if saved.status == "TERMINATED" and saved.epoch >= epochs:
         return FINISHED
+    if saved.trial_id in stopped:  # the scheduler decided; the decision is final
+        return STOPPED
     return None
 
 
@@ -94,11 +103,13 @@ class _Reconciler:
     def _one(self, trial: ray_state.SavedTrial, stopping: bool) -> str | None:
         """Bring Optuna and MLflow in line; return Ray's corrected status, if it changes."""
         optuna_trial, run = self.optuna.get(trial.trial_id), self.runs.get(trial.trial_id)
-        verdict = _verdict(trial, optuna_trial, run, self.exp.epochs)
+        verdict = _verdict(trial, optuna_trial, run, self.exp.epochs, self.exp.stopped)
         if optuna_trial is not None and optuna_trial.state.name == "RUNNING" and verdict is not None:
             self._tell_optuna(optuna_trial, verdict, run, trial)
         if run is not None:
-            self._fix_run(run, verdict)
+            stop_epoch = self.exp.stopped.get(trial.trial_id) or (
+                optuna_trial.user_attrs.get("stopped_at_epoch") if optuna_trial is not None else None) or trial.epoch
+            self._fix_run(run, verdict, stop_epoch)
         if verdict is None:
             if trial.status in ray_state.TERMINAL:  # saved as ended, yet no store saw it end: run it again
                 self.changes["stopped trials Ray saved as ended, resumed"] += 1
@@ -113,12 +124,17 @@ class _Reconciler:
         import optuna
         values = _values(self.exp.objectives, run, trial) if verdict == FINISHED else None
         state = optuna.trial.TrialState.COMPLETE if values else optuna.trial.TrialState.FAIL
+        if verdict == STOPPED:
+            state = optuna.trial.TrialState.PRUNED
         self.exp.study.tell(optuna_trial.number, values, state=state)
         self.changes[f"Optuna trials left RUNNING set {state.name}"] += 1
 
-    def _fix_run(self, run, verdict: str | None) -> None:
+    def _fix_run(self, run, verdict: str | None, stop_epoch: int | None = None) -> None:
         run_id, status = run.info.run_id, run.info.status
-        if verdict == FINISHED and status != "FINISHED":
+        if verdict == STOPPED and (status != "FINISHED" or run.data.tags.get(tracking.STOPPED_TAG) != "true"):
+            tracking.end_trial_run(self.client, run_id, tags={tracking.STOPPED_TAG: "true",
+                                                              tracking.STOPPED_EPOCH_TAG: str(stop_epoch or "")})
+        elif verdict == FINISHED and status != "FINISHED":
             self.client.set_terminated(run_id, status="FINISHED")
         elif verdict == FAILED and status != "FAILED":
             if "error" not in run.data.tags:

@@ -21,17 +21,18 @@ from esam.config import to_dict
 from esam.errors import ConfigError, EsamError
 from esam.search.local_ray import init_ray
 from esam.search.pareto_report import format_table, tag_front_and_write_artifacts
-from esam.search.config import SearchConfig
+from esam.search.config import PAPER_SETTING, SearchConfig
 from esam.search.lock import SearchLock
 from esam.search.state import check_writable, read_state, storage_error_line, write_state
-from esam.search.startup import (check_ray_states, check_study, known_parent, reconcile_all, same_config,
-                                 settle_after_stop)
+from esam.search.startup import (check_growth, check_ray_states, check_study, known_parent, reconcile_all,
+                                 same_config, settle_after_stop)
 from esam.search.stop_signals import StopSignals
 from esam.search.store_lock import store_creation_lock
 
 # Ray snapshots its experiment every few seconds by default: a hard stop then loses which
 # trials exist. Two seconds keeps that window short at a negligible cost for small states.
 SNAPSHOT_PERIOD_S = "2"
+RUNGS_FILE = "moasha_rungs.json"  # under results_dir/<name>/: MO-ASHA's rung records, kept across restarts
 
 
 @dataclass
@@ -49,17 +50,74 @@ class SearchOutcome:
     summary: dict | None = None  # the parent run's summary metrics
 
 
-def _sampler(cfg: SearchConfig):
+def _sampler(cfg: SearchConfig, constraints_func=None):
+    """The configured Optuna sampler; `constraints_func` steers it away from infeasible settings."""
     import optuna
     s = cfg.sampler
+    steer = {"constraints_func": constraints_func} if constraints_func else {}
     if s.name == "nsga2":
         kwargs = {"population_size": s.population_size} if s.population_size else {}
-        return optuna.samplers.NSGAIISampler(seed=s.seed, **kwargs)
+        return optuna.samplers.NSGAIISampler(seed=s.seed, **kwargs, **steer)
     if s.name == "tpe":
-        return optuna.samplers.TPESampler(seed=s.seed)
+        return optuna.samplers.TPESampler(seed=s.seed, **steer)
     if s.name == "gp":
-        return optuna.samplers.GPSampler(seed=s.seed)
-    return optuna.samplers.RandomSampler(seed=s.seed)
+        return optuna.samplers.GPSampler(seed=s.seed, **steer)
+    return optuna.samplers.RandomSampler(seed=s.seed)  # random search ignores constraints
+
+
+def _warm_start(cfg: SearchConfig, storage) -> list[dict]:
+    """The paper's setting as the first proposal, for the searched fields whose range holds it.
+
+    Only for a new study: a continued search has proposed it already.
+    """
+    import optuna
+    if not cfg.warm_start or (cfg.name in optuna.study.get_all_study_names(storage)
+                              and optuna.load_study(study_name=cfg.name, storage=storage).get_trials(deepcopy=False)):
+        return []
+    point = {}
+    for name, p in cfg.space.items():
+        value = PAPER_SETTING.get(name)
+        if value is not None and (value in p.choices if p.choices is not None else p.low <= value <= p.high):
+            point[name] = value
+    return [point] if point else []
+
+
+def _scheduler(cfg: SearchConfig):
+    """Ray's scheduler for the ESAM trials: FIFO (every trial runs all its epochs) or MO-ASHA."""
+    if cfg.scheduler.name != "moasha":
+        return None
+    from esam.search.moasha import MOASHA
+    s = cfg.scheduler
+    return MOASHA(cfg.objective_pairs, grace_epochs=s.grace_epochs, reduction_factor=s.reduction_factor,
+                  max_epochs=cfg.train.epochs, rungs_file=cfg.directory / RUNGS_FILE)
+
+
+def _reference_results(cfg: SearchConfig) -> dict[str, dict]:
+    """{sgd|sam: final metrics} of the references that ran all their epochs (Ray's saved results)."""
+    saved = ray_state.read_trials(cfg.directory / "references") or []
+    return {t.config.get("optimizer"): t.last_result for t in saved
+            if t.status == "TERMINATED" and t.epoch >= cfg.train.epochs}
+
+
+def _grow(tuner, cfg: SearchConfig, scheduler, callbacks) -> None:
+    """A restored search experiment with this command's trials, concurrency, scheduler and callbacks.
+
+    Ray keeps the sample count in its saved search state and the rest in tuner.pkl; a search
+    that grows (more `trials`) continues the same experiment with the extra trials.
+    """
+    import ray.cloudpickle as cloudpickle
+    internal = tuner._local_tuner  # Ray offers no public way to change a restored experiment's TuneConfig
+    internal._tune_config.num_samples = cfg.trials
+    internal._tune_config.max_concurrent_trials = cfg.concurrency
+    internal._tune_config.scheduler = scheduler
+    internal._run_config.callbacks = callbacks
+    for path in sorted((cfg.directory / "search").glob("search_gen_state-*.json")):
+        state = cloudpickle.loads(path.read_bytes())
+        if state.get("total_samples") != cfg.trials:
+            state["total_samples"], state["finished"] = cfg.trials, False
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_bytes(cloudpickle.dumps(state))
+            os.replace(tmp, path)
 
 
 def _distributions(cfg: SearchConfig) -> dict:
@@ -80,7 +138,8 @@ def _optuna_storage(url: str):
         raise ConfigError(f"optuna_storage {url!r} cannot be opened: {str(err).splitlines()[0][:200]}") from None
 
 
-def _tuner(cfg: SearchConfig, experiment: str, param_space: dict, tune_config, callbacks, restore: bool):
+def _tuner(cfg: SearchConfig, experiment: str, param_space: dict, tune_config, callbacks, restore: bool,
+           refresh: Callable | None = None):
     from ray import tune
 
     from esam.search.trial import run_trial
@@ -92,8 +151,11 @@ def _tuner(cfg: SearchConfig, experiment: str, param_space: dict, tune_config, c
     path = cfg.directory / experiment
     if restore and tune.Tuner.can_restore(str(path)):
         try:
-            return tune.Tuner.restore(str(path), trainable, resume_unfinished=True, resume_errored=False,
-                                      restart_errored=False)
+            tuner = tune.Tuner.restore(str(path), trainable, resume_unfinished=True, resume_errored=False,
+                                       restart_errored=False)
+            if refresh is not None:
+                refresh(tuner)
+            return tuner
         except Exception as err:  # noqa: BLE001 - a damaged tuner.pkl or state: say which, no traceback
             raise ConfigError(f"Ray's experiment {path} cannot be restored ({type(err).__name__}: "
                               f"{str(err).strip()[:150]}); restore it, or remove {path} to run its trials "
@@ -122,11 +184,17 @@ def _fit(tuner, directory: Path, expected: int | None) -> None:
         raise KeyboardInterrupt
 
 
+def _ended_states() -> tuple:
+    import optuna
+    S = optuna.trial.TrialState
+    return (S.COMPLETE, S.FAIL, S.PRUNED)  # PRUNED: stopped early by the scheduler
+
+
 def _check_done(storage, cfg: SearchConfig) -> None:
     """The search is done when its study holds `trials` ended trials; else it was stopped."""
     import optuna
     study = optuna.load_study(study_name=cfg.name, storage=storage)
-    ended = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL))
+    ended = study.get_trials(deepcopy=False, states=_ended_states())
     if len(ended) < cfg.trials:
         raise KeyboardInterrupt
 
@@ -137,7 +205,7 @@ def _complete(cfg: SearchConfig, storage) -> bool:
     if cfg.name not in optuna.study.get_all_study_names(storage):
         return False
     study = optuna.load_study(study_name=cfg.name, storage=storage)
-    ended = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL))
+    ended = study.get_trials(deepcopy=False, states=_ended_states())
     if len(ended) < cfg.trials:
         return False
     for experiment, expected in (("references", len(cfg.references)), ("search", cfg.trials)):
@@ -200,7 +268,9 @@ def _run_search(cfg: SearchConfig, uri: str, client, *, address: str | None,
                 echo: Callable[[str], None]) -> SearchOutcome:
     from ray import tune
 
-    from esam.search.callbacks import MlflowTrialRuns, Progress
+    from esam.search.callbacks import FrontProgress, MlflowTrialRuns, Progress
+    from esam.search.config import OBJECTIVE_METRICS
+    from esam.search.constraints import OptunaConstraints, parse_all
     from esam.search.optuna_searcher import ReconcilingOptunaSearch
     from esam.search.trial_records import finish_records, open_records, retry
     from esam.search.trial import trial_label, trial_params
@@ -213,7 +283,9 @@ def _run_search(cfg: SearchConfig, uri: str, client, *, address: str | None,
     state = read_state(directory)
     if state and not same_config(state["config"], resolved):
         raise ConfigError(f"search {cfg.name!r} already exists in {directory} with a different config; "
-                          f"continue it unchanged, or give a new name (--set name=...)")
+                          f"continue it unchanged (only trials may grow and concurrency change), "
+                          f"or give a new name (--set name=...)")
+    added = check_growth(state["config"], cfg) if state else 0
     directory.mkdir(parents=True, exist_ok=True)
     parent = known_parent(client, state, uri) if state else None
     storage = _optuna_storage(cfg.optuna_url())
@@ -224,6 +296,8 @@ def _run_search(cfg: SearchConfig, uri: str, client, *, address: str | None,
     objectives = cfg.objective_pairs
     echo(f"search {cfg.name}: {cfg.trials} ESAM trials + references {cfg.references or 'none'}, "
          f"{cfg.concurrency} at a time; MLflow run {parent} at {uri}")
+    if added:
+        echo(f"search {cfg.name} grows by {added} trials (trials: {cfg.trials - added} -> {cfg.trials})")
 
     params_of = functools.partial(trial_params, resolved["train"]["optimizer"])
     open_records(uri, parent, directory, echo)  # trial records an outage kept go first
@@ -245,18 +319,30 @@ def _run_search(cfg: SearchConfig, uri: str, client, *, address: str | None,
                                           trial_dirname_creator=lambda t: f"{t.config['optimizer']}_{t.trial_id}")
             _fit(_tuner(cfg, "references", {"optimizer": tune.grid_search(list(cfg.references))},
                         tune_config, callbacks, restore=bool(state)), directory / "references", len(cfg.references))
+        constraints = parse_all(cfg.constraints, OBJECTIVE_METRICS, cfg.references)
+        references = _reference_results(cfg) if constraints and not complete else {}
+        for c in constraints:
+            if not complete:
+                c.bound(references)  # a constraint on a reference that did not finish: one line, now
+        steer = OptunaConstraints(constraints, references) if constraints else None
         searcher = ReconcilingOptunaSearch(
             space=_distributions(cfg), metric=[m for m, _ in objectives], mode=[d for _, d in objectives],
-            sampler=_sampler(cfg), study_name=cfg.name, storage=storage, max_trials=cfg.trials)
+            sampler=_sampler(cfg, steer), study_name=cfg.name, storage=storage, max_trials=cfg.trials,
+            points_to_evaluate=_warm_start(cfg, storage) or None)
         ReconcilingOptunaSearch.storage_url = cfg.optuna_url()
         ReconcilingOptunaSearch.records_key = (uri, parent)
-        tune_config = tune.TuneConfig(search_alg=searcher, num_samples=cfg.trials,
+        ReconcilingOptunaSearch.limits = (cfg.trials, cfg.concurrency, cfg.train.epochs)
+        scheduler = _scheduler(cfg)
+        tune_config = tune.TuneConfig(search_alg=searcher, num_samples=cfg.trials, scheduler=scheduler,
                                       max_concurrent_trials=cfg.concurrency,
                                       trial_dirname_creator=lambda t: f"esam_{t.trial_id}")
-        callbacks = [MlflowTrialRuns(uri, parent, "trial", trial_label, params_of),
-                     Progress("esam", cfg.trials, objectives, echo)]
+        callbacks = [MlflowTrialRuns(uri, parent, "trial", trial_label, params_of, full_epochs=cfg.train.epochs),
+                     Progress("esam", cfg.trials, objectives, echo, full_epochs=cfg.train.epochs),
+                     FrontProgress(uri, parent, objectives, cfg.train.epochs, constraints, references)]
         if not complete:
-            _fit(_tuner(cfg, "search", {}, tune_config, callbacks, restore=bool(state)), directory / "search", None)
+            refresh = functools.partial(_grow, cfg=cfg, scheduler=scheduler, callbacks=callbacks)
+            _fit(_tuner(cfg, "search", {}, tune_config, callbacks, restore=bool(state), refresh=refresh),
+                 directory / "search", None)
         _check_done(storage, cfg)
         finish_records(uri, parent, wait=True)  # every trial's record is in MLflow before the parent ends
         retry(lambda: client.set_terminated(parent, status="FINISHED"), "the search run's status", echo=echo)
@@ -272,10 +358,11 @@ def _run_search(cfg: SearchConfig, uri: str, client, *, address: str | None,
         if status != "FINISHED":
             with contextlib.suppress(Exception):  # MLflow may be away; the next run reopens the parent
                 client.set_terminated(parent, status=status)
-    rows, front, references = retry(lambda: tag_front_and_write_artifacts(client, parent, objectives), "the Pareto artifacts",
-                                    echo=echo)
-    summary = retry(lambda: tracking.summarize_parent(client, parent, rows, front, references, objectives),
-                    "the search run's summary", echo=echo)
+    constraints = parse_all(cfg.constraints, OBJECTIVE_METRICS, cfg.references)
+    rows, front, references = retry(lambda: tag_front_and_write_artifacts(client, parent, objectives, constraints),
+                                    "the Pareto artifacts", echo=echo)
+    summary = retry(lambda: tracking.summarize_parent(client, parent, rows, front, references, objectives,
+                                                      constraints), "the search run's summary", echo=echo)
     table = format_table(front, references)
     exp_id = client.get_run(parent).info.experiment_id
     url, serve = tracking.runs_url(uri, exp_id)

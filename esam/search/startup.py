@@ -36,11 +36,26 @@ def _with_defaults(saved: dict) -> dict:
     return to_dict(cfg)
 
 
+# What a search may change when it continues: where MLflow lives (a moved store may be named
+# again), how many trials run at once, and how many trials it has (it grows; see check_growth).
+_MAY_CHANGE = ("trials", "concurrency")
+
+
 def same_config(saved: dict, resolved: dict) -> bool:
-    """Configs match except for where MLflow lives (a moved store may be named again)."""
+    """Configs match except for what a continued search may change (_MAY_CHANGE, the MLflow URI)."""
     def what(c: dict) -> dict:
-        return {**c, "mlflow": {**c.get("mlflow", {}), "tracking_uri": None}}
+        kept = {k: v for k, v in c.items() if k not in _MAY_CHANGE}
+        return {**kept, "mlflow": {**c.get("mlflow", {}), "tracking_uri": None}}
     return what(_with_defaults(saved)) == what(resolved)
+
+
+def check_growth(saved: dict, cfg: SearchConfig) -> int:
+    """The trials a continued search adds (0 or more); a lowered `trials` is refused in one line."""
+    before = int(saved.get("trials", cfg.trials))
+    if cfg.trials < before:
+        raise ConfigError(f"search {cfg.name!r} has trials: {before}; a search can grow but not shrink "
+                          f"(--set trials={before} or more, or give a new name)")
+    return cfg.trials - before
 
 
 def _has_run(client, run_id: str) -> bool:
@@ -87,6 +102,20 @@ def check_ray_states(cfg: SearchConfig) -> None:
         ray_state.read_trials(cfg.directory / experiment)
 
 
+def _scheduler_stops(cfg: SearchConfig) -> dict[str, int]:
+    """{trial id: epoch} of the trials MO-ASHA stopped, from its rung records (none without it)."""
+    if cfg.scheduler.name != "moasha":
+        return {}
+    from esam.search.moasha import MOASHA
+    from esam.search.runner import RUNGS_FILE
+    path = cfg.directory / RUNGS_FILE
+    if not path.is_file():
+        return {}
+    scheduler = MOASHA(cfg.objective_pairs, cfg.scheduler.grace_epochs, cfg.scheduler.reduction_factor,
+                       cfg.train.epochs, rungs_file=path)
+    return dict(scheduler.stopped)
+
+
 def _experiments(cfg: SearchConfig, storage) -> list[Experiment]:
     import optuna
     objectives = cfg.objective_pairs
@@ -94,7 +123,8 @@ def _experiments(cfg: SearchConfig, storage) -> list[Experiment]:
     study = None
     if cfg.name in optuna.study.get_all_study_names(storage):
         study = optuna.load_study(study_name=cfg.name, storage=storage)
-    exps.append(Experiment(cfg.directory / "search", "trial", cfg.train.epochs, objectives, study))
+    exps.append(Experiment(cfg.directory / "search", "trial", cfg.train.epochs, objectives, study,
+                           _scheduler_stops(cfg)))
     return exps
 
 

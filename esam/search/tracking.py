@@ -23,6 +23,10 @@ PARENT_TAG = "mlflow.parentRunId"
 SEARCH_TAG = "esam.search"
 KIND_TAG = "esam.kind"  # search (parent), trial (Optuna's ESAM trials), reference (sgd/sam)
 REUSED_TAG = "esam.reused_from"  # on a trial that repeated a finished trial's settings: that trial's run id
+STOPPED_TAG = "esam.stopped_early"  # "true" on a trial the scheduler stopped before its last epoch
+STOPPED_EPOCH_TAG = "esam.stopped_at_epoch"  # the last epoch such a trial trained
+FEASIBLE_TAG = "esam.feasible"  # "true"/"false" on a trial of a search with constraints
+HYPERVOLUME_SERIES = "front_hypervolume"  # the parent run's series: the front's hypervolume after each ended trial
 NOTE_TAG = "mlflow.note.content"  # a run's description in the MLflow UI (markdown)
 # MLflow 3 opens an experiment on its GenAI overview unless the experiment's kind says otherwise
 # (mlflow/server/js: ExperimentKind.CUSTOM_MODEL_DEVELOPMENT); with this kind it opens on the runs.
@@ -273,10 +277,18 @@ def log_epoch(client, run_id: str, metrics: dict, step: int, timestamp_ms: int |
     client.log_batch(run_id, metrics=batch)
 
 
-def end_trial_run(client, run_id: str, error: str | None = None) -> None:
+def end_trial_run(client, run_id: str, error: str | None = None, tags: dict | None = None) -> None:
+    for key, value in (tags or {}).items():
+        client.set_tag(run_id, key, value)
     if error is not None:
         client.set_tag(run_id, "error", error[:5000])
     client.set_terminated(run_id, status="FAILED" if error is not None else "FINISHED")
+
+
+def log_search_metrics(client, parent_run_id: str, metrics: dict, step: int, timestamp_ms: int) -> None:
+    """Metric points on the search's parent run (e.g. the front's hypervolume after each trial)."""
+    from mlflow.entities import Metric
+    client.log_batch(parent_run_id, metrics=[Metric(k, float(v), timestamp_ms, step) for k, v in metrics.items()])
 
 
 def trial_runs(client, parent_run_id: str) -> list:
@@ -299,13 +311,35 @@ def search_rows(client, parent_run_id: str) -> list[dict]:
 
 
 def finished(rows: list[dict], kind: str | None = None) -> list[dict]:
-    """The rows of runs that ended normally (FINISHED), optionally only one kind: trial | reference.
+    """The rows of runs that ran to their last epoch (FINISHED), optionally only one kind: trial | reference.
 
-    A trial that reused a finished trial's result (same settings, see optuna_searcher.py) is left
-    out: it is the same point, and the front, plots and picks show it once.
+    Left out: a trial the scheduler stopped early (its metrics are from an earlier epoch, so it
+    is no point of the front), and a trial that reused a finished trial's result (same settings,
+    see optuna_searcher.py: it is the same point, and the front, plots and picks show it once).
     """
     return [r for r in rows if r.get("status") == "FINISHED" and (kind is None or r.get("kind") == kind)
-            and not r.get("reused_from")]
+            and not r.get("reused_from") and not r.get("stopped_early")]
+
+
+def candidates(rows: list[dict], constraints: list | tuple = ()) -> list[dict]:
+    """The trials the front, the picks and the export choose from: finished, and feasible.
+
+    `constraints` (esam.search.constraints.Constraint) are judged against the reference rows.
+    """
+    from esam.search.constraints import is_feasible, reference_values
+    trials = finished(rows, "trial")
+    if not constraints:
+        return trials
+    references = reference_values(rows)
+    return [r for r in trials if is_feasible(list(constraints), r, references)]
+
+
+def constraints_of(search_config: dict) -> list:
+    """The parsed constraints of a stored search config (none for a search made before they existed)."""
+    from esam.search.config import OBJECTIVE_METRICS
+    from esam.search.constraints import parse_all
+    return parse_all(search_config.get("constraints") or [], OBJECTIVE_METRICS,
+                     search_config.get("references") or [])
 
 
 def search_config_of(client, parent_run_id: str) -> dict:
@@ -356,6 +390,8 @@ def run_summary(run) -> dict:
            "kind": run.data.tags.get(KIND_TAG, "")}
     if REUSED_TAG in run.data.tags:
         row["reused_from"] = run.data.tags[REUSED_TAG] or "unknown"
+    if run.data.tags.get(STOPPED_TAG) == "true":
+        row["stopped_early"] = _maybe_number(run.data.tags.get(STOPPED_EPOCH_TAG, "true"))
     row.update({k: _maybe_number(v) for k, v in run.data.params.items()})
     row.update(run.data.metrics)
     return row
@@ -366,28 +402,6 @@ def _maybe_number(value: str) -> Any:
         return json.loads(value)
     except (ValueError, TypeError):
         return value
-
-
-def hypervolume(rows: list[dict], objectives: list[tuple[str, str]]) -> tuple[float, dict[str, float]]:
-    """The area the finished ESAM trials dominate in the two objectives, and its reference point.
-
-    Reference point: 0 for a maximized objective (0 % accuracy, 0 x SGD's speed: fixed, so
-    searches with the same objectives compare), the worst finished trial's value for a
-    minimized one (it has no natural zero). Units: the product of the objectives' units.
-    """
-    trials = [r for r in finished(rows, "trial")
-              if all(isinstance(r.get(m), (int, float)) and r[m] == r[m] for m, _ in objectives)]
-    reference = {m: 0.0 if mode == "max" else max((float(r[m]) for r in trials), default=0.0)
-                 for m, mode in objectives}
-    gains = [tuple((r[m] - reference[m]) if mode == "max" else (reference[m] - r[m]) for m, mode in objectives)
-             for r in trials]
-    gains = sorted((g for g in gains if all(x >= 0 for x in g)), reverse=True)
-    area, top = 0.0, 0.0
-    for first, second in gains:  # first descending: each point adds the strip above the best second so far
-        if second > top:
-            area += first * (second - top)
-            top = second
-    return area, reference
 
 
 def _markdown_table(front: list[dict], references: list[dict], objectives: list[tuple[str, str]]) -> str:
@@ -417,25 +431,34 @@ def _front_sentence(rows: list[dict], objectives: list[tuple[str, str]]) -> str:
 
 
 def summarize_parent(client, parent_run_id: str, rows: list[dict], front: list[dict], references: list[dict],
-                     objectives: list[tuple[str, str]]) -> dict[str, float]:
+                     objectives: list[tuple[str, str]], constraints: list | tuple = ()) -> dict[str, float]:
     """The parent run's summary metrics and description (the front as a table, and what it says)."""
     from mlflow.entities import Metric, RunTag
+
+    from esam.search.hypervolume import hypervolume
     trials = [r for r in rows if r["kind"] == "trial"]
     done = finished(rows, "trial")
+    feasible = candidates(rows, constraints)
     metrics: dict[str, float] = {}
     for m, mode in objectives:
-        values = [float(r[m]) for r in done if isinstance(r.get(m), (int, float)) and r[m] == r[m]]
+        values = [float(r[m]) for r in feasible if isinstance(r.get(m), (int, float)) and r[m] == r[m]]
         if values:
             metrics[f"best_{m}"] = max(values) if mode == "max" else min(values)
-    area, reference = hypervolume(rows, objectives)
+    area, reference = hypervolume(feasible, objectives)
     metrics.update(front_size=float(len(front)), hypervolume=area, finished_trials=float(len(done)),
                    failed_trials=float(sum(r["status"] == "FAILED" for r in trials)),
-                   reused_trials=float(sum(bool(r.get("reused_from")) for r in trials)))
+                   reused_trials=float(sum(bool(r.get("reused_from")) for r in trials)),
+                   stopped_trials=float(sum(bool(r.get("stopped_early")) for r in trials)))
+    if constraints:
+        metrics["infeasible_trials"] = float(len(done) - len(feasible))
     point = ", ".join(f"{m} {v:g}" for m, v in reference.items())
     sentence = _front_sentence(rows, objectives)
-    note = (f"**ESAM search**: {len(done)} finished ESAM trials ({int(metrics['failed_trials'])} failed, "
-            f"{int(metrics['reused_trials'])} reused an earlier trial's result), {len(front)} on the Pareto front; "
-            f"hypervolume {area:.4g} over the reference point ({point}).\n\n"
+    stopped = f", {int(metrics['stopped_trials'])} stopped early" if metrics["stopped_trials"] else ""
+    infeasible = (f"; {int(metrics['infeasible_trials'])} of them miss the constraints "
+                  f"({'; '.join(c.text for c in constraints)})" if constraints else "")
+    note = (f"**ESAM search**: {len(done)} ESAM trials ran all their epochs ({int(metrics['failed_trials'])} failed, "
+            f"{int(metrics['reused_trials'])} reused an earlier trial's result{stopped}){infeasible}; "
+            f"{len(front)} on the Pareto front; hypervolume {area:.4g} over the reference point ({point}).\n\n"
             + (sentence + "\n\n" if sentence else "")
             + "Pareto front, then the references:\n\n" + _markdown_table(front, references, objectives))
     now = int(time.time() * 1000)

@@ -1,7 +1,8 @@
 """The driver's MLflow writes for trial runs, kept in a RecordBuffer while the server is away.
 
 Records (plain dicts, in order): {"op": "start", trial_id, name, kind, params},
-{"op": "metrics", trial_id, step, timestamp, metrics} and {"op": "end", trial_id, error}.
+{"op": "metrics", trial_id, step, timestamp, metrics}, {"op": "end", trial_id, error, tags} and
+{"op": "search_metrics", trial_id: "", step, timestamp, metrics} (a point on the parent run).
 Each is idempotent, so a retry after a lost answer, or a replay of the spill file by the next
 run of the same search, neither duplicates a run nor a metric point.
 
@@ -53,6 +54,10 @@ class TrialRunWriter:
 
     def _write(self, record: dict) -> None:
         op, trial_id = record["op"], record["trial_id"]
+        if op == "search_metrics":
+            tracking.log_search_metrics(self.client, self.parent_run_id, record["metrics"], record["step"],
+                                        record["timestamp"])
+            return
         if op == "start":
             self._runs[trial_id] = tracking.start_trial_run(self.client, self.parent_run_id, record["name"],
                                                             record["kind"], record["params"], trial_id,
@@ -65,7 +70,7 @@ class TrialRunWriter:
         if op == "metrics":
             tracking.log_epoch(self.client, run_id, record["metrics"], record["step"], record["timestamp"])
         elif op == "end":
-            tracking.end_trial_run(self.client, run_id, error=record.get("error"))
+            tracking.end_trial_run(self.client, run_id, error=record.get("error"), tags=record.get("tags"))
         else:
             raise Rejected(f"unknown record {op!r}")
 

@@ -1,0 +1,148 @@
+"""Early stopping, constraints, growth and warm start in a real search (Ray, Optuna, MLflow on SQLite).
+
+One search of 6 ESAM trials over 3 epochs under MO-ASHA (rung at epoch 1, reduction factor 3)
+with a constraint, then grown to 8 trials; one more search whose constraint no trial can meet.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+
+import optuna
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from conftest import search_in, small_search
+from esam.cli import main
+from esam.search import tracking
+from esam.search.config import OBJECTIVE_METRICS, PAPER_SETTING
+from esam.search.constraints import is_feasible, parse_all, reference_values
+from esam.search.moasha import MOASHA
+from esam.search.runner import RUNGS_FILE
+
+pytestmark = pytest.mark.slow
+CONSTRAINT = "speed_vs_sgd >= 0.9 * sam"
+OBJECTIVES = [("test_acc", "max"), ("speed_vs_sgd", "max")]
+
+
+def _trials(client, parent: str) -> list:
+    return [r for r in tracking.trial_runs(client, parent) if r.data.tags.get(tracking.KIND_TAG) == "trial"]
+
+
+@pytest.fixture(scope="module")
+def grown(tmp_path_factory):
+    d = tmp_path_factory.mktemp("scheduled")
+    path = small_search(d, "sched", trials=6, concurrency=2, references=("sgd", "sam"), epochs=3,
+                        scheduler={"name": "moasha", "grace_epochs": 1, "reduction_factor": 3},
+                        constraints=[CONSTRAINT])
+    first = search_in(d, path)
+    client = MlflowClient(f"sqlite:///{d / 'mlflow.db'}")
+    parent = tracking.find_parent_run(client, "esam", "sched")
+    before = {r.data.tags["trial_id"]: r.info.start_time for r in _trials(client, parent)}
+    config = yaml.safe_load(path.read_text())
+    config.update(trials=8, concurrency=1)
+    path.write_text(yaml.safe_dump(config))
+    second = search_in(d, path)
+    return d, client, parent, first, second, before
+
+
+def test_stopped_trials_are_recorded_as_stopped_and_kept_off_the_front(grown):
+    d, client, parent, first, _, _ = grown
+    runs = _trials(client, parent)
+    stopped = [r for r in runs if r.data.tags.get(tracking.STOPPED_TAG) == "true"]
+    assert stopped, "MO-ASHA stopped no trial at its rung"
+    study = optuna.load_study(study_name="sched", storage=f"sqlite:///{d / 'esam_results/sched/optuna.db'}")
+    by_ray_id = {t.user_attrs["ray_trial_id"]: t for t in study.trials}
+    scheduler = MOASHA(OBJECTIVES, 1, 3, 3, rungs_file=d / "esam_results/sched" / RUNGS_FILE)
+    for r in runs:
+        trial = by_ray_id[r.data.tags["trial_id"]]
+        if r in stopped:
+            assert r.info.status == "FINISHED" and r.data.tags[tracking.STOPPED_EPOCH_TAG] == "1"
+            assert trial.state == optuna.trial.TrialState.PRUNED and trial.values is None
+            assert trial.user_attrs["stopped_at_epoch"] == 1
+            assert r.data.tags["trial_id"] in scheduler.stopped
+            assert r.data.tags["pareto"] == "false"
+        else:
+            assert trial.state == optuna.trial.TrialState.COMPLETE
+            assert len(client.get_metric_history(r.info.run_id, "test_acc")) == 3
+    assert all(t.state != optuna.trial.TrialState.PRUNED for t in study.best_trials)
+    assert "stopped early by the scheduler" in first
+
+
+def test_the_front_holds_only_complete_feasible_trials_and_constraints_are_tagged(grown):
+    _, client, parent, _, _, _ = grown
+    rows = tracking.search_rows(client, parent)
+    constraints = parse_all([CONSTRAINT], OBJECTIVE_METRICS, ["sgd", "sam"])
+    references = reference_values(rows)
+    assert set(references) == {"sgd", "sam"}
+    for r in tracking.finished(rows, "trial"):
+        run = client.get_run(r["run_id"])
+        feasible = is_feasible(constraints, r, references)
+        assert run.data.tags[tracking.FEASIBLE_TAG] == str(feasible).lower()
+        if run.data.tags["pareto"] == "true":
+            assert feasible and not r.get("stopped_early")
+
+
+def test_the_first_proposal_is_the_papers_setting(grown):
+    d = grown[0]
+    study = optuna.load_study(study_name="sched", storage=f"sqlite:///{d / 'esam_results/sched/optuna.db'}")
+    first = min(study.trials, key=lambda t: t.number)
+    assert first.params == {k: PAPER_SETTING[k] for k in first.params}
+    assert set(first.params) == {"rho", "beta", "gamma", "score"}
+
+
+def test_raising_trials_runs_exactly_the_extra_trials(grown):
+    d, client, parent, _, second, before = grown
+    runs = _trials(client, parent)
+    assert len(runs) == 8 and len({r.data.tags["trial_id"] for r in runs}) == 8
+    after = {r.data.tags["trial_id"]: r.info.start_time for r in runs}
+    assert all(after[t] == start for t, start in before.items())  # the first six did not run again
+    study = optuna.load_study(study_name="sched", storage=f"sqlite:///{d / 'esam_results/sched/optuna.db'}")
+    assert len(study.trials) == 8 and all(t.state.is_finished() for t in study.trials)
+    assert "grows by 2 trials" in second
+
+
+def test_the_hypervolume_series_rises_trial_by_trial(grown):
+    _, client, parent, _, _, _ = grown
+    history = sorted(client.get_metric_history(parent, tracking.HYPERVOLUME_SERIES), key=lambda m: m.step)
+    assert [m.step for m in history] == list(range(1, 9))
+    values = [m.value for m in history]
+    assert values == sorted(values) and values[-1] > 0
+    final = client.get_run(parent).data.metrics
+    assert final["hypervolume"] == pytest.approx(values[-1])
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["pareto", "sched", "--tracking-uri", client.tracking_uri]) == 0
+    assert "after each ended trial: 1:" in out.getvalue()
+
+
+def test_another_change_than_trials_is_still_refused(grown, capsys):
+    d = grown[0]
+    path = d / "sched.yaml"
+    config = yaml.safe_load(path.read_text())
+    config["scheduler"]["reduction_factor"] = 2
+    path.write_text(yaml.safe_dump(config))
+    with contextlib.chdir(d):
+        assert main(["search", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "different config" in err[0]
+    config["scheduler"]["reduction_factor"] = 3
+    config["trials"] = 7
+    path.write_text(yaml.safe_dump(config))
+    with contextlib.chdir(d):
+        assert main(["search", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "can grow but not shrink" in err[0]
+
+
+def test_a_search_no_trial_can_satisfy_says_so(tmp_path, capsys):
+    path = small_search(tmp_path, "never", trials=2, references=("sgd",), constraints=["test_acc >= 101"])
+    out = search_in(tmp_path, path)
+    assert "no trial meets the constraints (test_acc >= 101), so the front is empty" in out
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    capsys.readouterr()
+    assert main(["export", "never", "--tracking-uri", uri, "--out", str(tmp_path / "x.yaml")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "meets its constraints" in err[0]
+    assert not (tmp_path / "x.yaml").exists()
