@@ -19,7 +19,7 @@ import yaml
 from esam.errors import ConfigError
 from esam.models import MODELS
 from esam.optim import OPTIMIZERS
-from esam.optim.cost import SCORES
+from esam.optim.cost import SCORES, SHARPNESS
 from esam.optim.sam import BN_UPDATES
 
 
@@ -56,7 +56,7 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 
 @dataclass(frozen=True)
 class OptimizerConfig:
-    name: str = "esam"  # sgd | sam | esam
+    name: str = "esam"  # sgd | sam | esam | looksam | rst | aesam
     lr: float = 0.05  # peak learning rate of the base SGD
     momentum: float = 0.9  # SGD momentum
     weight_decay: float = 5e-4  # inside SGD, as in the authors' code
@@ -69,6 +69,13 @@ class OptimizerConfig:
     bn_update: str = "all"  # BatchNorm stats: all forwards update (authors) | clean: only the clean pass
     max_grad_norm: float | None = None  # clip the descent gradient to this norm (None: no clipping)
     swp_patterns: int | None = None  # ESAM SWP: reuse a pool of N masks (for cuda_graphs/compile; None: fresh each step)
+    sharpness: str = "sam"  # looksam, rst, aesam: a sharpness step is SAM's (sam) or ESAM's (esam: beta, gamma, score)
+    looksam_k: int = 5  # LookSAM: a sharpness step every k steps, one pass reusing its orthogonal part in between
+    looksam_alpha: float = 0.7  # LookSAM: weight of the reused orthogonal part, scaled to the gradient's norm
+    rst_p: float = 0.5  # RST: probability that a step is a sharpness step (a seeded draw)
+    aesam_c_start: float = 1.0  # AE-SAM: sharpen when the squared gradient norm >= its running mean + c std; c at step 0
+    aesam_c_end: float = -1.0  # AE-SAM: c at the last step, linear in between (without total_steps: their mean throughout)
+    aesam_momentum: float = 0.9  # AE-SAM: momentum (delta) of that running mean and variance
 
 
 @dataclass(frozen=True)
@@ -292,6 +299,7 @@ _CHOICES = {
     "precision": ("auto", "fp32", "bf16"),
     "optimizer.score": SCORES,
     "optimizer.bn_update": BN_UPDATES,
+    "optimizer.sharpness": SHARPNESS,
     "compile_mode": COMPILE_MODES,
 }
 
@@ -331,6 +339,14 @@ def validate(config: TrainConfig) -> TrainConfig:
     for path in ("optimizer.beta", "optimizer.gamma"):
         if not 0.0 < get(path) <= 1.0:
             raise ConfigError(f"{path} must be in (0, 1], got {brief(get(path))}")
+    if config.optimizer.looksam_k < 1:
+        raise ConfigError(f"optimizer.looksam_k must be >= 1, got {brief(config.optimizer.looksam_k)}")
+    if config.optimizer.looksam_alpha < 0:
+        raise ConfigError(f"optimizer.looksam_alpha must be >= 0, got {brief(config.optimizer.looksam_alpha)}")
+    if not 0.0 <= config.optimizer.rst_p <= 1.0:
+        raise ConfigError(f"optimizer.rst_p must be in [0, 1], got {brief(config.optimizer.rst_p)}")
+    if not 0.0 <= config.optimizer.aesam_momentum < 1.0:
+        raise ConfigError(f"optimizer.aesam_momentum must be in [0, 1), got {brief(config.optimizer.aesam_momentum)}")
     for path in ("label_smoothing", "data.cutout_prob"):
         if not 0.0 <= get(path) <= 1.0:
             raise ConfigError(f"{path} must be in [0, 1], got {brief(get(path))}")

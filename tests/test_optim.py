@@ -53,7 +53,7 @@ def test_loss_falls(name):
 
 def test_unknown_name_lists_valid_ones():
     model = make_cnn()
-    with pytest.raises(ValueError, match="esam, sam, sgd"):
+    with pytest.raises(ValueError, match="aesam, esam, looksam, rst, sam, sgd"):
         make("adam", model)
     with pytest.raises(ValueError, match="rho"):
         make("sgd", model, rho=0.1)

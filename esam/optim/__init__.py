@@ -1,4 +1,7 @@
-"""Step-closure optimizers: Plain (SGD's cost), SAM / ASAM, ESAM (SWP + SDS), and their cost report.
+"""Step-closure optimizers: Plain (SGD's cost), SAM / ASAM, ESAM (SWP + SDS), LookSAM, RST, AE-SAM, their cost report.
+
+LookSAM, RST and AESAM take a sharpness step (SAM's, or ESAM's with sharpness="esam") on some steps
+and one pass on the others (esam/optim/skipping.py).
 
     base = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
     opt = ESAM(model.parameters(), base, rho=0.05, beta=0.6, gamma=0.5, model=model, seed=0)
@@ -6,11 +9,14 @@
                                                       y if idx is None else y[idx], reduction="none"))
     opt.last_cost.relative_cost  # cost-model units / SGD's
 """
+from .aesam import AESAM
 from .cost import StepCost, predicted_relative_cost, subset_size
 from .esam import ESAM
 from .factory import OPTIMIZERS, build_optimizer, register_optimizer
+from .looksam import LookSAM
 from .plain import Plain
+from .rst import RST
 from .sam import SAM
 
-__all__ = ["ESAM", "OPTIMIZERS", "Plain", "SAM", "StepCost", "build_optimizer", "predicted_relative_cost",
-           "register_optimizer", "subset_size"]
+__all__ = ["AESAM", "ESAM", "OPTIMIZERS", "RST", "SAM", "LookSAM", "Plain", "StepCost", "build_optimizer",
+           "predicted_relative_cost", "register_optimizer", "subset_size"]

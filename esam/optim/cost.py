@@ -8,6 +8,9 @@ pass runs on k = ceil(gamma * B) samples (3 per sample). `relative_cost` divides
 
     SGD 1.0    SAM 2.0    ESAM ((2 + f) B + [loss_rise] B + 3 k) / (3 B)
 
+LookSAM, RST and AE-SAM take a whole sharpness step (SAM's or ESAM's) on some steps and one pass
+(1.0) on the others, so their cost varies from step to step; each step reports what it ran.
+
 Every number is known on the host from shapes, so reporting it never waits for the device.
 """
 from __future__ import annotations
@@ -16,6 +19,8 @@ import math
 from dataclasses import dataclass
 
 SCORES = ("loss_rise", "clean_loss")  # SDS rules: the paper's, and the cheap one (no extra forward)
+SHARPNESS = ("sam", "esam")  # how LookSAM, RST and AE-SAM take a sharpness step
+SKIPPING = ("looksam", "rst", "aesam")  # methods that take a sharpness step on some steps only
 
 
 def subset_size(gamma: float, batch_size: int) -> int:
@@ -58,20 +63,67 @@ class StepCost:
 
 
 def predicted_relative_cost(method: str, beta: float = 1.0, gamma: float = 1.0, score: str = "loss_rise",
-                            batch_size: int | None = None) -> float:
+                            batch_size: int | None = None, *, sharpness: str = "sam", looksam_k: int = 5,
+                            rst_p: float = 0.5, aesam_c_start: float = 1.0, aesam_c_end: float = -1.0) -> float:
     """The cost model's step cost relative to SGD, before running anything.
 
     method: sgd (or plain) 1.0, sam 2.0, esam (2 + beta + [score == loss_rise and gamma < 1] + 3 gamma) / 3,
     with gamma replaced by ceil(gamma * B) / B when batch_size is given. esam at beta 0.6 and gamma 0.5 is
     1.7 (paper rule) or about 1.37 (clean_loss rule): SAM's throughput times 1.18 or 1.46 at best.
+
+    looksam, rst, aesam: a sharpness step of cost S (sharpness "sam": 2; "esam": ESAM's, from beta, gamma,
+    score) on a share q of the steps, one pass on the rest: q S + (1 - q). LookSAM q = 1 / k (k = 5 with
+    SAM: 1.2, SAM's throughput times 1.67); RST q = p (p = 0.5: 1.5, times 1.33); AE-SAM's first pass
+    computes every weight gradient (SWP saves nothing there, so S uses beta = 1) and q is the expected
+    share of sharpness steps if ||g||^2 were Gaussian about its running mean (see aesam_sharp_fraction:
+    0.5 for the paper's c from 1 to -1).
     """
     method = method.lower()
     if method in ("sgd", "plain"):
         return 1.0
     if method == "sam":
         return 2.0
-    if method != "esam":
-        raise ValueError(f"unknown method {method!r} (valid: sgd, plain, sam, esam)")
+    if method == "esam":
+        return _esam_cost(beta, gamma, score, batch_size)
+    if method not in SKIPPING:
+        raise ValueError(f"unknown method {method!r} (valid: sgd, plain, sam, esam, {', '.join(SKIPPING)})")
+    if sharpness not in SHARPNESS:
+        raise ValueError(f"unknown sharpness {sharpness!r} (valid: {', '.join(SHARPNESS)})")
+    full_ascent = method == "aesam"  # its first pass may become the base step: no tensor is left out of it
+    sharp = 2.0 if sharpness == "sam" else _esam_cost(1.0 if full_ascent else beta, gamma, score, batch_size)
+    if method == "looksam":
+        if isinstance(looksam_k, bool) or not isinstance(looksam_k, int) or looksam_k < 1:
+            raise ValueError(f"looksam_k must be a positive integer, got {looksam_k!r}")
+        share = 1 / looksam_k
+    elif method == "rst":
+        if not 0 <= rst_p <= 1:
+            raise ValueError(f"rst_p must be in [0, 1], got {rst_p}")
+        share = rst_p
+    else:
+        share = aesam_sharp_fraction(aesam_c_start, aesam_c_end)
+    return share * sharp + (1 - share)
+
+
+def aesam_sharp_fraction(c_start: float, c_end: float) -> float:
+    """AE-SAM's expected share of sharpness steps when c moves linearly from c_start to c_end.
+
+    The test ||g||^2 >= mu + c sigma passes with probability 1 - Phi(c) if ||g||^2 is Gaussian with
+    the running mean mu and deviation sigma (the paper's model); averaged over the schedule with
+    F(c) = integral of 1 - Phi = c (1 - Phi(c)) - phi(c). The realized share follows the run.
+    """
+    def upper(c: float) -> float:  # 1 - Phi(c)
+        return 0.5 * math.erfc(c / math.sqrt(2))
+
+    def integral(c: float) -> float:
+        return c * upper(c) - math.exp(-c * c / 2) / math.sqrt(2 * math.pi)
+    if not (math.isfinite(c_start) and math.isfinite(c_end)):
+        raise ValueError(f"aesam_c_start and aesam_c_end must be finite, got {c_start}, {c_end}")
+    if abs(c_end - c_start) < 1e-12:
+        return upper(c_start)
+    return (integral(c_end) - integral(c_start)) / (c_end - c_start)
+
+
+def _esam_cost(beta: float, gamma: float, score: str, batch_size: int | None) -> float:
     if not 0 < beta <= 1 or not 0 < gamma <= 1:
         raise ValueError(f"beta and gamma must be in (0, 1], got beta={beta}, gamma={gamma}")
     if score not in SCORES:

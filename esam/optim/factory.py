@@ -8,14 +8,17 @@ import torch
 
 from esam.registry import Registry
 
+from .aesam import AESAM
 from .esam import ESAM
+from .looksam import LookSAM
 from .plain import Plain
+from .rst import RST
 from .sam import SAM
 
 OptimizerFactory = Callable[..., Plain]
 
 OPTIMIZERS = Registry("optimizer")
-for _cls in (Plain, SAM, ESAM):
+for _cls in (Plain, SAM, ESAM, LookSAM, RST, AESAM):
     OPTIMIZERS.add(_cls.method, _cls)
 
 
@@ -29,7 +32,7 @@ def register_optimizer(name: str, factory: OptimizerFactory) -> OptimizerFactory
 
 
 def build_optimizer(name: str, params: Iterable, base_optimizer: torch.optim.Optimizer, **hparams: Any) -> Plain:
-    """The registered optimizer `name` (sgd | sam | esam) wrapped around `base_optimizer`.
+    """The registered optimizer `name` (sgd | sam | esam | looksam | rst | aesam) wrapped around `base_optimizer`.
 
     An unknown name, or a hyperparameter the optimizer does not take, raises ValueError listing the valid ones.
     """
