@@ -456,3 +456,22 @@ def test_config_errors_are_one_line(name):
                                ({"sharpness": "gsam"}, "optimizer.sharpness: unknown value 'gsam'")]:
         with pytest.raises(ConfigError, match=re.escape(message)):
             train_config_from_dict({"optimizer": {"name": name, **optimizer}})
+
+
+def test_bench_times_the_skipping_methods_with_their_predictions():
+    from esam.config import train_config_from_dict
+    from esam.perf import bench
+    config = train_config_from_dict({"model": "small_cnn", "batch_size": 8, "device": "cpu", "precision": "fp32",
+                                     "channels_last": False, "optimizer": {"looksam_k": 5, "rst_p": 0.5}})
+    timing = dict(repeats=1, steps=5, warmup=0)
+    rows = {r["method"]: r for r in bench.run_bench(config, methods=["SGD", "SAM", "LookSAM", "RST", "AE-SAM"],
+                                                    **timing)}
+    assert rows["LookSAM"]["predicted_ratio_to_sam"] == pytest.approx(2 / 1.2)
+    assert rows["RST"]["predicted_ratio_to_sam"] == pytest.approx(2 / 1.5)
+    assert rows["AE-SAM"]["predicted_ratio_to_sam"] == pytest.approx(2 / 1.5)
+    assert rows["LookSAM"]["relative_cost"] == pytest.approx(1.2)  # five steps from t = 0: one sharpness step
+    assert 1.0 <= rows["RST"]["relative_cost"] <= 2.0
+    # host operators per step: between SGD's and SAM's, as the passes are
+    assert rows["SGD"]["host_ops_per_step"] < rows["LookSAM"]["host_ops_per_step"] < rows["SAM"]["host_ops_per_step"]
+    table = bench.markdown(list(rows.values()), config, **timing)
+    assert "| LookSAM |" in table and "RST p 0.5" in table

@@ -1,6 +1,6 @@
-"""Training-step throughput of SGD, SAM and ESAM (both SDS rules), timed interleaved in one process.
+"""Training-step throughput of SGD, SAM, ESAM (both SDS rules), LookSAM, RST and AE-SAM, timed interleaved.
 
-    esam bench --quick                 # CPU, small CNN, batch 32, 1 thread: about 30 s
+    esam bench --quick                 # CPU, small CNN, batch 32, 1 thread: about a minute
     esam bench --model resnet18 --batch-size 128 --dtype bf16 --channels-last \
         --device cuda --repeats 5 --steps 30 --warmup 10 [--compile | --cuda-graphs --swp-patterns 8] [--out results.md]
 
@@ -18,8 +18,12 @@ dynamo's recompile limit, then eager): ESAM's compiled numbers include that.
 Under --cuda-graphs every method replays its passes as CUDA graphs (esam.graphs); ESAM's ascent
 is graphed only when --swp-patterns N lets its SWP patterns repeat. Untimed steps come first, until
 no new pass has been captured for 10 + 4N steps, so that captures stay out of the timing.
-"host ops/step" counts the ATen operators one step dispatches (esam.dispatch_count): where the host
-launching kernels is the bottleneck, step time follows it.
+"host ops/step" counts the ATen operators a step dispatches (esam.dispatch_count), averaged over
+20 untimed steps (LookSAM, RST and AE-SAM run one pass on some steps and a sharpness step on others):
+where the host launching kernels is the bottleneck, step time follows it.
+LookSAM, RST and AE-SAM take their sharpness steps as SAM's (--sharpness esam: ESAM's, with beta,
+gamma and the paper's SDS rule). The bench cannot tell AE-SAM the run's length, so its threshold c
+stays at the mean of its schedule (0 by default): about half the steps sharpen once its statistics settle.
 """
 from __future__ import annotations
 
@@ -41,6 +45,7 @@ from esam.config import COMPILE_MODES, TrainConfig, train_config_from_dict
 from esam.errors import ConfigError
 from esam.models import build_model
 from esam.optim import predicted_relative_cost
+from esam.optim.cost import SHARPNESS, SKIPPING
 from esam.perf.dispatch_count import count_ops
 from esam.training.cuda_graphs import warm_up, warm_up_quiet_steps
 from esam.training.speed_estimate import median_interval
@@ -53,7 +58,11 @@ METHODS = {
     "SAM": ("sam", {}),
     "ESAM paper (loss_rise)": ("esam", {"score": "loss_rise"}),
     "ESAM cheap (clean_loss)": ("esam", {"score": "clean_loss"}),
+    "LookSAM": ("looksam", {}),
+    "RST": ("rst", {}),
+    "AE-SAM": ("aesam", {}),
 }
+OPS_STEPS = 20  # untimed steps over which host operators per step are averaged
 # The bench's own settings, and the training config's fields it reads (the rest are unused).
 QUICK = dict(model="small_cnn", batch_size=32, steps=5, warmup=2, repeats=3, device="cpu", threads=1)
 FULL = dict(model="resnet18", batch_size=128, steps=30, warmup=10, repeats=5, device="auto", threads=None)
@@ -142,8 +151,8 @@ def run_bench(config: TrainConfig, *, repeats: int = 5, steps: int = 30, warmup:
         for label in order:
             r = runs[label]
             run_steps(r, warmup, record=False)
-            if rep == 0:  # untimed steps: one counting dispatched operators, one checking host syncs
-                r["ops"] = sum(count_ops(lambda: run_steps(r, 1, record=False)).values())
+            if rep == 0:  # untimed steps: some counting dispatched operators, one checking host syncs
+                r["ops"] = sum(count_ops(lambda: run_steps(r, OPS_STEPS, record=False)).values()) / OPS_STEPS
                 if dev.type == "cuda":
                     r["syncs"] = count_host_syncs(lambda: run_steps(r, 1, record=False))
             synchronize(dev)
@@ -167,8 +176,9 @@ def run_bench(config: TrainConfig, *, repeats: int = 5, steps: int = 30, warmup:
         name, _ = METHODS[label]
         ips = runs[label]["ips"]
         o = config.optimizer
-        predicted = predicted_relative_cost(name, o.beta, o.gamma, runs[label]["score"], batch_size) \
-            if name == "esam" else predicted_relative_cost(name)
+        predicted = predicted_relative_cost(name, o.beta, o.gamma, runs[label]["score"], batch_size,
+                                            sharpness=o.sharpness, looksam_k=o.looksam_k, rst_p=o.rst_p,
+                                            aesam_c_start=o.aesam_c_start, aesam_c_end=o.aesam_c_end)
         to_sam, to_sgd = paired(label, "SAM"), paired(label, "SGD")
         rows.append(dict(
             method=label, images_per_s=medians[label], min=min(ips), max=max(ips),
@@ -203,12 +213,16 @@ def markdown(rows: list[dict], config: TrainConfig, *, repeats: int, steps: int,
         f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
         f"- {repeats} repeats x {steps} timed steps after {warmup} warm-up steps each, interleaved; "
         f"rho {o.rho}, beta {o.beta}, gamma {o.gamma}",
+        *([f"- LookSAM k {o.looksam_k}, alpha {o.looksam_alpha}; RST p {o.rst_p}; AE-SAM c "
+           f"{(o.aesam_c_start + o.aesam_c_end) / 2:g} (no run length), momentum {o.aesam_momentum}; their sharpness "
+           f"steps: {o.sharpness.upper()}'s"] if any(METHODS[r["method"]][0] in SKIPPING for r in rows) else []),
         syncs,
         *(["- CUDA graphs captured: " + ", ".join(f"{r['method']} {r['graphs']}" for r in rows)]
           if config.cuda_graphs else []),
         "- images/s: this process alone, raw (it moves with whatever else runs on the device); vs SAM, vs SGD: "
         "median over repeats of the ratio within each repeat, [95% interval] (below 6 repeats: the range)",
-        "- host ops/step: ATen operators one step dispatches (views excluded; a graph replay counts 0)",
+        f"- host ops/step: ATen operators a step dispatches, mean of {OPS_STEPS} steps (views excluded; a graph "
+        "replay counts 0)",
         "- predicted: the cost model (forward 1, backward 2 per sample; esam/optim/cost.py); relative_cost: "
         "realized, mean of last_cost over timed steps",
         "",
@@ -219,7 +233,7 @@ def markdown(rows: list[dict], config: TrainConfig, *, repeats: int, steps: int,
         return f"{r[f'ratio_to_{to}']:.2f} [{r[f'ratio_to_{to}_low']:.2f}, {r[f'ratio_to_{to}_high']:.2f}]"
     body = [f"| {r['method']} | {r['images_per_s']:,.0f} | {r['min']:,.0f} | {r['max']:,.0f} | "
             f"{ratio(r, 'sam')} | {ratio(r, 'sgd')} | {r['predicted_ratio_to_sam']:.2f} | "
-            f"{r['relative_cost']:.2f} | {r['host_ops_per_step']} |" for r in rows]
+            f"{r['relative_cost']:.2f} | {r['host_ops_per_step']:.1f} |" for r in rows]
     return "\n".join(head + body) + "\n"
 
 
@@ -241,6 +255,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rho", type=float, default=0.05)
     p.add_argument("--beta", type=float, default=0.6)
     p.add_argument("--gamma", type=float, default=0.5)
+    p.add_argument("--sharpness", choices=SHARPNESS, default="sam", help="LookSAM, RST, AE-SAM: SAM's or ESAM's step")
+    p.add_argument("--looksam-k", type=int, default=5, help="LookSAM: a sharpness step every k steps")
+    p.add_argument("--rst-p", type=float, default=0.5, help="RST: probability of a sharpness step")
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="also write the table to this markdown file")
@@ -255,7 +272,8 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, dict]:
         "threads": pick["threads"], "precision": args.dtype, "channels_last": args.channels_last,
         "compile": args.compile, "compile_mode": args.compile_mode, "cuda_graphs": args.cuda_graphs,
         "seed": args.seed, "data": {"name": "synthetic"},
-        "optimizer": {"rho": args.rho, "beta": args.beta, "gamma": args.gamma, "swp_patterns": args.swp_patterns}})
+        "optimizer": {"rho": args.rho, "beta": args.beta, "gamma": args.gamma, "swp_patterns": args.swp_patterns,
+                      "sharpness": args.sharpness, "looksam_k": args.looksam_k, "rst_p": args.rst_p}})
     return config, {k: pick[k] for k in ("repeats", "steps", "warmup")}
 
 
