@@ -99,9 +99,12 @@ def sgd(model: nn.Module, lr: float = 0.1, momentum: float = 0.9, weight_decay: 
 
 
 class MlflowServer:
-    """A real `mlflow server` over HTTP with a SQLite store; stop() and start() keep port and store."""
+    """A real `mlflow server` over HTTP, artifacts served through it; stop() and start() keep port and store.
 
-    def __init__(self, root: Path, store: Path | None = None):
+    `store`: a SQLite file (a search's mlflow.db, or a new root/server.db) or a database URL (postgresql://...).
+    """
+
+    def __init__(self, root: Path, store: Path | str | None = None):
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
@@ -109,8 +112,9 @@ class MlflowServer:
         self.store = store or root / "server.db"  # an existing store (a search's mlflow.db) or a new one
 
     def start(self, timeout: float = 90) -> None:
+        backend = self.store if "://" in str(self.store) else f"sqlite:///{self.store}"
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{self.store}",
+            [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend, "--serve-artifacts",
              "--artifacts-destination", str(self.root / "art"), "--host", "127.0.0.1", "--port", str(self.port),
              "--workers", "1"],  # one worker and no job runner: the server's default pool swamps 2 cores
             env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
