@@ -87,7 +87,8 @@ def cmd_search(args) -> int:
         print(f"browse:  {outcome.serve_command}   then open {outcome.runs_url}")
     else:
         print(f"browse:  {outcome.runs_url}")
-    print(f"optuna:  optuna-dashboard {cfg.optuna_url()}")
+    from esam.search.tracking import without_password
+    print(f"optuna:  optuna-dashboard {without_password(cfg.optuna_url())}")
     print(f"export:  esam export {cfg.name} --pick knee --out esam_{cfg.name}_knee.yaml")
     return 0
 

@@ -79,9 +79,6 @@ def test_a_search_keeps_its_study_in_postgresql_and_everything_else_in_the_mlflo
     assert local == [], local
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="the search prints optuna_storage's URL with its password (the optuna-dashboard "
-                          "line) and records it in the parent run's params or tags and search_config.json")
 def test_the_database_password_is_shown_nowhere(searched, server):
     driver, _, out = searched
     client = MlflowClient(tracking_uri=server.url)

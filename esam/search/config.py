@@ -172,9 +172,11 @@ def _validate_scheduler(cfg: SearchConfig) -> None:
     if s.max_epochs is not None and s.max_epochs != cfg.train.epochs:
         raise ConfigError(f"scheduler.max_epochs ({s.max_epochs}) must equal train.epochs ({cfg.train.epochs}): "
                           f"a trial that is not stopped trains all its epochs (leave max_epochs out)")
-    if not 1 <= s.grace_epochs < cfg.train.epochs:
-        raise ConfigError(f"scheduler.grace_epochs must be in [1, train.epochs - 1] = [1, {cfg.train.epochs - 1}], "
-                          f"got {brief(s.grace_epochs)}")
+    if not isinstance(s.grace_epochs, int) or s.grace_epochs < 1:
+        raise ConfigError(f"scheduler.grace_epochs must be an integer >= 1, got {brief(s.grace_epochs)}")
+    if s.grace_epochs >= cfg.train.epochs:
+        raise ConfigError(f"scheduler.grace_epochs ({s.grace_epochs}) must be below train.epochs ({cfg.train.epochs}): "
+                          f"lower it (--set scheduler.grace_epochs=N) or turn early stopping off (--set scheduler=none)")
     if not s.reduction_factor > 1:
         raise ConfigError(f"scheduler.reduction_factor must be > 1, got {brief(s.reduction_factor)}")
     if cfg.repeats > 1:

@@ -7,9 +7,11 @@
 
 A bound names a reference (`sgd`, `sam`: that reference trial's final value of the same metric)
 or is a number. Each constraint gives a violation, bound - value for `>=` (value - bound for
-`<=`); a trial is feasible when every violation is <= 0, as Optuna's `constraints_func` reads it.
-The sampler gets them (NSGA-II, TPE and GP steer away from infeasible regions), and the front,
-the picks and `esam export` keep only feasible trials.
+`<=`); a trial is feasible when every violation is <= 0, as Optuna reads constraints.
+Optuna gets them per trial, named by their text (`Trial.set_constraint`, Optuna 5's API: the
+samplers' `constraints_func` is deprecated there), so NSGA-II, TPE and GP steer away from
+infeasible settings and the study's own front holds feasible trials only; the search's front,
+picks and `esam export` keep only feasible trials as well.
 """
 from __future__ import annotations
 
@@ -99,10 +101,10 @@ def is_feasible(constraints: list[Constraint], metrics: dict, references: dict[s
 
 
 class OptunaConstraints:
-    """Optuna's `constraints_func`: a trial's violations from its final metrics (user attr `result`).
+    """A trial's violations, told to Optuna before the trial's result (`Trial.set_constraint`).
 
     The reference values are fixed when the search's trials start (the references ran first);
-    a plain class, so the sampler pickles with Ray's experiment.
+    a plain class, so the searcher pickles with Ray's experiment.
     """
 
     def __init__(self, constraints: list[Constraint], references: dict[str, dict]):
@@ -110,9 +112,12 @@ class OptunaConstraints:
         self.references = {name: {c.metric: values.get(c.metric) for c in constraints}
                            for name, values in references.items()}
 
-    def __call__(self, trial) -> list[float]:
-        metrics = trial.user_attrs.get("result") or trial.user_attrs.get("partial_result") or {}
+    def violations(self, metrics: dict) -> list[float]:
         try:
             return violations(self.constraints, metrics, self.references)
-        except ConfigError:
+        except ConfigError:  # a reference that did not finish: nothing can be judged feasible
             return [UNMEASURED] * len(self.constraints)
+
+    def set_on(self, ot_trial, metrics: dict) -> None:
+        for c, v in zip(self.constraints, self.violations(metrics)):
+            ot_trial.set_constraint(c.text, v)

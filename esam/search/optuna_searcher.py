@@ -30,6 +30,8 @@
   as a result. Its metrics at the stop are kept as user attrs `partial_result` and
   `stopped_at_epoch`. Telling the truncated values as COMPLETE (the default of Ray's searcher)
   would put them on the sampler's front; FAIL would be a lie and discard the information.
+- Under `constraints:`, each ending trial's violations go to Optuna by name before its values
+  (`Trial.set_constraint`), so the sampler steers away from infeasible settings.
 - A continued search may grow: `limits` (trials, concurrency, epochs), set by the running
   search, override what the restored pickle holds.
 - The study names its objectives (`set_metric_names`: optuna-dashboard shows test_acc, not 0),
@@ -76,6 +78,7 @@ class ReconcilingOptunaSearch(OptunaSearch):
     storage_url: str | None = None  # set by the running search: where its study lives now
     records_key: tuple[str, str] | None = None  # (tracking URI, parent run id) of the running search
     limits: tuple[int, int, int] | None = None  # (trials, concurrency, epochs) of the running search
+    constraints = None  # the running search's esam.search.constraints.OptunaConstraints, if any
 
     def __init__(self, *args, max_trials: int | None = None, **kwargs):
         super().__init__(*args, **kwargs)
@@ -109,7 +112,7 @@ class ReconcilingOptunaSearch(OptunaSearch):
             orphan = self._next_orphan()
             if orphan is not None:
                 self._ot_trials[trial_id] = orphan
-            elif self.max_trials is not None and len(self._ot_study.get_trials(deepcopy=False)) >= self.max_trials:
+            elif self.max_trials is not None and self._proposed() >= self.max_trials:
                 return Searcher.FINISHED
         params = super().suggest(trial_id)
         if trial_id not in self._ot_trials or not isinstance(params, dict):
@@ -168,6 +171,11 @@ class ReconcilingOptunaSearch(OptunaSearch):
         self._attach_run(trial_id)
         super().on_trial_result(trial_id, result)
 
+    def _proposed(self) -> int:
+        """Trials the study has given out: a WAITING one (the warm start, enqueued) is still to come."""
+        import optuna
+        return sum(t.state != optuna.trial.TrialState.WAITING for t in self._ot_study.get_trials(deepcopy=False))
+
     def _next_orphan(self):
         import optuna
         known = set(self._ot_trials)
@@ -191,6 +199,8 @@ class ReconcilingOptunaSearch(OptunaSearch):
                     ot_trial.set_user_attr(STOPPED_ATTR, int(result.get("epoch") or 0))
                 elif result and not error:
                     ot_trial.set_user_attr(RESULT_ATTR, final_metrics(result))
+                if result and not error and type(self).constraints is not None:  # before tell: the sampler reads them
+                    type(self).constraints.set_on(ot_trial, result)
         super().on_trial_complete(trial_id, None if error or stopped else result, error)
 
     def restore(self, checkpoint_path: str):
@@ -200,7 +210,8 @@ class ReconcilingOptunaSearch(OptunaSearch):
             self.max_trials, self.max_concurrent = type(self).limits[0], type(self).limits[1]
         url = type(self).storage_url
         if url and self._ot_study is not None:
-            self._storage = optuna.storages.RDBStorage(url)
+            from esam.search.runner import ENGINE_KWARGS
+            self._storage = optuna.storages.RDBStorage(url, engine_kwargs=ENGINE_KWARGS)
             self._ot_study = optuna.load_study(study_name=self._ot_study.study_name, storage=self._storage,
                                                sampler=self._ot_study.sampler, pruner=self._ot_study.pruner)
             self._ot_trials = {rid: optuna.trial.Trial(self._ot_study, t._trial_id)

@@ -32,6 +32,8 @@ from esam.search.store_lock import store_creation_lock
 # Ray snapshots its experiment every few seconds by default: a hard stop then loses which
 # trials exist. Two seconds keeps that window short at a negligible cost for small states.
 SNAPSHOT_PERIOD_S = "2"
+# A database server restarted under a search leaves dead pooled connections: test each before use.
+ENGINE_KWARGS = {"pool_pre_ping": True}
 RUNGS_FILE = "moasha_rungs.json"  # under results_dir/<name>/: MO-ASHA's rung records, kept across restarts
 
 
@@ -50,18 +52,17 @@ class SearchOutcome:
     summary: dict | None = None  # the parent run's summary metrics
 
 
-def _sampler(cfg: SearchConfig, constraints_func=None):
-    """The configured Optuna sampler; `constraints_func` steers it away from infeasible settings."""
+def _sampler(cfg: SearchConfig):
+    """The configured Optuna sampler (constraints reach it on each trial: see ReconcilingOptunaSearch)."""
     import optuna
     s = cfg.sampler
-    steer = {"constraints_func": constraints_func} if constraints_func else {}
     if s.name == "nsga2":
         kwargs = {"population_size": s.population_size} if s.population_size else {}
-        return optuna.samplers.NSGAIISampler(seed=s.seed, **kwargs, **steer)
+        return optuna.samplers.NSGAIISampler(seed=s.seed, **kwargs)
     if s.name == "tpe":
-        return optuna.samplers.TPESampler(seed=s.seed, **steer)
+        return optuna.samplers.TPESampler(seed=s.seed)
     if s.name == "gp":
-        return optuna.samplers.GPSampler(seed=s.seed, **steer)
+        return optuna.samplers.GPSampler(seed=s.seed)
     return optuna.samplers.RandomSampler(seed=s.seed)  # random search ignores constraints
 
 
@@ -133,7 +134,7 @@ def _optuna_storage(url: str):
     import optuna
     try:
         with store_creation_lock(url):  # its first use creates the tables; a reader may be opening it too
-            return optuna.storages.RDBStorage(url)
+            return optuna.storages.RDBStorage(url, engine_kwargs=ENGINE_KWARGS)
     except Exception as err:  # noqa: BLE001 - a bad URL or unreachable database
         raise ConfigError(f"optuna_storage {url!r} cannot be opened: {str(err).splitlines()[0][:200]}") from None
 
@@ -324,14 +325,16 @@ def _run_search(cfg: SearchConfig, uri: str, client, *, address: str | None,
         for c in constraints:
             if not complete:
                 c.bound(references)  # a constraint on a reference that did not finish: one line, now
-        steer = OptunaConstraints(constraints, references) if constraints else None
+        warm = _warm_start(cfg, storage)  # before the searcher creates the study
         searcher = ReconcilingOptunaSearch(
             space=_distributions(cfg), metric=[m for m, _ in objectives], mode=[d for _, d in objectives],
-            sampler=_sampler(cfg, steer), study_name=cfg.name, storage=storage, max_trials=cfg.trials,
-            points_to_evaluate=_warm_start(cfg, storage) or None)
+            sampler=_sampler(cfg), study_name=cfg.name, storage=storage, max_trials=cfg.trials)
+        for point in warm:  # Optuna samples the searched fields the point leaves out (Ray's own would refuse)
+            searcher._ot_study.enqueue_trial(point, skip_if_exists=True)
         ReconcilingOptunaSearch.storage_url = cfg.optuna_url()
         ReconcilingOptunaSearch.records_key = (uri, parent)
         ReconcilingOptunaSearch.limits = (cfg.trials, cfg.concurrency, cfg.train.epochs)
+        ReconcilingOptunaSearch.constraints = OptunaConstraints(constraints, references) if constraints else None
         scheduler = _scheduler(cfg)
         tune_config = tune.TuneConfig(search_alg=searcher, num_samples=cfg.trials, scheduler=scheduler,
                                       max_concurrent_trials=cfg.concurrency,

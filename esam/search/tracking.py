@@ -220,9 +220,24 @@ def fixed_params(resolved_config: dict) -> dict:
     return {**resolved_config, "train": {**train, "optimizer": optimizer}} if train else dict(resolved_config)
 
 
+def without_password(url: str | None) -> str | None:
+    """A database or server URL as it may be shown or recorded: its password replaced by ***."""
+    if not url or "@" not in url:
+        return url
+    return re.sub(r"^([A-Za-z][\w+.-]*://[^:/@]*:)[^@]*@", r"\1***@", url)
+
+
+def shareable(resolved_config: dict) -> dict:
+    """The search config as MLflow records it: no store password (search.json keeps the real URLs)."""
+    mlflow_section = resolved_config.get("mlflow") or {}
+    return {**resolved_config, "optuna_storage": without_password(resolved_config.get("optuna_storage")),
+            "mlflow": {**mlflow_section, "tracking_uri": without_password(mlflow_section.get("tracking_uri"))}}
+
+
 def start_parent_run(client, experiment: str, search_name: str, resolved_config: dict,
                      existing_run_id: str | None = None) -> str:
     """Create (or reopen, when resuming) the parent run holding the config and provenance."""
+    resolved_config = shareable(resolved_config)
     if existing_run_id is not None:
         experiment_id(client, experiment)  # a store from before the experiment kind was set gets it
         client.update_run(existing_run_id, status="RUNNING")
