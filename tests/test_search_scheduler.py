@@ -82,6 +82,12 @@ def test_the_front_holds_only_complete_feasible_trials_and_constraints_are_tagge
         assert run.data.tags[tracking.FEASIBLE_TAG] == str(feasible).lower()
         if run.data.tags["pareto"] == "true":
             assert feasible and not r.get("stopped_early")
+    out = grown[0] / "knee.yaml"
+    assert main(["export", "sched", "--tracking-uri", client.tracking_uri, "--out", str(out)]) == 0
+    exported = yaml.safe_load(out.read_text())["exported"]
+    chosen = client.get_run(exported["mlflow_run_id"])
+    assert chosen.data.tags["pareto"] == "true" and chosen.data.tags[tracking.FEASIBLE_TAG] == "true"
+    assert f"meet the constraints: {CONSTRAINT}" in exported["chosen_from"]
 
 
 def test_the_first_proposal_is_the_papers_setting(grown):

@@ -46,6 +46,9 @@ def export_config(client, parent_run_id: str, rule: str, out: str | Path) -> dic
         **train,
         "exported": {
             "pick": rule,
+            "chosen_from": (f"{len(trials)} trials that ran all their epochs"
+                            + (f" and meet the constraints: {'; '.join(c.text for c in constraints)}" if constraints else "")
+                            + " (trials stopped early are no candidates)"),
             "search": search_config["name"],
             "mlflow_run_id": chosen["run_id"],
             "mlflow_parent_run_id": parent_run_id,
