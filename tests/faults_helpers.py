@@ -38,15 +38,16 @@ def write_config(root: Path, name: str, *, trials: int = 2, epochs: int = 2, ref
     return path
 
 
-def start(config: Path, cwd: Path, env: dict | None = None) -> subprocess.Popen:
-    """`esam search config` in its own session, so that signals reach the driver only."""
-    return subprocess.Popen([sys.executable, "-m", "esam.cli", "search", str(config)], cwd=cwd,
+def start(config: Path, cwd: Path, env: dict | None = None, args: tuple[str, ...] = ()) -> subprocess.Popen:
+    """`esam search config [args]` in its own session, so that signals reach the driver only."""
+    return subprocess.Popen([sys.executable, "-m", "esam.cli", "search", str(config), *args], cwd=cwd,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
 
 
-def run(config: Path, cwd: Path, env: dict | None = None, timeout: float = 400) -> tuple[int, str]:
-    proc = start(config, cwd, env)
+def run(config: Path, cwd: Path, env: dict | None = None, timeout: float = 400,
+        args: tuple[str, ...] = ()) -> tuple[int, str]:
+    proc = start(config, cwd, env, args)
     out, _ = proc.communicate(timeout=timeout)
     return proc.returncode, out
 
