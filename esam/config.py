@@ -73,8 +73,8 @@ class OptimizerConfig:
     looksam_k: int = 5  # LookSAM: a sharpness step every k steps, one pass reusing its orthogonal part in between
     looksam_alpha: float = 0.7  # LookSAM: weight of the reused orthogonal part, scaled to the gradient's norm
     rst_p: float = 0.5  # RST: probability that a step is a sharpness step (a seeded draw)
-    aesam_c_start: float = 1.0  # AE-SAM: sharpen when the squared gradient norm >= its running mean + c std; c at step 0
-    aesam_c_end: float = -1.0  # AE-SAM: c at the last step, linear in between (without total_steps: their mean throughout)
+    aesam_c_start: float = 1.0  # AE-SAM: sharpen when the squared gradient norm >= running mean + c std; c at step 0
+    aesam_c_end: float = -1.0  # AE-SAM: c at the last step, linear in between (without total_steps: the mean)
     aesam_momentum: float = 0.9  # AE-SAM: momentum (delta) of that running mean and variance
 
 

@@ -92,6 +92,7 @@ def markdown(results: dict[str, list[dict]], args: argparse.Namespace) -> str:
         pass
     data = "digits" if args.dataset == "digits" else "CIFAR-10 JPEG subset"
     mean = statistics.fmean(r["test_acc"] for runs in results.values() for r in runs)
+    se = 100 * (mean / 100 * (1 - mean / 100) / first["test_size"]) ** 0.5
     head = [
         f"### {data}: {first['train_size']} training / {first['test_size']} test images, small_cnn, "
         f"{args.epochs} epochs, batch {args.batch_size}",
@@ -99,8 +100,7 @@ def markdown(results: dict[str, list[dict]], args: argparse.Namespace) -> str:
         f"- {cpu}, {torch.get_num_threads()} thread(s), torch {torch.__version__}; "
         f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC; seeds {' '.join(map(str, args.seeds))}",
         "- accuracy: mean and sample standard deviation over the seeds; one run's binomial standard error at "
-        f"{mean:.1f}% on {first['test_size']} images is {100 * (mean / 100 * (1 - mean / 100) / first['test_size']) ** 0.5:.2f} "
-        "points",
+        f"{mean:.1f}% on {first['test_size']} images is {se:.2f} points",
         "- cost: realized cost-model units per step (SGD 1, SAM 2); sharpness steps: their share of all steps",
         "",
         "| method | test acc % (mean ± std) | per seed | cost | sharpness steps | s per run |",
