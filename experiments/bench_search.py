@@ -110,9 +110,12 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--trials", type=int, default=12, help="trials of fifo and moasha (moasha-3x: 3x)")
     parser.add_argument("--variants", default="fifo,moasha,moasha-3x")
+    parser.add_argument("--grace", type=int, default=MOASHA["grace_epochs"], help="MO-ASHA's first rung (epochs)")
+    parser.add_argument("--rf", type=float, default=MOASHA["reduction_factor"], help="MO-ASHA's reduction factor")
     parser.add_argument("--quick", action="store_true", help="tiny trials and 1 seed: a smoke run")
     parser.add_argument("--out", help="also write the table (markdown) here")
     args = parser.parse_args()
+    MOASHA.update(grace_epochs=args.grace, reduction_factor=args.rf)
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     seeds = range(1 if args.quick else args.seeds)
     results = []
