@@ -77,8 +77,9 @@ def cmd_search(args) -> int:
     constraints = parse_all(cfg.constraints, OBJECTIVE_METRICS, cfg.references)
     print(f"\n{front_note(outcome.rows, outcome.front, constraints)}; then the references:")
     print(outcome.table)
-    if outcome.summary and "hypervolume" in outcome.summary:
-        print(f"hypervolume of the front: {outcome.summary['hypervolume']:.4g} (reference point: 0 on each axis)")
+    from esam.search import tracking
+    print(hypervolume_lines(tracking.open_store(outcome.tracking_uri), outcome.parent_run_id, outcome.rows,
+                            cfg.objective_pairs, constraints))
     from esam.search.front_summary import front_summary
     print(f"\n{front_summary(outcome.rows, cfg.objective_pairs)}")
     print(f"\nresults: MLflow run {outcome.parent_run_id} at {outcome.tracking_uri}")
