@@ -421,6 +421,30 @@ def test_train_builds_each_method_from_the_config(name):
     assert math.isfinite(final["train_loss"]) and 1.0 < final["relative_cost"] <= (2.0 if name == "aesam" else 1.9)
 
 
+def test_train_tells_aesam_the_runs_length():
+    from esam.config import train_config_from_dict
+    from esam.training.trainer import _setup
+    cfg = train_config_from_dict({
+        "model": "small_cnn", "epochs": 3, "batch_size": 64, "probe_steps": 0,
+        "data": {"name": "digits", "train_limit": 256, "test_limit": 128}, "optimizer": {"name": "aesam"}})
+    run = _setup(cfg)
+    assert run.data.steps_per_epoch == 4 and run.optimizer.total_steps == 12  # epochs x steps per epoch
+    assert run.optimizer.threshold_c(0) == 1.0 and run.optimizer.threshold_c(11) == -1.0  # the paper's schedule
+
+
+@pytest.mark.parametrize("name", sorted(SKIPPING))
+def test_pass_mode_knows_when_swp_draws_a_fresh_pattern(name):
+    from esam.config import train_config_from_dict
+    from esam.training.step import PassMode
+
+    def fresh(**optimizer) -> bool:
+        return PassMode.of(train_config_from_dict({"optimizer": {"name": name, **optimizer}})).fresh_swp
+    assert fresh(sharpness="esam", beta=0.6)
+    assert not fresh(sharpness="sam", beta=0.6)  # SAM's sharpness step: no SWP
+    assert not fresh(sharpness="esam", beta=1.0)  # SWP keeps every tensor
+    assert not fresh(sharpness="esam", beta=0.6, swp_patterns=4)  # a fixed pool of patterns
+
+
 # --- bad arguments: one clear error each ----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("cls, kwargs, bad", [

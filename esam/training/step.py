@@ -20,6 +20,7 @@ from esam.training.compiling import compile_model
 from esam.training.cuda_graphs import GraphedPasses, graph_budget
 
 Closure = Callable[[torch.Tensor | None], torch.Tensor]
+SKIPPING_METHODS = ("looksam", "rst", "aesam")  # a sharpness step on some steps only (esam/optim/skipping.py)
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -59,25 +60,30 @@ def autocast(device: torch.device, precision: str):
     return contextlib.nullcontext()
 
 
-def optimizer_hparams(method: str, config: OptimizerConfig, model: torch.nn.Module, seed: int) -> dict:
-    """The keyword arguments `method` takes from an optimizer config (the class lists them), plus model and seed."""
+def optimizer_hparams(method: str, config: OptimizerConfig, model: torch.nn.Module, seed: int,
+                      total_steps: int | None = None) -> dict:
+    """The keyword arguments `method` takes from an optimizer config (the class lists them), plus model and seed,
+    and `total_steps` (the run's length, for AE-SAM's threshold schedule) where it takes one."""
     factory = OPTIMIZERS[method] if method in OPTIMIZERS else None
     if factory is None:
         return {}  # build_optimizer names the valid methods
     accepted = inspect.signature(factory).parameters
     hparams = {k: getattr(config, k) for k in getattr(factory, "hyperparameters", ())}
-    hparams.update({k: v for k, v in (("model", model), ("seed", seed)) if k in accepted})
+    hparams.update({k: v for k, v in (("model", model), ("seed", seed), ("total_steps", total_steps))
+                    if k in accepted and v is not None})
     return hparams
 
 
 def build_step_optimizer(model: torch.nn.Module, config: OptimizerConfig, seed: int, method: str | None = None,
-                         foreach: bool | None = None) -> Plain:
-    """`method` (default: config.name) around a fresh SGD over `model`'s parameters, as the trainer steps it."""
+                         foreach: bool | None = None, total_steps: int | None = None) -> Plain:
+    """`method` (default: config.name) around a fresh SGD over `model`'s parameters, as the trainer steps it.
+
+    `total_steps` is the run's length in steps (AE-SAM schedules its threshold over it; the others ignore it)."""
     name = method or config.name
     params = list(model.parameters())
     base = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay,
                            nesterov=config.nesterov, foreach=foreach)
-    return build_optimizer(name, params, base, **optimizer_hparams(name, config, model, seed))
+    return build_optimizer(name, params, base, **optimizer_hparams(name, config, model, seed, total_steps))
 
 
 def loss_closure(run: Callable, x: torch.Tensor, y: torch.Tensor, *, precision: str, channels_last: bool,
@@ -108,13 +114,15 @@ class PassMode:
     kind: str = "eager"  # eager | compile | cuda_graphs
     compile_mode: str = "default"  # torch.compile's mode
     swp_patterns: int | None = None  # ESAM's SWP pool: sizes the graph budget and dynamo's recompile limit
-    fresh_swp: bool = False  # ESAM draws a new SWP pattern every step: a compiled ascent would recompile each
+    fresh_swp: bool = False  # SWP draws a new pattern every step: a compiled ascent would recompile for each
 
     @classmethod
     def of(cls, config: TrainConfig) -> "PassMode":
         kind = "cuda_graphs" if config.cuda_graphs else "compile" if config.compile else "eager"
         o = config.optimizer
-        fresh = o.name == "esam" and o.beta < 1 and not o.swp_patterns
+        # LookSAM, RST and AE-SAM run SWP only when their sharpness step is ESAM's
+        swp = o.name == "esam" or (o.name in SKIPPING_METHODS and o.sharpness == "esam")
+        fresh = swp and o.beta < 1 and not o.swp_patterns
         return cls(kind, config.compile_mode, o.swp_patterns, fresh)
 
     def wrap(self, model: torch.nn.Module) -> Callable:

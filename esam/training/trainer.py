@@ -88,8 +88,8 @@ def _setup(config: TrainConfig) -> _Run:
     channels_last = config.channels_last and device.type == "cuda"
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = build_step_optimizer(model, config.optimizer, config.seed)
     total_steps = config.epochs * data.steps_per_epoch
+    optimizer = build_step_optimizer(model, config.optimizer, config.seed, total_steps=total_steps)
     warmup_steps = round(config.warmup_epochs * data.steps_per_epoch)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(config.schedule, total_steps, warmup_steps))
     passes = PassMode.of(config)
