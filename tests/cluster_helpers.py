@@ -1,4 +1,9 @@
-"""A real PostgreSQL for the cluster tests: Debian's server on 127.0.0.1, a throwaway data directory.
+"""The cluster tests' real servers: PostgreSQL, an MLflow server on it, and a Ray cluster of several nodes.
+
+`RayCluster` (at the end) starts a head and worker nodes as separate `ray start` processes on
+loopback addresses and kills one as a crash would.
+
+A real PostgreSQL: Debian's server on 127.0.0.1, a throwaway data directory.
 
 `Postgres(root)` finds Debian's `postgresql` binaries (installing the package with apt-get when they
 are missing: `apt-get update` once, then `apt-get install -y postgresql`), runs initdb and pg_ctl,
@@ -18,12 +23,14 @@ The server listens on 127.0.0.1 only, TCP only, with a password (scram-sha-256) 
 """
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -159,6 +166,16 @@ def postgres(tmp_path_factory):
         server.close()
 
 
+@pytest.fixture(scope="module")
+def mlflow_on_postgres(postgres, tmp_path_factory):
+    """An MLflow server for a test module, its backend store a PostgreSQL database, its artifacts served through it."""
+    from conftest import MlflowServer
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow-server"), postgres.database("mlflow"))
+    server.start()
+    yield server
+    server.stop()
+
+
 def read_stores(root: Path, name: str, optuna_url: str, tracking_uri: str):
     """faults_helpers.Stores of a search whose Optuna study and MLflow runs live behind URLs, not SQLite files."""
     import optuna
@@ -182,3 +199,109 @@ def read_stores(root: Path, name: str, optuna_url: str, tracking_uri: str):
                 if r.data.tags.get("mlflow.parentRunId") in ids]
     history = {r.info.run_id: [m.step for m in client.get_metric_history(r.info.run_id, "test_acc")] for r in runs}
     return Stores(ray, study.trials if study else [], parents, runs, history)
+
+
+def assert_values_agree(study, client, trials: int, objectives=("test_acc", "speed_vs_sgd")) -> None:
+    """Every Optuna trial ended COMPLETE, and its values are its MLflow run's final metrics."""
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * trials
+    for t in study.trials:
+        run = client.get_run(t.user_attrs["mlflow_run_id"])
+        assert run.info.status == "FINISHED" and run.data.tags["esam.kind"] == "trial"
+        assert t.values == [run.data.metrics[m] for m in objectives], (t.number, run.info.run_name)
+
+
+def served_artifact(server_url: str, run, path: str) -> bytes:
+    """A run's artifact as the MLflow server serves it over HTTP (`--serve-artifacts`)."""
+    import urllib.request
+    where = run.info.artifact_uri
+    assert where.startswith("mlflow-artifacts:/"), where
+    url = f"{server_url}/api/2.0/mlflow-artifacts/artifacts/{where.split(':', 1)[1].lstrip('/')}/{path}"
+    return urllib.request.urlopen(url, timeout=30).read()
+
+
+# --- a Ray cluster of separate nodes on this machine ---------------------------------------------------------------
+
+RAY = Path(sys.executable).with_name("ray")  # the CLI of this environment: every node runs the same Ray and esam
+# GCS health checks every second, a node dead after 3 misses (Ray's defaults: 3 s and 5), so a killed
+# node's trials are retried within seconds.
+HEALTH_CHECKS = {"RAY_health_check_initial_delay_ms": "1000", "RAY_health_check_period_ms": "1000",
+                 "RAY_health_check_timeout_ms": "1000", "RAY_health_check_failure_threshold": "3"}
+
+
+class RayCluster:
+    """A head and worker nodes, each its own `ray start --block` process in its own session, on loopback addresses.
+
+    Ray replaces 127.0.0.1 and localhost, in `--node-ip-address` and in `--address` alike, by the
+    machine's outward address (ray._private.services.resolve_ip_for_localhost); only its switch for
+    desktop systems keeps them (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, esam's local Ray), and that switch
+    refuses worker nodes. Every other 127.x.y.z address is loopback on Linux too and is kept as given:
+    the head is 127.0.0.2 (`HEAD_IP`), the n-th worker node 127.0.0.(2 + n), so the node IP alone tells
+    the nodes apart. As on any cluster, each node's GCS and raylet then listen on every interface (Ray
+    binds them to 127.0.0.1 only for a node whose address is exactly that); the rest on the node's address.
+
+    Token authentication stays on (`RAY_AUTH_MODE=token`, Ray 2.60's default for a local cluster),
+    with a token of this cluster's own in `RAY_AUTH_TOKEN`: `env` is what the driver needs to join.
+    Nothing reads or writes ~/.ray/auth_token.
+
+    `kill(node)` is a node's crash: SIGKILL to its `ray start` process, its process group and every
+    descendant (raylet, workers, the trial actors on it); the other nodes live on. `ray stop` is never
+    used: it stops every Ray of this machine, other users' included.
+    """
+
+    HEAD_IP = "127.0.0.2"
+
+    def __init__(self, head_cpus: int = 1):
+        import secrets
+        self.port = free_port()
+        self.address = f"{self.HEAD_IP}:{self.port}"
+        self.temp_dir = Path(tempfile.mkdtemp(prefix="esr", dir="/tmp"))  # short: Ray's socket paths live here
+        self.env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16)}
+        self.nodes: list[subprocess.Popen] = []
+        self.ips: dict[int, str] = {}  # `ray start` pid -> the node's address
+        self.head = self._start(self.HEAD_IP, ["--head", "--port", str(self.port), "--include-dashboard", "false"],
+                                head_cpus, HEALTH_CHECKS)
+
+    @property
+    def workers(self) -> list[subprocess.Popen]:
+        return self.nodes[1:]
+
+    def add_worker(self, cpus: int) -> subprocess.Popen:
+        """A new worker node, at the next loopback address (127.0.0.3, then .4, ...)."""
+        return self._start(f"127.0.0.{2 + len(self.nodes)}", ["--address", self.address], cpus, {})
+
+    def ip(self, node: subprocess.Popen) -> str:
+        return self.ips[node.pid]
+
+    def _start(self, ip: str, args: list[str], cpus: int, env: dict, timeout: float = 120) -> subprocess.Popen:
+        log = self.temp_dir / f"node-{len(self.nodes)}.log"
+        with open(log, "w") as out:
+            proc = subprocess.Popen([str(RAY), "start", "--block", "--node-ip-address", ip, "--num-cpus", str(cpus),
+                                     "--disable-usage-stats", "--temp-dir", str(self.temp_dir), *args],
+                                    env={**os.environ, **self.env, **env}, stdout=out, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+        self.nodes.append(proc)
+        self.ips[proc.pid] = ip
+        deadline = time.time() + timeout
+        while "Ray runtime started" not in log.read_text():
+            if proc.poll() is not None or time.time() > deadline:
+                self.kill(proc)
+                raise RuntimeError(f"`ray start {' '.join(args)}` did not start:\n{log.read_text()[-3000:]}")
+            time.sleep(0.3)
+        return proc
+
+    def kill(self, node: subprocess.Popen) -> None:
+        """SIGKILL a node: its `ray start`, its process group and all their descendants."""
+        from faults_helpers import descendants
+        below = descendants(node.pid)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(node.pid, signal.SIGKILL)
+        for pid in [node.pid, *below]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        node.wait(timeout=30)
+
+    def close(self) -> None:
+        """Kill every node (a throwaway cluster: nothing to shut down gracefully) and remove its files."""
+        for node in reversed(self.nodes):
+            self.kill(node)
+        shutil.rmtree(self.temp_dir, ignore_errors=True)

@@ -10,8 +10,8 @@ from typing import Callable
 
 from ray import tune
 
-from esam.search.tracking import HYPERVOLUME_SERIES, STOPPED_EPOCH_TAG, STOPPED_TAG
-from esam.search.trial import trial_label
+from esam.search.tracking import HYPERVOLUME_SERIES, NODE_TAG, STOPPED_EPOCH_TAG, STOPPED_TAG
+from esam.search.trial import NODE_KEY, trial_label
 from esam.training.metrics import METRICS
 
 # What a child run records per result: train()'s metrics, and for repeated settings their spreads.
@@ -55,6 +55,8 @@ class MlflowTrialRuns(tune.Callback):
     through the search's record buffer (esam/trial_records.py): the Tune loop never waits on
     MLflow and never sees its errors (an exception here would abort the experiment). When the
     buffer gives up on an outage, the experiment stops as Ctrl-C stops it and can be continued.
+    Each run is tagged `esam.node` with the Ray node its trial runs on (from the results), set again
+    when a retried or resumed trial goes on elsewhere.
     """
 
     def __init__(self, uri: str, parent_run_id: str, kind: str, name_of: Callable[[dict], str],
@@ -63,9 +65,10 @@ class MlflowTrialRuns(tune.Callback):
         self.name_of, self.params_of = name_of, params_of
         self.full_epochs = full_epochs  # a trial ending before this epoch was stopped by the scheduler
         self._stopping = False
+        self._nodes: dict[str, str] = {}  # trial id -> the node its results last came from
 
     def __getstate__(self):  # Ray pickles callbacks with the experiment; a stop request is per run
-        return {**self.__dict__, "_stopping": False}
+        return {**self.__dict__, "_stopping": False, "_nodes": {}}
 
     def _put(self, trial, op: str, **fields) -> None:
         from esam.search.trial_records import open_records
@@ -78,8 +81,13 @@ class MlflowTrialRuns(tune.Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info):
         metrics = {k: float(result[k]) for k in LOGGED
                    if isinstance(result.get(k), (int, float)) and not isinstance(result.get(k), bool)}
+        extra = {}
+        node, nodes = result.get(NODE_KEY), self.__dict__.setdefault("_nodes", {})
+        if isinstance(node, str) and nodes.get(trial.trial_id) != node:  # the first result on this node
+            nodes[trial.trial_id] = node
+            extra["tags"] = {NODE_TAG: node}
         self._put(trial, "metrics", step=int(result.get("epoch", 0)), timestamp=int(time.time() * 1000),
-                  metrics=metrics)
+                  metrics=metrics, **extra)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         epoch = stopped_at(trial, getattr(self, "full_epochs", 0))
@@ -171,6 +179,13 @@ class Progress(tune.Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self.echo(self._line(trials, trial, True, f"FAILED {trial_label(trial.config)}: {error_line(trial)}"))
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        # A crash with retries left (`max_failures`), e.g. its node lost: the trial goes on from its
+        # last checkpoint, on any node; one line, not Ray's traceback.
+        failures = getattr(getattr(trial, "run_metadata", None), "num_failures", 0)
+        self.echo(f"[{self.label}] {trial_label(trial.config)}: {error_line(trial)}; retry {failures} of "
+                  f"{trial.max_failures}, from its last checkpoint")
 
 
 class FrontProgress(tune.Callback):

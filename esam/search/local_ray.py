@@ -42,6 +42,9 @@ def init_ray(address: str | None) -> bool:
     # Quiet terminal: the search prints one line per trial; Ray's tables would drown it.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # A failed or retried trial is one progress line (callbacks.Progress), not Ray's traceback per
+    # attempt; the traceback stays in the trial's error.txt.
+    os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")
     ray.init(address=None if local else address, include_dashboard=False, log_to_driver=False,
              logging_level=logging.WARNING, configure_logging=True)
     return True

@@ -26,6 +26,7 @@ REUSED_TAG = "esam.reused_from"  # on a trial that repeated a finished trial's s
 STOPPED_TAG = "esam.stopped_early"  # "true" on a trial the scheduler stopped before its last epoch
 STOPPED_EPOCH_TAG = "esam.stopped_at_epoch"  # the last epoch such a trial trained
 FEASIBLE_TAG = "esam.feasible"  # "true"/"false" on a trial of a search with constraints
+NODE_TAG = "esam.node"  # on a trial: the Ray node it ran on last, "<node IP> <node id, 8 hex digits>"
 HYPERVOLUME_SERIES = "front_hypervolume"  # the parent run's series: the front's hypervolume after each ended trial
 NOTE_TAG = "mlflow.note.content"  # a run's description in the MLflow UI (markdown)
 # MLflow 3 opens an experiment on its GenAI overview unless the experiment's kind says otherwise
@@ -280,16 +281,18 @@ def start_trial_run(client, parent_run_id: str, name: str, kind: str, params: di
     return run_id
 
 
-def log_epoch(client, run_id: str, metrics: dict, step: int, timestamp_ms: int | None = None) -> None:
-    """One epoch's metrics; a delayed write passes the epoch's own time, so it reads as a timely one.
+def log_epoch(client, run_id: str, metrics: dict, step: int, timestamp_ms: int | None = None,
+              tags: dict | None = None) -> None:
+    """One epoch's metrics (and tags set with them); a delayed write passes the epoch's own time,
+    so it reads as a timely one.
 
     Repeating the same batch (same values, step and time) adds no duplicate points.
     """
-    from mlflow.entities import Metric
+    from mlflow.entities import Metric, RunTag
     now = int(time.time() * 1000) if timestamp_ms is None else int(timestamp_ms)
     batch = [Metric(k, float(v), now, step) for k, v in metrics.items()
              if isinstance(v, (int, float)) and not isinstance(v, bool)]
-    client.log_batch(run_id, metrics=batch)
+    client.log_batch(run_id, metrics=batch, tags=[RunTag(k, str(v)) for k, v in (tags or {}).items()])
 
 
 def end_trial_run(client, run_id: str, error: str | None = None, tags: dict | None = None) -> None:

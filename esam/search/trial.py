@@ -6,6 +6,10 @@ config arrives through `tune.with_parameters`. Keys starting with "_" are the se
 not settings: `_number` (the Optuna trial number) and `_reuse` (this proposal repeats a finished
 trial: {"number", "run_id", "metrics"}; the trainable reports those metrics and trains nothing,
 see esam/search/optuna_searcher.py).
+
+Every result also says which Ray node the trial runs on (`node`, see `node_label`); the driver tags
+the trial's MLflow run with it, so a cluster search shows where each trial ran, and where a trial
+retried after a node failure went on.
 """
 from __future__ import annotations
 
@@ -85,6 +89,25 @@ def _resume_copy(checkpoint, target: Path) -> Path | None:
     return None
 
 
+NODE_KEY = "node"  # in every result: node_label() of the process that reported it
+
+
+def node_label() -> str:
+    """This process's Ray node: "<node IP> <node id, first 8 hex digits>".
+
+    The IP alone names no node where several share one address (nodes on one machine, or a
+    node restarted under the same address); the id prefix does.
+    """
+    import ray
+    return f"{ray.util.get_node_ip_address()} {ray.get_runtime_context().get_node_id()[:8]}"
+
+
+def _report(metrics: dict, saved: Path | None) -> None:
+    """One epoch's result to Tune, with the node that trained it and the epoch's checkpoint."""
+    tune.report({**metrics, NODE_KEY: node_label()},
+                checkpoint=tune.Checkpoint.from_directory(saved) if saved else None)
+
+
 REPEATS_FILE = "repeats.json"  # in a repeated trial's checkpoints: the final metrics of its earlier repeats
 _NOT_AVERAGED = ("epoch", "learning_rate")
 
@@ -107,7 +130,7 @@ def run_trial(trial_config: dict, base_train: dict, threads: int | None, repeats
     config = train_config_from_dict(base_train, trial_overrides(trial_config))
     reuse = trial_config.get("_reuse")
     if isinstance(reuse, dict):  # the searcher's duplicate: the original's result, nothing trained
-        tune.report({"epoch": config.epochs, **reuse.get("metrics", {}), "reused": 1.0})
+        tune.report({"epoch": config.epochs, **reuse.get("metrics", {}), "reused": 1.0, NODE_KEY: node_label()})
         return
     if config.threads is None and threads:
         # Each trial owns its CPU share: unlimited threads would oversubscribe the cores.
@@ -119,9 +142,7 @@ def run_trial(trial_config: dict, base_train: dict, threads: int | None, repeats
         if checkpoint is not None:  # a restored trial continues from its last epoch
             resume_from = _resume_copy(checkpoint, tmp / "resume")
         if repeats <= 1:
-            def report(metrics: dict, saved: Path | None) -> None:
-                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(saved) if saved else None)
-            train(config, report, checkpoint_dir=tmp / "checkpoint", resume_from=resume_from)
+            train(config, _report, checkpoint_dir=tmp / "checkpoint", resume_from=resume_from)
             return
         _run_repeats(config, repeats, tmp, resume_from)
 
@@ -147,7 +168,7 @@ def _run_repeats(config, repeats: int, tmp: Path, resume_from: Path | None) -> N
             metrics = mean_over_repeats(finals + [metrics])
         if saved:
             (Path(saved) / REPEATS_FILE).write_text(json.dumps(finals))
-        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(saved) if saved else None)
+        _report(metrics, saved)
 
     train(dataclasses.replace(config, seed=config.seed + repeats - 1), report, checkpoint_dir=tmp / "checkpoint",
           resume_from=resume_from)

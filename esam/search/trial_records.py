@@ -1,7 +1,7 @@
 """The driver's MLflow writes for trial runs, kept in a RecordBuffer while the server is away.
 
 Records (plain dicts, in order): {"op": "start", trial_id, name, kind, params},
-{"op": "metrics", trial_id, step, timestamp, metrics}, {"op": "end", trial_id, error, tags} and
+{"op": "metrics", trial_id, step, timestamp, metrics[, tags]}, {"op": "end", trial_id, error, tags} and
 {"op": "search_metrics", trial_id: "", step, timestamp, metrics} (a point on the parent run).
 Each is idempotent, so a retry after a lost answer, or a replay of the spill file by the next
 run of the same search, neither duplicates a run nor a metric point.
@@ -68,7 +68,8 @@ class TrialRunWriter:
             raise Rejected(f"no MLflow run for trial {trial_id}")
         self._runs[trial_id] = run_id
         if op == "metrics":
-            tracking.log_epoch(self.client, run_id, record["metrics"], record["step"], record["timestamp"])
+            tracking.log_epoch(self.client, run_id, record["metrics"], record["step"], record["timestamp"],
+                               record.get("tags"))
         elif op == "end":
             tracking.end_trial_run(self.client, run_id, error=record.get("error"), tags=record.get("tags"))
         else:
