@@ -445,6 +445,36 @@ def test_pass_mode_knows_when_swp_draws_a_fresh_pattern(name):
     assert not fresh(sharpness="esam", beta=0.6, swp_patterns=4)  # a fixed pool of patterns
 
 
+def test_aesam_timed_at_a_share_sharpens_that_share_evenly():
+    model = make_cnn()
+    batches = make_batches(10, seed=3)
+    opt = AESAM(model.parameters(), sgd(model), **NEVER)  # its own test would never sharpen
+    opt.time_at_share(0.3)
+    sharpened = []
+    for x, y in batches:
+        opt.step(closure_for(model, x, y))
+        sharpened.append(opt.last_sharpened)
+    assert sharpened == [False, False, False, True, False, False, True, False, False, True]
+    opt.time_at_share(None)
+    opt.step(closure_for(model, *batches[0]))
+    assert not opt.last_sharpened  # back to its test
+    with pytest.raises(ValueError, match=re.escape("share must be in [0, 1] or None, got 1.5")):
+        opt.time_at_share(1.5)
+
+
+def test_the_speed_probe_times_aesam_at_the_runs_share():
+    from esam.config import train_config_from_dict
+    from esam.training.trainer import _setup, _speed_vs_sgd, _train_epoch
+    cfg = train_config_from_dict({
+        "model": "small_cnn", "epochs": 2, "batch_size": 64, "probe_steps": 1, "timing_warmup_steps": 1,
+        "data": {"name": "digits", "train_limit": 256, "test_limit": 128}, "optimizer": {"name": "aesam"}})
+    run = _setup(cfg)
+    _, batch = _train_epoch(run, 0)
+    speed = _speed_vs_sgd(run, batch)
+    assert run.probe.block == 10 and speed["probe_pairs"] >= 1 and speed["speed_vs_sgd"] > 0
+    assert run.probe.method_opt.timed_share == run.optimizer.sharpness_steps / run.optimizer.num_steps
+
+
 # --- bad arguments: one clear error each ----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("cls, kwargs, bad", [

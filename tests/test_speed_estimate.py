@@ -119,3 +119,46 @@ def test_the_probe_alternates_which_step_goes_first(monkeypatch):
     monkeypatch.setattr(probe, "_time_step", lambda opt, closure: order.append(opt) or (2.0 if opt == "method" else 1.0))
     assert probe.time_pairs(lambda r: None, 3) == [(2.0, 1.0)] * 3
     assert order == ["method", "sgd", "sgd", "method", "method", "sgd", "sgd", "method"]  # warm-up pair first
+
+
+def test_each_method_is_timed_over_its_cycle():
+    from esam.config import OptimizerConfig
+    from esam.training.speed_probe import RANDOM_BLOCK, cycle_steps
+    assert [cycle_steps(OptimizerConfig(name=n)) for n in ("sgd", "sam", "esam")] == [1, 1, 1]  # as before
+    assert cycle_steps(OptimizerConfig(name="looksam", looksam_k=4)) == 4
+    assert cycle_steps(OptimizerConfig(name="rst")) == cycle_steps(OptimizerConfig(name="aesam")) == RANDOM_BLOCK
+
+
+def test_rst_is_timed_near_its_cost_not_near_its_cheap_steps(monkeypatch):
+    """RST at p = 0.5 costs 1.5 passes a step: 0.67x SGD. On a clock that moves one unit per pass
+    (a machine with nothing else on it), single-step pairs give 1 or 0.5 and their median one of the
+    two; blocks of RANDOM_BLOCK steps give the cost model's ratio. The coin is seeded: deterministic."""
+    from types import SimpleNamespace
+
+    from esam.config import OptimizerConfig
+    from esam.training import speed_probe
+    from esam.training.speed_probe import InterleavedProbe, cycle_steps
+    from esam.training.step import build_step_optimizer
+    clock = [0.0]
+    monkeypatch.setattr(speed_probe, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3)
+    x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
+    config = OptimizerConfig(name="rst", rst_p=0.5)
+
+    def make_closure(runner):
+        def closure(indices=None):
+            clock[0] += 1.0  # one pass
+            return torch.nn.functional.cross_entropy(runner(x), y, reduction="none")
+        return closure
+
+    def probe(block: int) -> InterleavedProbe:
+        return InterleavedProbe(model, lambda m: build_step_optimizer(m, config, 1),
+                                lambda m: build_step_optimizer(m, config, 1, method="sgd"), torch.device("cpu"),
+                                block=block)
+    single = ratios(probe(1).time_pairs(make_closure, 15))
+    assert set(single) == {1.0, 0.5} and median(single) in (1.0, 0.5)  # one kind's ratio, never the cost's
+    blocks = probe(cycle_steps(config))
+    speed, low, high = median_interval(ratios(blocks.time_pairs(make_closure, 15)))
+    assert 0.4 <= blocks.method_opt.sharpness_steps / 160 <= 0.6  # the seeded draw (warm-up block included) near p
+    assert speed == pytest.approx(1 / 1.5, abs=0.05) and low <= 1 / 1.5 <= high  # the cost model's ratio

@@ -72,6 +72,16 @@ class AESAM(SkippingSAM):
         self.mean = 0.0  # running statistics of ||g||^2, on the host
         self.var = 0.0
         self.last_sq_norm = float("nan")
+        self.timed_share: float | None = None  # see time_at_share
+
+    def time_at_share(self, share: float | None) -> None:
+        """For timing only (the trainer's speed probe): sharpen on `share` of the steps, spread evenly
+        (step t sharpens when floor((t + 1) share) > floor(t share)), whatever the test says; None
+        returns to the test. The first pass, the norm and its host sync still run, so each step costs
+        what a training step of its kind costs, at the share of sharpness steps the run really had."""
+        if share is not None and not 0 <= share <= 1:
+            raise ValueError(f"share must be in [0, 1] or None, got {share}")
+        self.timed_share = share
 
     def threshold_c(self, t: int) -> float:
         """c at step t: linear from c_start (t = 0) to c_end (t = T - 1, and after); the mean without T."""
@@ -90,7 +100,12 @@ class AESAM(SkippingSAM):
         s = self.last_sq_norm = float(sq)  # the step's one host sync (free on the CPU)
         self.mean = self.momentum * self.mean + (1 - self.momentum) * s
         self.var = self.momentum * self.var + (1 - self.momentum) * (s - self.mean) ** 2
-        if s >= self.mean + self.threshold_c(self.num_steps) * math.sqrt(self.var):
+        if self.timed_share is not None:
+            t, f = self.num_steps, self.timed_share
+            sharpen = math.floor((t + 1) * f) > math.floor(t * f)
+        else:
+            sharpen = s >= self.mean + self.threshold_c(self.num_steps) * math.sqrt(self.var)
+        if sharpen:
             return self._sharpen_from(closure, loss, losses)
         return self._base_update(loss, losses.shape[0])
 

@@ -17,7 +17,8 @@ EPOCH_METRICS: dict[str, str] = {
     "speed_vs_sgd_high": "upper end of speed_vs_sgd's 95% interval",
     "epoch_speed_vs_sgd": "the median ratio of this epoch's pairs only (a diagnostic; once the objective, it moved "
                           "with the neighbours)",
-    "probe_pairs": "interleaved method/SGD pairs timed in the run so far (warm-up pairs excluded)",
+    "probe_pairs": "interleaved method/SGD pairs timed in the run so far (warm-up pairs excluded; LookSAM, RST, AE-SAM: "
+                   "pairs of blocks, a cycle of steps each)",
     "relative_cost": "the optimizer's own count of the step's work in the paper's cost model (SGD 1, SAM 2)",
     "epoch_time_s": "wall seconds of the epoch's training and speed probe (evaluation excluded)",
     "learning_rate": "the base optimizer's learning rate after the epoch",

@@ -27,7 +27,7 @@ from esam.training.checkpoint import CHECKPOINT_FILE, load_checkpoint, restore, 
 from esam.training.cuda_graphs import warm_up, warm_up_quiet_steps
 from esam.training.schedule import lr_multiplier
 from esam.training.speed_estimate import SpeedEstimate, median, probe_epoch, ratios
-from esam.training.speed_probe import InterleavedProbe
+from esam.training.speed_probe import InterleavedProbe, cycle_steps
 from esam.training.step import (PassMode, autocast, build_step_optimizer, loss_closure, prepare_device,
                                 resolve_precision)
 from esam.training.timing import StepTimer, synchronize
@@ -96,9 +96,12 @@ def _setup(config: TrainConfig) -> _Run:
     probe = None
     if config.probe_steps > 0 and config.optimizer.name != "sgd":
         # Throw-away copies with their own seed; graphed like the run, compiled never (compiling costs more than it shows).
+        # Each pair times a whole cycle of the method (speed_probe.cycle_steps). AE-SAM's copy sharpens at the
+        # run's share of sharpness steps (_speed_vs_sgd): its own test on one repeated batch would say little.
         probe = InterleavedProbe(model, lambda m: build_step_optimizer(m, config.optimizer, config.seed + 1),
                                  lambda m: build_step_optimizer(m, config.optimizer, config.seed + 1, method="sgd"),
-                                 device, wrap=passes.wrap if passes.kind == "cuda_graphs" else None)
+                                 device, wrap=passes.wrap if passes.kind == "cuda_graphs" else None,
+                                 block=cycle_steps(config.optimizer))
     return _Run(config, device, resolve_precision(config.precision, device), channels_last, data, model,
                 optimizer, scheduler, passes, passes.wrap(model), probe)
 
@@ -157,8 +160,12 @@ def _speed_vs_sgd(run: _Run, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[s
         quiet = warm_up_quiet_steps(run.config.optimizer.swp_patterns)
         run.probe.warm_up(make_closure, lambda step: warm_up(step, run.probe.runners, quiet_steps=quiet))
         run.probe_warmed = True
+    if hasattr(run.probe.method_opt, "time_at_share"):  # AE-SAM: time its steps at the run's share of sharpening
+        run.probe.method_opt.time_at_share(run.optimizer.sharpness_steps / max(1, run.optimizer.num_steps))
+    # probe_steps counts steps of each kind: a method timed in blocks needs fewer pairs for the same minimum
+    min_pairs = -(-run.config.probe_steps // run.probe.block)
     epoch = probe_epoch(run.speed, lambda n, first: run.probe.time_pairs(make_closure, n, discard_first=first),
-                        run.config.probe_steps)
+                        min_pairs)
     return {**run.speed.summary(), "epoch_speed_vs_sgd": median(ratios(epoch))}
 
 
