@@ -12,18 +12,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from conftest import closure_for, make_batches, make_cnn, sgd
+from conftest import closure_for, make_batches, make_cnn, one_torch_thread, sgd
 from esam.optim import (ESAM, OPTIMIZERS, SAM, Plain, StepCost, build_optimizer, predicted_relative_cost,
                         subset_size)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny kernels: one thread avoids OpenMP spin-waits on a busy 2-core machine (20x faster here)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+one_thread = pytest.fixture(autouse=True, scope="module")(one_torch_thread)
 
 
 def make(name: str, model: nn.Module, **hparams) -> Plain:

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from conftest import closure_for, make_batches, make_cnn, sgd
+from conftest import closure_for, make_batches, make_cnn, one_torch_thread, sgd
 from esam.optim import AESAM, ESAM, RST, SAM, LookSAM, Plain, build_optimizer, predicted_relative_cost
 from esam.optim.cost import aesam_sharp_fraction
 
@@ -19,13 +19,7 @@ SKIPPING = {"looksam": LookSAM, "rst": RST, "aesam": AESAM}
 ESAM_SETTINGS = {"sharpness": "esam", "beta": 0.6, "gamma": 0.5, "score": "loss_rise"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny kernels: one thread avoids OpenMP spin-waits on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+one_thread = pytest.fixture(autouse=True, scope="module")(one_torch_thread)
 
 
 def train(opt, model: nn.Module, batches) -> list[torch.Tensor]:

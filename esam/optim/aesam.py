@@ -115,19 +115,7 @@ class AESAM(SkippingSAM):
         for p in frozen:
             p.requires_grad_(True)
             p.grad = None
-        self._save_bn()
-        self.first_step(zero_grad=True)
-        try:
-            indices, k, scored = self._select(closure, losses)
-            with torch.enable_grad():
-                self._forward(closure, indices, k).mean().backward()
-        except BaseException:  # leave w (and the BN stats) as they were before the perturbation
-            self._restore_w()
-            raise
-        finally:
-            self._restore_bn()
-        self.second_step()
-        self.num_steps += 1
+        k, scored = self._perturb_and_descend(closure, losses)
         # Every weight gradient was computed in the first pass, whatever SWP kept afterwards.
         self.last_cost = StepCost.two_pass(self.method, losses.shape[0], k, 1.0, scored)
         self.sharpness_steps += 1

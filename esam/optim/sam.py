@@ -134,10 +134,20 @@ class SAM(Plain):
             for p in frozen:
                 p.requires_grad_(True)
         batch = losses.shape[0]
+        k, scored = self._perturb_and_descend(closure, losses.detach())
+        self.last_cost = StepCost.two_pass(self.method, batch, k, self._ascent_fraction, scored,
+                                           ascent_backward=not everything_frozen)
+        return loss.detach()
+
+    def _perturb_and_descend(self, closure: Closure, losses: torch.Tensor) -> tuple[int, bool]:
+        """The step after the ascent gradient: perturb, [select], descent pass, restore, base step.
+
+        `losses` are the clean per-sample losses (ESAM's SDS scores from them). Returns (k, scored).
+        """
         self._save_bn()
         self.first_step(zero_grad=True)
         try:
-            indices, k, scored = self._select(closure, losses.detach())  # ESAM's SDS; the whole batch in SAM
+            indices, k, scored = self._select(closure, losses)  # ESAM's SDS; the whole batch in SAM
             with torch.enable_grad():
                 self._forward(closure, indices, k).mean().backward()
         except BaseException:  # leave w (and the BN stats) as they were before the perturbation
@@ -147,9 +157,7 @@ class SAM(Plain):
             self._restore_bn()
         self.second_step()
         self.num_steps += 1
-        self.last_cost = StepCost.two_pass(self.method, batch, k, self._ascent_fraction, scored,
-                                           ascent_backward=not everything_frozen)
-        return loss.detach()
+        return k, scored
 
     @torch.no_grad()
     def _restore_w(self) -> None:
