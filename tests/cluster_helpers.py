@@ -221,7 +221,9 @@ def served_artifact(server_url: str, run, path: str) -> bytes:
 
 # --- a Ray cluster of separate nodes on this machine ---------------------------------------------------------------
 
-RAY = Path(sys.executable).with_name("ray")  # the CLI of this environment: every node runs the same Ray and esam
+# The CLI of this environment (every node runs the same Ray and esam); PATH's where Python's folder has none.
+RAY = Path(sys.executable).with_name("ray") if Path(sys.executable).with_name("ray").exists() \
+    else Path(shutil.which("ray") or "ray")
 # GCS health checks every second, a node dead after 3 misses (Ray's defaults: 3 s and 5), so a killed
 # node's trials are retried within seconds.
 HEALTH_CHECKS = {"RAY_health_check_initial_delay_ms": "1000", "RAY_health_check_period_ms": "1000",

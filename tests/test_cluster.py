@@ -33,7 +33,7 @@ from mlflow.tracking import MlflowClient
 
 pytestmark = pytest.mark.slow
 
-TRIALS, EPOCHS = 6, 5
+TRIALS, EPOCHS = 6, 8  # 8 short epochs: a wide window to catch a trial mid-training
 HEAD_CPUS, WORKER_CPUS = 1, 2  # 1 CPU per trial: 3 trials at a time, 1 on the head and 2 on the worker
 
 
