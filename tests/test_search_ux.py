@@ -213,3 +213,18 @@ def test_connecting_leaves_the_environment_alone(tmp_path, monkeypatch):
     tracking.connect(f"sqlite:///{tmp_path / 'first.db'}")
     assert "MLFLOW_TRACKING_URI" not in os.environ
     assert tracking.tracking_uri(None) == f"sqlite:///{tmp_path / 'mlflow.db'}"  # the working dir's store again
+
+
+def test_a_retried_trial_logs_each_epoch_once():
+    """A trial retried from an earlier checkpoint reports epochs again: MLflow keeps the first of each."""
+    from types import SimpleNamespace
+
+    from esam.search.callbacks import MlflowTrialRuns
+    runs = MlflowTrialRuns("sqlite:///unused.db", "parent", "trial", str, dict)
+    sent = []
+    runs._put = lambda trial, op, **fields: sent.append((fields["step"], fields["metrics"], fields.get("tags")))
+    trial = SimpleNamespace(trial_id="t1", config={})
+    for epoch, node in [(1, "a"), (2, "a"), (1, "b"), (2, "b"), (3, "b")]:  # node a died after epoch 2
+        runs.on_trial_result(0, [], trial, {"epoch": epoch, "test_acc": float(epoch), "node": node})
+    assert [step for step, metrics, _ in sent if metrics] == [1, 2, 3]
+    assert [tags for _, _, tags in sent if tags] == [{"esam.node": "a"}, {"esam.node": "b"}]  # the move is still tagged
