@@ -37,6 +37,8 @@ from pathlib import Path
 
 import pytest
 
+from faults_helpers import inherited_env
+
 USER, PASSWORD = "esam", "esam-test"
 SERVER_SETTINGS = ("-c listen_addresses=127.0.0.1 -c unix_socket_directories='' -c fsync=off "
                    "-c synchronous_commit=off -c full_page_writes=off -c max_connections=100")
@@ -279,7 +281,7 @@ class RayCluster:
         with open(log, "w") as out:
             proc = subprocess.Popen([str(RAY), "start", "--block", "--node-ip-address", ip, "--num-cpus", str(cpus),
                                      "--disable-usage-stats", "--temp-dir", str(self.temp_dir), *args],
-                                    env={**os.environ, **self.env, **env}, stdout=out, stderr=subprocess.STDOUT,
+                                    env={**inherited_env(), **self.env, **env}, stdout=out, stderr=subprocess.STDOUT,
                                     start_new_session=True)
         self.nodes.append(proc)
         self.ips[proc.pid] = ip

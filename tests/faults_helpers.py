@@ -38,11 +38,17 @@ def write_config(root: Path, name: str, *, trials: int = 2, epochs: int = 2, ref
     return path
 
 
+def inherited_env() -> dict:
+    """This process's environment for a child, without what an in-process search left in it: the
+    loopback switch esam/search/local_ray.py sets makes `ray start` refuse worker nodes."""
+    return {k: v for k, v in os.environ.items() if k != "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"}
+
+
 def start(config: Path, cwd: Path, env: dict | None = None, args: tuple[str, ...] = ()) -> subprocess.Popen:
     """`esam search config [args]` in its own session, so that signals reach the driver only."""
     return subprocess.Popen([sys.executable, "-m", "esam.cli", "search", str(config), *args], cwd=cwd,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+                            env={**inherited_env(), "PYTHONUNBUFFERED": "1", **(env or {})})
 
 
 def run(config: Path, cwd: Path, env: dict | None = None, timeout: float = 400,
