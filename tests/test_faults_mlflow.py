@@ -95,6 +95,22 @@ def test_past_the_bounds_the_buffer_gives_up_and_spills_for_the_next_run(tmp_pat
     assert writer.written == [0, 1, 2, 3, 4] and not spill.exists()
 
 
+def test_a_killed_process_leaves_what_mlflow_had_not_taken_in_the_journal(tmp_path):
+    """SIGKILL runs no close(): the spill file, appended on every put, already holds the pending records."""
+    spill = tmp_path / "pending.jsonl"
+    writer = FlakyWriter()
+    buffer = RecordBuffer(writer, where="u", spill=spill, echo=lambda _: None)
+    buffer.put({"n": 0})
+    assert buffer.drain(5) and spill.read_text() == ""  # written: nothing left to replay
+    writer.down.set()
+    buffer.put({"n": 1})
+    buffer.put({"n": 2})
+    assert [json.loads(line)["n"] for line in spill.read_text().splitlines()] == [1, 2]  # "killed" here
+    writer = FlakyWriter()
+    again = RecordBuffer(writer, where="u", spill=spill, echo=lambda _: None)  # the next run replays them
+    assert again.drain(5) and writer.written == [1, 2] and again.close() == 0 and not spill.exists()
+
+
 # End to end: a real server, real Ray and Optuna.
 
 EPOCHS = 4

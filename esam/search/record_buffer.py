@@ -8,6 +8,10 @@ Bounds: at most `max_records` waiting records (memory) and at most `max_outage_s
 without a successful write. Past either, `gave_up` becomes true; the owner stops its work and
 `close()` spills what is left to a JSON-lines file, which the next `RecordBuffer` on the same
 file loads first, so nothing is lost. Replayed records must be idempotent for the writer.
+
+The same file is a write-ahead journal while the buffer runs: `put` appends each record before
+the thread writes it, and the file is emptied whenever the queue is. A process killed outright
+(SIGKILL, a lost machine) thus leaves what MLflow had not taken yet on disk, for the next run.
 """
 from __future__ import annotations
 
@@ -71,9 +75,25 @@ class RecordBuffer:
     def __len__(self) -> int:
         return len(self._queue)
 
+    def _journal(self, record: dict | None) -> None:
+        """Append `record` to the spill file (None: empty it). Best effort: a full or read-only disk
+        costs the journal, never the search. Called with the lock held, so the file keeps queue order."""
+        if self.spill is None:
+            return
+        try:
+            if record is None:
+                if self.spill.exists():
+                    self.spill.write_text("")
+                return
+            with open(self.spill, "a") as f:
+                f.write(json.dumps(record, default=str) + "\n")
+        except OSError:
+            pass
+
     def put(self, record: dict) -> None:
         """Queue a record (JSON-serialisable); never blocks, never raises."""
         with self._cond:
+            self._journal(record)
             self._queue.append(record)
             if len(self._queue) > self.max_records and not self.gave_up:
                 self.gave_up = f"more than {self.max_records} records waiting"
@@ -132,6 +152,8 @@ class RecordBuffer:
                     self._queue.popleft()
                     self.written += 1
                     failures = 0
+                    if not self._queue:
+                        self._journal(None)  # all written: nothing for a next run to replay
                     if self.outage_since is not None and not self._queue:
                         self.echo(f"MLflow back after {self.clock() - self.outage_since:.0f} s: "
                                   f"wrote {self.written - self._written_before_outage} records")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
 import time
 
@@ -34,7 +35,16 @@ class StopSignals:
         self._old: dict[int, object] = {}
         self._in_fit = False
 
+    def _unraisable(self, unraisable) -> None:
+        """A stop raised where Python cannot propagate it (e.g. in an at-fork hook while Ray starts its
+        processes) is not news: the signal is recorded and the search stops at its next check."""
+        if isinstance(unraisable.exc_value, SearchStopped):
+            return
+        self._old_hook(unraisable)
+
     def __enter__(self) -> "StopSignals":
+        self._old_hook = sys.unraisablehook
+        sys.unraisablehook = self._unraisable
         if threading.current_thread() is threading.main_thread():
             os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
             for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
@@ -49,6 +59,7 @@ class StopSignals:
 
     def __exit__(self, *exc) -> None:
         self._in_fit = False
+        sys.unraisablehook = self._old_hook
         for sig, old in self._old.items():
             signal.signal(sig, old)
 
