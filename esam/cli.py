@@ -71,10 +71,8 @@ def cmd_search(args) -> int:
     path = Path(args.config) if args.config else default_search_config()
     cfg = load_search_config(path, args.set)
     outcome = run_search(cfg, address=args.address)
-    from esam.search.constraints import parse_all
-    from esam.search.config import OBJECTIVE_METRICS
     from esam.search.pareto_report import front_note
-    constraints = parse_all(cfg.constraints, OBJECTIVE_METRICS, cfg.references)
+    constraints = cfg.parsed_constraints()
     print(f"\n{front_note(outcome.rows, outcome.front, constraints)}; then the references:")
     print(outcome.table)
     from esam.search import tracking

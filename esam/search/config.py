@@ -111,6 +111,11 @@ class SearchConfig:
     def directory(self) -> Path:
         return Path(self.results_dir).expanduser().resolve() / self.name
 
+    def parsed_constraints(self) -> list:
+        """`constraints` as esam.search.constraints.Constraint objects (validated at load)."""
+        from esam.search.constraints import parse_all
+        return parse_all(self.constraints, OBJECTIVE_METRICS, self.references)
+
     def optuna_url(self) -> str:
         return self.optuna_storage or f"sqlite:///{self.directory / 'optuna.db'}"
 
@@ -218,8 +223,7 @@ def validate_search(cfg: SearchConfig) -> SearchConfig:
     if not isinstance(cfg.references, list) or any(r not in REFERENCES for r in cfg.references):
         raise ConfigError(f"references must be a list from {', '.join(REFERENCES)}, got {brief(cfg.references)}")
     _validate_scheduler(cfg)
-    from esam.search.constraints import parse_all
-    parse_all(cfg.constraints, OBJECTIVE_METRICS, cfg.references)
+    cfg.parsed_constraints()  # a bad constraint is one line now, before anything starts
     if cfg.train.optimizer.name != "esam":
         raise ConfigError(f"train.optimizer.name must be esam in a search, got {brief(cfg.train.optimizer.name)}")
     return cfg

@@ -270,8 +270,7 @@ def _run_search(cfg: SearchConfig, uri: str, client, *, address: str | None,
     from ray import tune
 
     from esam.search.callbacks import FrontProgress, MlflowTrialRuns, Progress
-    from esam.search.config import OBJECTIVE_METRICS
-    from esam.search.constraints import OptunaConstraints, parse_all
+    from esam.search.constraints import OptunaConstraints
     from esam.search.optuna_searcher import ReconcilingOptunaSearch
     from esam.search.trial_records import finish_records, open_records, retry
     from esam.search.trial import trial_label, trial_params
@@ -294,7 +293,7 @@ def _run_search(cfg: SearchConfig, uri: str, client, *, address: str | None,
     check_ray_states(cfg)  # all refusals before the parent run is reopened: a refused run changes nothing
     parent = tracking.start_parent_run(client, cfg.mlflow.experiment, cfg.name, resolved, parent)
     write_state(directory, {"config": resolved, "parent_run_id": parent, "tracking_uri": uri})
-    objectives = cfg.objective_pairs
+    objectives, constraints = cfg.objective_pairs, cfg.parsed_constraints()
     echo(f"search {cfg.name}: {cfg.trials} ESAM trials + references {cfg.references or 'none'}, "
          f"{cfg.concurrency} at a time; MLflow run {parent} at {uri}")
     if added:
@@ -320,7 +319,6 @@ def _run_search(cfg: SearchConfig, uri: str, client, *, address: str | None,
                                           trial_dirname_creator=lambda t: f"{t.config['optimizer']}_{t.trial_id}")
             _fit(_tuner(cfg, "references", {"optimizer": tune.grid_search(list(cfg.references))},
                         tune_config, callbacks, restore=bool(state)), directory / "references", len(cfg.references))
-        constraints = parse_all(cfg.constraints, OBJECTIVE_METRICS, cfg.references)
         references = _reference_results(cfg) if constraints and not complete else {}
         for c in constraints:
             if not complete:
@@ -361,7 +359,6 @@ def _run_search(cfg: SearchConfig, uri: str, client, *, address: str | None,
         if status != "FINISHED":
             with contextlib.suppress(Exception):  # MLflow may be away; the next run reopens the parent
                 client.set_terminated(parent, status=status)
-    constraints = parse_all(cfg.constraints, OBJECTIVE_METRICS, cfg.references)
     rows, front, references = retry(lambda: tag_front_and_write_artifacts(client, parent, objectives, constraints),
                                     "the Pareto artifacts", echo=echo)
     summary = retry(lambda: tracking.summarize_parent(client, parent, rows, front, references, objectives,
