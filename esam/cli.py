@@ -190,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_arguments(p)
     p.set_defaults(func=bench.run)
 
-    p = sub.add_parser("export", help="write one front point as a runnable ESAM config")
+    p = sub.add_parser("export", help="write one front point as a runnable config (ESAM or the method the search found)")
     p.add_argument("search", nargs="?", help="search name or parent run id (default: the newest search)")
     p.add_argument("--pick", default="knee",
                    help="max-accuracy | max-throughput | knee | fastest-within=D (D: accuracy points)")

@@ -20,7 +20,7 @@ from mlflow.tracking import MlflowClient
 
 from esam.cli import default_search_config
 from esam.search.record_buffer import RecordBuffer, Rejected, backoff
-from esam.search.trial_records import SPILL_FILE
+from esam.search.trial_records import SPILL_FILE, TrialRunWriter
 
 
 class FlakyWriter:
@@ -109,6 +109,27 @@ def test_a_killed_process_leaves_what_mlflow_had_not_taken_in_the_journal(tmp_pa
     writer = FlakyWriter()
     again = RecordBuffer(writer, where="u", spill=spill, echo=lambda _: None)  # the next run replays them
     assert again.drain(5) and writer.written == [1, 2] and again.close() == 0 and not spill.exists()
+
+
+def test_a_new_driver_keeps_the_epochs_a_run_already_holds(tmp_path):
+    """A trial resumed from an earlier checkpoint after the driver died reports epoch 2 again: the
+    next driver's writer (which never saw epoch 2) keeps MLflow's first point and adds epoch 3."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    parent = client.create_run(client.create_experiment("x")).info.run_id
+    start = {"op": "start", "trial_id": "t1", "name": "esam", "kind": "search", "params": {}}
+    first = TrialRunWriter(uri, parent)
+    for record in (start, *({"op": "metrics", "trial_id": "t1", "step": e, "timestamp": 1000 + e,
+                             "metrics": {"test_acc": 10.0 * e}} for e in (1, 2))):
+        first(record)
+    second = TrialRunWriter(uri, parent)  # the rerun's writer: only MLflow knows what was logged
+    for e, acc, tags in ((2, 99.0, {"esam.node": "n2"}), (3, 30.0, None)):
+        second({"op": "metrics", "trial_id": "t1", "step": e, "timestamp": 5000 + e, "metrics": {"test_acc": acc},
+                "tags": tags})
+    run_id = first._runs["t1"]
+    history = [(m.step, m.value) for m in client.get_metric_history(run_id, "test_acc")]
+    assert sorted(history) == [(1, 10.0), (2, 20.0), (3, 30.0)]
+    assert client.get_run(run_id).data.tags["esam.node"] == "n2"  # the tag of a repeated epoch is kept
 
 
 # End to end: a real server, real Ray and Optuna.

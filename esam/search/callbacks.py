@@ -68,7 +68,7 @@ class MlflowTrialRuns(tune.Callback):
         self._nodes: dict[str, str] = {}  # trial id -> the node its results last came from
 
     def __getstate__(self):  # Ray pickles callbacks with the experiment; a stop request is per run
-        return {**self.__dict__, "_stopping": False, "_nodes": {}, "_logged": {}}
+        return {**self.__dict__, "_stopping": False, "_nodes": {}}
 
     def _put(self, trial, op: str, **fields) -> None:
         from esam.search.trial_records import open_records
@@ -86,15 +86,10 @@ class MlflowTrialRuns(tune.Callback):
         if isinstance(node, str) and nodes.get(trial.trial_id) != node:  # the first result on this node
             nodes[trial.trial_id] = node
             extra["tags"] = {NODE_TAG: node}
-        step, logged = int(result.get("epoch", 0)), self.__dict__.setdefault("_logged", {})
-        if step <= logged.get(trial.trial_id, 0):
-            # A trial retried from an earlier checkpoint (or from scratch) reports epochs the run
-            # already holds: MLflow keeps one point per epoch, the first attempt's.
-            if extra:
-                self._put(trial, "metrics", step=step, timestamp=int(time.time() * 1000), metrics={}, **extra)
-            return
-        logged[trial.trial_id] = step
-        self._put(trial, "metrics", step=step, timestamp=int(time.time() * 1000), metrics=metrics, **extra)
+        # A retried or resumed trial reports epochs its run may hold already: the writer keeps the
+        # first attempt's points (esam/search/trial_records.py), so every result is passed on.
+        self._put(trial, "metrics", step=int(result.get("epoch", 0)), timestamp=int(time.time() * 1000),
+                  metrics=metrics, **extra)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         epoch = stopped_at(trial, getattr(self, "full_epochs", 0))

@@ -13,8 +13,9 @@ from esam.config import (MAX_SEED, OptimizerConfig, TrainConfig, brief, deep_mer
                          read_yaml, train_config_from_dict)
 from esam.errors import ConfigError
 from esam.training.metrics import METRICS
-from esam.optim.cost import SCORES
+from esam.optim.cost import SCORES, SHARPNESS
 from esam.optim.sam import BN_UPDATES
+from esam.search.space import INTEGER_FIELDS, METHODS, unused_field
 
 # An objective is a metric train() reports, except the epoch count and the schedule's learning rate.
 OBJECTIVE_METRICS = tuple(m for m in METRICS if m not in ("epoch", "learning_rate"))
@@ -22,15 +23,19 @@ OBJECTIVE_METRICS = tuple(m for m in METRICS if m not in ("epoch", "learning_rat
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 SAMPLERS = ("nsga2", "tpe", "gp", "random")
 SCHEDULERS = ("none", "moasha")
-# The paper's setting (Du et al., ICLR 2022, CIFAR): a warm-started search proposes it first.
-PAPER_SETTING = {"rho": 0.05, "beta": 0.6, "gamma": 0.5, "score": "loss_rise"}
-REFERENCES = ("sgd", "sam")
-# Ranges that are legal for each searchable optimizer field (open/closed as the optimizer demands).
-_BOUNDS = {"rho": (0.0, None), "beta": (0.0, 1.0), "gamma": (0.0, 1.0), "lr": (0.0, None),
-           "weight_decay": (0.0, None), "momentum": (0.0, 1.0)}
+DEFAULT_REFERENCES = ("sgd", "sam")
+REFERENCES = DEFAULT_REFERENCES + METHODS  # optimizers a search may train beside, at train.optimizer's settings
+# Ranges that are legal for each searchable optimizer field: (low, high, the interval as shown),
+# open or closed as the optimizer demands (None: unbounded).
+_BOUNDS = {"rho": (0.0, None, "[0, inf)"), "beta": (0.0, 1.0, "(0, 1]"), "gamma": (0.0, 1.0, "(0, 1]"),
+           "lr": (0.0, None, "[0, inf)"), "weight_decay": (0.0, None, "[0, inf)"), "momentum": (0.0, 1.0, "[0, 1]"),
+           "looksam_k": (1, None, "[1, inf)"), "looksam_alpha": (0.0, None, "[0, inf)"), "rst_p": (0.0, 1.0, "[0, 1]"),
+           "aesam_c_start": (None, None, "(-inf, inf)"), "aesam_c_end": (None, None, "(-inf, inf)"),
+           "aesam_momentum": (0.0, 1.0, "[0, 1)")}
+_OPEN_LOW, _OPEN_HIGH = ("beta", "gamma"), ("aesam_momentum",)
 # Categorical optimizer fields and their values, as the optimizers define them.
-CHOICE_PARAMS = {"score": SCORES, "bn_update": BN_UPDATES}
-SEARCHABLE = tuple(_BOUNDS) + tuple(CHOICE_PARAMS)  # optimizer fields a search may vary
+CHOICE_PARAMS = {"method": METHODS, "sharpness": SHARPNESS, "score": SCORES, "bn_update": BN_UPDATES}
+SEARCHABLE = tuple(_BOUNDS) + tuple(CHOICE_PARAMS)  # optimizer fields a search may vary (method: optimizer.name)
 
 
 @dataclass(frozen=True)
@@ -92,7 +97,7 @@ class SearchConfig:
     trials: int = 8  # ESAM trials proposed by Optuna (references not counted)
     concurrency: int = 2  # trials running at once
     resources: Resources = field(default_factory=Resources)  # per trial
-    references: list = field(default_factory=lambda: list(REFERENCES))  # baselines trained beside: sgd, sam
+    references: list = field(default_factory=lambda: list(DEFAULT_REFERENCES))  # baselines trained beside: sgd, sam, esam, looksam, rst, aesam
     results_dir: str = "esam_results"  # Ray results and the default Optuna store (shared storage on clusters)
     optuna_storage: str | None = None  # an RDB URL; None: sqlite in results_dir/<name>/optuna.db
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)  # where runs are recorded
@@ -100,7 +105,7 @@ class SearchConfig:
     repeats: int = 1  # trainings per setting, seeds train.seed + 0..repeats-1; objectives are their mean
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)  # early stopping of ESAM trials
     constraints: list = field(default_factory=list)  # e.g. ["speed_vs_sgd >= sam", "test_acc >= sam - 0.5"]
-    warm_start: bool = True  # the paper's setting (rho 0.05, beta 0.6, gamma 0.5) is the first trial
+    warm_start: bool = True  # the paper's setting (ESAM: rho 0.05, beta 0.6, gamma 0.5) is the first trial
 
     @property
     def objective_pairs(self) -> list[tuple[str, str]]:
@@ -158,11 +163,14 @@ def _validate_space(space: dict[str, ParamSpace]) -> None:
             value = getattr(p, end)
             if not isinstance(value, (int, float)) or isinstance(value, bool):
                 raise ConfigError(f"space.{name}.{end} must be a number, got {brief(value)}")
+        if name in INTEGER_FIELDS and not all(float(v).is_integer() for v in (p.low, p.high)):
+            raise ConfigError(f"space.{name} takes integers, got low={p.low} high={p.high}")
         if not p.low < p.high:
             raise ConfigError(f"space.{name}: empty or inverted range low={p.low} high={p.high}")
-        lo, hi = _BOUNDS[name]
-        if (name in ("beta", "gamma") and (p.low <= lo or p.high > hi)) or p.low < lo or (hi is not None and p.high > hi):
-            interval = "(0, 1]" if name in ("beta", "gamma") else f"[{lo}, {hi if hi is not None else 'inf'})"
+        lo, hi, interval = _BOUNDS[name]
+        below = lo is not None and (p.low <= lo if name in _OPEN_LOW else p.low < lo)
+        above = hi is not None and (p.high >= hi if name in _OPEN_HIGH else p.high > hi)
+        if below or above:
             raise ConfigError(f"space.{name}: range [{p.low}, {p.high}] leaves the valid interval {interval}")
         if p.log and p.low <= 0:
             raise ConfigError(f"space.{name}: a log scale needs low > 0, got {p.low}")
@@ -224,8 +232,12 @@ def validate_search(cfg: SearchConfig) -> SearchConfig:
         raise ConfigError(f"references must be a list from {', '.join(REFERENCES)}, got {brief(cfg.references)}")
     _validate_scheduler(cfg)
     cfg.parsed_constraints()  # a bad constraint is one line now, before anything starts
-    if cfg.train.optimizer.name != "esam":
-        raise ConfigError(f"train.optimizer.name must be esam in a search, got {brief(cfg.train.optimizer.name)}")
+    if cfg.train.optimizer.name not in METHODS:
+        raise ConfigError(f"train.optimizer.name must be one of {', '.join(METHODS)} in a search "
+                          f"(sgd and sam train as references), got {brief(cfg.train.optimizer.name)}")
+    unused = unused_field(cfg.space, cfg.train.optimizer)
+    if unused:
+        raise ConfigError(unused)
     return cfg
 
 

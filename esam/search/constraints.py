@@ -24,7 +24,7 @@ from esam.errors import ConfigError
 _NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
 _PATTERN = re.compile(rf"\s*(?P<metric>[A-Za-z_]\w*)\s*(?P<op>>=|<=)\s*(?:(?P<scale>{_NUMBER})\s*\*\s*)?"
                       rf"(?P<base>[A-Za-z_]\w*|{_NUMBER})\s*(?:(?P<sign>[-+])\s*(?P<offset>{_NUMBER}))?\s*")
-FORM = "'<metric> >= <bound>' or '<=', the bound a number or [scale *] sgd|sam [+|- offset]"
+FORM = "'<metric> >= <bound>' or '<=', the bound a number or [scale *] <reference> [+|- offset]"
 # What an unmeasurable constraint counts as: far past any bound, and finite (Optuna refuses NaN).
 UNMEASURED = 1e9
 
@@ -73,8 +73,10 @@ def parse(text: object, metrics: tuple[str, ...], references: list[str], where: 
         if match["scale"] or match["offset"]:
             raise ConfigError(f"{where}: {text!r}: a numeric bound takes no scale or offset")
         return Constraint(text, metric, match["op"], None, 1.0, float(base))
-    if base not in ("sgd", "sam"):
-        raise ConfigError(f"{where}: {text!r}: the bound {base!r} is neither a number nor sgd/sam")
+    from esam.search.config import REFERENCES
+    if base not in REFERENCES:
+        raise ConfigError(f"{where}: {text!r}: the bound {base!r} is neither a number nor a reference "
+                          f"({', '.join(REFERENCES)})")
     if base not in references:
         raise ConfigError(f"{where}: {text!r} needs the {base} reference, which `references` does not train")
     return Constraint(text, metric, match["op"], base, float(match["scale"] or 1.0), offset)

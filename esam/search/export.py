@@ -1,8 +1,8 @@
-"""Export one Pareto-front ESAM config as a self-contained, runnable YAML file.
+"""Export one Pareto-front config (ESAM's, or LookSAM's, RST's, AE-SAM's) as a self-contained, runnable YAML file.
 
 The file is a training config (`esam train FILE.yaml` runs it; `ESAM.from_config(params, base,
-FILE.yaml)` builds the optimizer from its `optimizer:` section) plus an `exported:` section with
-the measured metrics and the MLflow run ids it came from.
+FILE.yaml)`, or the chosen method's class, builds the optimizer from its `optimizer:` section)
+plus an `exported:` section with the measured metrics and the MLflow run ids it came from.
 """
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from esam.training.metrics import METRICS
 from esam.search.pareto import pick
 from esam.search.front_summary import neighbours_within_noise, value_text
 from esam.search.config import SEARCHABLE
+from esam.optim import OPTIMIZERS
 
 
 def export_config(client, parent_run_id: str, rule: str, out: str | Path) -> dict:
@@ -40,7 +41,8 @@ def export_config(client, parent_run_id: str, rule: str, out: str | Path) -> dic
     # front points the measurements cannot tell apart from the chosen one (esam.search.pareto.indistinguishable)
     ties = [{"mlflow_run_id": trials[i]["run_id"], **{k: trials[i][k] for k in SEARCHABLE if k in trials[i]},
              **{m: trials[i][m] for m, _ in objectives}} for i in neighbours_within_noise(trials, index, objectives)]
-    optimizer = {"name": "esam", **{k: chosen[k] for k in SEARCHABLE if k in chosen}}
+    method = str(chosen.get("optimizer") or "esam")  # the trial's method, as its MLflow params say
+    optimizer = {"name": method, **{k: chosen[k] for k in SEARCHABLE if k in chosen and k != "method"}}
     train = to_dict(train_config_from_dict(deep_merge(search_config["train"], {"optimizer": optimizer})))
     document = {
         **train,
@@ -61,9 +63,10 @@ def export_config(client, parent_run_id: str, rule: str, out: str | Path) -> dic
         },
     }
     out = check_output(out)
-    header = (f"# ESAM config exported from search {search_config['name']!r} (pick: {rule}).\n"
+    cls = OPTIMIZERS[method].__name__
+    header = (f"# {cls} config exported from search {search_config['name']!r} (pick: {rule}).\n"
               f"# Run it: esam train {out.name}\n"
-              f"# Use it: ESAM.from_config(model.parameters(), base_optimizer, '{out.name}')\n")
+              f"# Use it: {cls}.from_config(model.parameters(), base_optimizer, '{out.name}')\n")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(header + yaml.safe_dump(document, sort_keys=False))

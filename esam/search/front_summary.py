@@ -23,7 +23,7 @@ _WORDS: dict[str, tuple[str, str, str, str]] = {
     "relative_cost": (".2f", "cost {}", "costlier", "cheaper"),
     "test_loss": (".4f", "test loss {}", "higher in test loss", "lower in test loss"),
 }
-_REFERENCE_ORDER = ("sgd", "sam")
+_REFERENCE_ORDER = ("sgd", "sam", "esam", "looksam", "rst", "aesam")
 
 
 def value_text(row: dict, metric: str, noise: bool = False) -> str:

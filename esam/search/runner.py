@@ -21,7 +21,8 @@ from esam.config import to_dict
 from esam.errors import ConfigError, EsamError
 from esam.search.local_ray import init_ray
 from esam.search.pareto_report import format_table, tag_front_and_write_artifacts
-from esam.search.config import PAPER_SETTING, SearchConfig
+from esam.search.config import SearchConfig
+from esam.search.space import optuna_space, paper_point
 from esam.search.lock import SearchLock
 from esam.search.state import check_writable, read_state, storage_error_line, write_state
 from esam.search.startup import (check_growth, check_ray_states, check_study, known_parent, reconcile_all,
@@ -67,19 +68,14 @@ def _sampler(cfg: SearchConfig):
 
 
 def _warm_start(cfg: SearchConfig, storage) -> list[dict]:
-    """The paper's setting as the first proposal, for the searched fields whose range holds it.
-
-    Only for a new study: a continued search has proposed it already.
+    """The paper's setting as the first proposal, for the searched fields whose range holds it
+    (esam.search.space.paper_point). Only for a new study: a continued search has proposed it already.
     """
     import optuna
     if not cfg.warm_start or (cfg.name in optuna.study.get_all_study_names(storage)
                               and optuna.load_study(study_name=cfg.name, storage=storage).get_trials(deepcopy=False)):
         return []
-    point = {}
-    for name, p in cfg.space.items():
-        value = PAPER_SETTING.get(name)
-        if value is not None and (value in p.choices if p.choices is not None else p.low <= value <= p.high):
-            point[name] = value
+    point = paper_point(cfg.space, cfg.train.optimizer)
     return [point] if point else []
 
 
@@ -325,7 +321,7 @@ def _run_search(cfg: SearchConfig, uri: str, client, *, address: str | None,
                 c.bound(references)  # a constraint on a reference that did not finish: one line, now
         warm = _warm_start(cfg, storage)  # before the searcher creates the study
         searcher = ReconcilingOptunaSearch(
-            space=_distributions(cfg), metric=[m for m, _ in objectives], mode=[d for _, d in objectives],
+            space=optuna_space(cfg.space, cfg.train.optimizer), metric=[m for m, _ in objectives], mode=[d for _, d in objectives],
             sampler=_sampler(cfg), study_name=cfg.name, storage=storage, max_trials=cfg.trials)
         for point in warm:  # Optuna samples the searched fields the point leaves out (Ray's own would refuse)
             searcher._ot_study.enqueue_trial(point, skip_if_exists=True)
@@ -342,7 +338,9 @@ def _run_search(cfg: SearchConfig, uri: str, client, *, address: str | None,
                      FrontProgress(uri, parent, objectives, cfg.train.epochs, constraints, references)]
         if not complete:
             refresh = functools.partial(_grow, cfg=cfg, scheduler=scheduler, callbacks=callbacks)
-            _fit(_tuner(cfg, "search", {}, tune_config, callbacks, restore=bool(state), refresh=refresh),
+            # Without `method` in the space every trial's method is train.optimizer's (a constant Ray adds)
+            constant = {} if "method" in cfg.space else {"method": cfg.train.optimizer.name}
+            _fit(_tuner(cfg, "search", constant, tune_config, callbacks, restore=bool(state), refresh=refresh),
                  directory / "search", None)
         _check_done(storage, cfg)
         finish_records(uri, parent, wait=True)  # every trial's record is in MLflow before the parent ends

@@ -295,6 +295,11 @@ def log_epoch(client, run_id: str, metrics: dict, step: int, timestamp_ms: int |
     client.log_batch(run_id, metrics=batch, tags=[RunTag(k, str(v)) for k, v in (tags or {}).items()])
 
 
+def last_logged_step(client, run_id: str, key: str) -> int:
+    """The highest step of metric `key` in the run (0 when it has none)."""
+    return max((m.step for m in client.get_metric_history(run_id, key)), default=0)
+
+
 def end_trial_run(client, run_id: str, error: str | None = None, tags: dict | None = None) -> None:
     for key, value in (tags or {}).items():
         client.set_tag(run_id, key, value)
@@ -423,7 +428,8 @@ def _maybe_number(value: str) -> Any:
 
 
 def _markdown_table(front: list[dict], references: list[dict], objectives: list[tuple[str, str]]) -> str:
-    settings = [k for k in ("rho", "beta", "gamma", "score", "lr") if any(k in r for r in front)]
+    settings = [k for k in ("optimizer", "rho", "beta", "gamma", "score", "sharpness", "looksam_k", "looksam_alpha",
+                            "rst_p", "aesam_c_start", "aesam_c_end", "lr") if any(k in r for r in front)]
     columns = [m for m, _ in objectives] + settings
     lines = ["| run | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
 

@@ -1,7 +1,9 @@
 """The Ray Tune trainable: a thin adapter from a trial's sampled settings to `train()`.
 
 A trial's config holds only what differs between trials: the optimizer name for reference
-trials, the sampled hyperparameters (rho, beta, gamma, ...) for ESAM trials. The shared training
+trials (`optimizer`), the method and the sampled hyperparameters (rho, beta, gamma, ...) for
+search trials (`method`: esam, looksam, rst or aesam; sampled, or train.optimizer's; a trial of a
+search made before methods were searchable has none and is ESAM's). The shared training
 config arrives through `tune.with_parameters`. Keys starting with "_" are the searcher's notes,
 not settings: `_number` (the Optuna trial number) and `_reuse` (this proposal repeats a finished
 trial: {"number", "run_id", "metrics"}; the trainable reports those metrics and trains nothing,
@@ -22,7 +24,7 @@ from ray import tune
 
 from esam.config import train_config_from_dict
 from esam.search.scratch import trial_scratch
-from esam.optim import OPTIMIZERS
+from esam.search.space import used_fields
 from esam.training.checkpoint import CHECKPOINT_FILE
 from esam.training.trainer import train
 
@@ -32,23 +34,28 @@ def searched(trial_config: dict) -> dict:
     return {k: v for k, v in trial_config.items() if not str(k).startswith("_")}
 
 
+def method_of(trial_config: dict) -> str:
+    """The optimizer a trial trains: a reference's, the sampled or fixed method, else ESAM."""
+    return str(trial_config.get("optimizer") or trial_config.get("method") or "esam")
+
+
 def trial_overrides(trial_config: dict) -> dict:
-    """{"optimizer": "sam"} or {"rho": .., "beta": ..} -> overrides of the training config."""
-    settings = searched(trial_config)
-    method = settings.pop("optimizer", "esam")
-    return {"optimizer": {"name": method, **settings}}
+    """{"optimizer": "sam"} or {"method": "rst", "rho": .., "rst_p": ..} -> overrides of the training config."""
+    settings = {k: v for k, v in searched(trial_config).items() if k not in ("optimizer", "method")}
+    return {"optimizer": {"name": method_of(trial_config), **settings}}
 
 
 def trial_label(trial_config: dict) -> str:
-    """A trial's name in MLflow and on the terminal: "sgd", "sam", or "#3 esam rho=0.05 beta=0.6 ...".
+    """A trial's name in MLflow and on the terminal: "sgd", "sam", or "#3 esam rho=0.05 beta=0.6 ...",
+    "#4 looksam rho=0.05 looksam_k=5 ...".
 
     The number is Optuna's trial number (unique in the search; two trials whose rounded values
     read alike still differ by it); a reused proposal ends "(reuses #1)".
     """
     if "optimizer" in trial_config:
         return str(trial_config["optimizer"])
-    settings = searched(trial_config)
-    label = "esam " + " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in settings.items())
+    settings = {k: v for k, v in searched(trial_config).items() if k != "method"}
+    label = f"{method_of(trial_config)} " + " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in settings.items())
     if "_number" in trial_config:
         label = f"#{trial_config['_number']} {label}"
     reuse = trial_config.get("_reuse")
@@ -63,10 +70,11 @@ _BASE_PARAMS = ("lr", "momentum", "weight_decay")  # the base SGD's, shared by e
 def trial_params(base_optimizer: dict, trial_config: dict) -> dict:
     """The optimizer settings a trial really uses (searched and fixed), for MLflow's params.
 
-    Which settings a method uses is the optimizer class's own list (`hyperparameters`)."""
+    Which settings a method uses is the optimizer class's own list (`hyperparameters`), less ESAM's
+    beta, gamma and score for a skipping method whose sharpness step is SAM's (esam.search.space)."""
     resolved = {**base_optimizer, **trial_overrides(trial_config)["optimizer"]}
     method = resolved["name"]
-    used = _BASE_PARAMS + tuple(getattr(OPTIMIZERS[method], "hyperparameters", ()))
+    used = _BASE_PARAMS + used_fields(method, resolved.get("sharpness", "sam"))
     return {"optimizer": method, **{k: resolved[k] for k in used}}
 
 

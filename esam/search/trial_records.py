@@ -35,6 +35,7 @@ class TrialRunWriter:
         self.uri, self.parent_run_id = uri, parent_run_id
         self._client = None
         self._runs: dict[str, str] = {}
+        self._last_step: dict[str, int] = {}  # run id -> the last epoch MLflow holds for it
 
     @property
     def client(self):
@@ -59,6 +60,7 @@ class TrialRunWriter:
                                         record["timestamp"])
             return
         if op == "start":
+            self._last_step.pop(self._runs.get(trial_id, ""), None)  # a reopened run is read again
             self._runs[trial_id] = tracking.start_trial_run(self.client, self.parent_run_id, record["name"],
                                                             record["kind"], record["params"], trial_id,
                                                             record.get("tags"))
@@ -68,8 +70,17 @@ class TrialRunWriter:
             raise Rejected(f"no MLflow run for trial {trial_id}")
         self._runs[trial_id] = run_id
         if op == "metrics":
-            tracking.log_epoch(self.client, run_id, record["metrics"], record["step"], record["timestamp"],
-                               record.get("tags"))
+            metrics, step = record["metrics"], int(record["step"])
+            if metrics and run_id not in self._last_step:  # a run this process did not start may hold epochs
+                self._last_step[run_id] = tracking.last_logged_step(self.client, run_id, next(iter(metrics)))
+            if metrics and step <= self._last_step[run_id]:
+                # A trial retried or resumed from an earlier checkpoint (also after the driver itself
+                # was killed) reports epochs the run holds: MLflow keeps the first attempt's points.
+                metrics = {}
+            elif metrics:
+                self._last_step[run_id] = step
+            if metrics or record.get("tags"):
+                tracking.log_epoch(self.client, run_id, metrics, step, record["timestamp"], record.get("tags"))
         elif op == "end":
             tracking.end_trial_run(self.client, run_id, error=record.get("error"), tags=record.get("tags"))
         else:
