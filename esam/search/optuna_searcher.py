@@ -34,6 +34,12 @@
   (`Trial.set_constraint`), so the sampler steers away from infeasible settings.
 - A continued search may grow: `limits` (trials, concurrency, epochs), set by the running
   search, override what the restored pickle holds.
+- The database may go away for a while (a PostgreSQL restart): the study's storage waits it out
+  (esam/search/storage_outage.py), Ray's loop waiting meanwhile. Past the outage limit the
+  searcher asks Ray to stop, as Ctrl-C does, instead of raising into Ray's loop (which would end
+  it without saving the experiment): the search ends as stopped, and a trial whose end Optuna
+  could not be told is told by the next run's start-up reconciliation. A trial Optuna created for
+  a proposal Ray never got stays RUNNING, unclaimed: the next run hands it on as an orphan.
 - The study names its objectives (`set_metric_names`: optuna-dashboard shows test_acc, not 0),
   and each trial carries its MLflow run id (user attr `mlflow_run_id`, from the driver's record
   writer once it created the run; absent when MLflow was away all the trial long) and its final
@@ -44,6 +50,7 @@ Defined at module level so that a restored experiment unpickles this code, not a
 from __future__ import annotations
 
 import contextlib
+import signal
 import warnings
 
 from ray.tune.search import Searcher
@@ -64,6 +71,30 @@ def _same(value) -> object:
 
 def setting_key(params: dict) -> tuple:
     return tuple(sorted((k, _same(v)) for k, v in params.items()))
+
+
+@contextlib.contextmanager
+def _stop_on_outage():
+    """Inside Ray's loop: an Optuna database away past its limit stops the search the way Ctrl-C does.
+
+    Ray's stop request (its SIGUSR1 handler, which StopSignals forwards Ctrl-C to) ends the loop
+    after saving the experiment; an exception raised into the loop would end it unsaved.
+    """
+    from esam.search.storage_outage import StorageOutage, is_outage
+    try:
+        yield
+    except StorageOutage:
+        _ask_ray_to_stop()
+    except Exception as err:
+        if not is_outage(err):  # not the database's absence: a real error
+            raise
+        _ask_ray_to_stop()  # the outage outlasted its limit earlier: calls now fail at once
+
+
+def _ask_ray_to_stop() -> None:
+    handler = signal.getsignal(signal.SIGUSR1)
+    if callable(handler):
+        handler(signal.SIGUSR1, None)
 
 
 def final_metrics(result: dict) -> dict:
@@ -106,6 +137,13 @@ class ReconcilingOptunaSearch(OptunaSearch):
 
     def suggest(self, trial_id: str):
         new = trial_id not in self._ot_trials
+        with _stop_on_outage():
+            return self._suggest(trial_id, new)
+        if new:  # Ray got no trial: an Optuna trial made for it is an orphan for the next run
+            self._ot_trials.pop(trial_id, None)
+        return None
+
+    def _suggest(self, trial_id: str, new: bool):
         if new and self._ot_study is not None:
             if self.max_concurrent is not None and self._live() >= self.max_concurrent:
                 return None  # Ray asks again when a trial ends
@@ -168,8 +206,9 @@ class ReconcilingOptunaSearch(OptunaSearch):
                 attached.add(trial_id)
 
     def on_trial_result(self, trial_id: str, result: dict):
-        self._attach_run(trial_id)
-        super().on_trial_result(trial_id, result)
+        with _stop_on_outage():
+            self._attach_run(trial_id)
+            super().on_trial_result(trial_id, result)
 
     def _proposed(self) -> int:
         """Trials the study has given out: a WAITING one (the warm start, enqueued) is still to come."""
@@ -189,6 +228,10 @@ class ReconcilingOptunaSearch(OptunaSearch):
         return bool(result) and epochs > 0 and int(result.get("epoch") or 0) < epochs
 
     def on_trial_complete(self, trial_id, result=None, error=False):
+        with _stop_on_outage():  # past the outage limit the trial stays RUNNING in Optuna: the next run tells it
+            self._complete(trial_id, result, error)
+
+    def _complete(self, trial_id, result, error):
         stopped = not error and self._stopped_early(result)
         if trial_id in self._ot_trials and trial_id not in self._completed_trials:
             self._attach_run(trial_id, wait_s=3.0)
@@ -211,7 +254,8 @@ class ReconcilingOptunaSearch(OptunaSearch):
         url = type(self).storage_url
         if url and self._ot_study is not None:
             from esam.search.runner import ENGINE_KWARGS
-            self._storage = optuna.storages.RDBStorage(url, engine_kwargs=ENGINE_KWARGS)
+            from esam.search.storage_outage import retrying
+            self._storage = retrying(optuna.storages.RDBStorage(url, engine_kwargs=ENGINE_KWARGS), url)
             self._ot_study = optuna.load_study(study_name=self._ot_study.study_name, storage=self._storage,
                                                sampler=self._ot_study.sampler, pruner=self._ot_study.pruner)
             self._ot_trials = {rid: optuna.trial.Trial(self._ot_study, t._trial_id)

@@ -127,12 +127,16 @@ def _distributions(cfg: SearchConfig) -> dict:
 
 
 def _optuna_storage(url: str):
+    """The search's Optuna storage; its calls wait out a database outage (esam/search/storage_outage.py)."""
     import optuna
+
+    from esam.search.storage_outage import retrying
     try:
         with store_creation_lock(url):  # its first use creates the tables; a reader may be opening it too
-            return optuna.storages.RDBStorage(url, engine_kwargs=ENGINE_KWARGS)
+            return retrying(optuna.storages.RDBStorage(url, engine_kwargs=ENGINE_KWARGS), url)
     except Exception as err:  # noqa: BLE001 - a bad URL or unreachable database
-        raise ConfigError(f"optuna_storage {url!r} cannot be opened: {str(err).splitlines()[0][:200]}") from None
+        raise ConfigError(f"optuna_storage {tracking.without_password(url)!r} cannot be opened: "
+                          f"{str(err).splitlines()[0][:200]}") from None
 
 
 def _tuner(cfg: SearchConfig, experiment: str, param_space: dict, tune_config, callbacks, restore: bool,
