@@ -69,8 +69,9 @@ class SchedulerConfig:
 
 @dataclass(frozen=True)
 class Resources:
-    cpu: float = 1.0  # CPU cores per trial (also torch's thread count)
-    gpu: float = 0.0  # GPUs per trial; a fraction packs several trials on one GPU
+    cpu: float = 1.0  # CPU cores per trial, per worker when workers > 1 (also torch's thread count)
+    gpu: float = 0.0  # GPUs per trial, per worker when workers > 1; a fraction packs several trials on one GPU
+    workers: int = 1  # DDP processes per trial (Ray Train); each trains its share of every batch
 
 
 @dataclass(frozen=True)
@@ -225,6 +226,11 @@ def validate_search(cfg: SearchConfig) -> SearchConfig:
         raise ConfigError(f"max_failures must be >= 0, got {brief(cfg.max_failures)}")
     if cfg.resources.cpu <= 0 or cfg.resources.gpu < 0:
         raise ConfigError(f"resources: cpu must be > 0 and gpu >= 0, got cpu={cfg.resources.cpu} gpu={cfg.resources.gpu}")
+    workers = cfg.resources.workers
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ConfigError(f"resources.workers must be an integer >= 1, got {brief(workers)}")
+    if cfg.train.batch_size % workers:
+        raise ConfigError(f"train.batch_size {cfg.train.batch_size} does not split evenly over resources.workers {workers}")
     if cfg.mlflow.tracking_uri is not None:
         from esam.search.tracking import check_uri
         check_uri(cfg.mlflow.tracking_uri, " (mlflow.tracking_uri)")

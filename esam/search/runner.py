@@ -146,9 +146,17 @@ def _tuner(cfg: SearchConfig, experiment: str, param_space: dict, tune_config, c
     from esam.search.trial import run_trial
 
     threads = max(1, int(cfg.resources.cpu))
-    trainable = tune.with_resources(
-        tune.with_parameters(run_trial, base_train=to_dict(cfg.train), threads=threads, repeats=cfg.repeats),
-        {"cpu": cfg.resources.cpu, "gpu": cfg.resources.gpu})
+    if cfg.resources.workers > 1:  # DDP through Ray Train: the workers reserve cpu and gpu each, the trial a driver's share
+        from esam.search.ddp_trial import DRIVER_CPU, run_ddp_trial
+        trainable = tune.with_resources(
+            tune.with_parameters(run_ddp_trial, base_train=to_dict(cfg.train), threads=threads, repeats=cfg.repeats,
+                                 workers=cfg.resources.workers, cpu=cfg.resources.cpu, gpu=cfg.resources.gpu,
+                                 storage=str(cfg.directory / "train_runs")),
+            {"cpu": DRIVER_CPU})
+    else:
+        trainable = tune.with_resources(
+            tune.with_parameters(run_trial, base_train=to_dict(cfg.train), threads=threads, repeats=cfg.repeats),
+            {"cpu": cfg.resources.cpu, "gpu": cfg.resources.gpu})
     path = cfg.directory / experiment
     if restore and tune.Tuner.can_restore(str(path)):
         try:

@@ -7,6 +7,15 @@ comparable when trials share a device), the epoch's own figure beside it, relati
 
 Read top to bottom: `_setup` builds the run, `_resume` continues a checkpoint, `_train_epoch`
 steps through one epoch, `_speed_vs_sgd` runs the speed probe, `_save` writes the checkpoint.
+
+Data-parallel: called on every rank of an initialised process group (Ray Train, torchrun), train()
+runs as one DDP rank (esam/training/distributed.py). Every rank builds the same run from the same
+seed, draws the same global batches and trains on its `rank_share` of each (so `batch_size` is
+the global batch); gradients are averaged as SAM's and ESAM's docstrings describe. train_loss and
+relative_cost are means over the ranks, images_per_s counts the global batch, test accuracy is
+summed over the ranks' parts of the test set (rank 0's BatchNorm statistics on every rank), and
+only rank 0 reports and writes checkpoints; every rank resumes from one. The speed probe times
+each rank's own step on its share (no communication: the compute ratio, all-reduce not included).
 """
 from __future__ import annotations
 
@@ -22,7 +31,9 @@ import torch.nn.functional as F
 
 from esam.config import TrainConfig
 from esam.data import build_data
+from esam.errors import ConfigError
 from esam.models import build_model
+from esam.training import distributed
 from esam.training.checkpoint import CHECKPOINT_FILE, load_checkpoint, restore, save_checkpoint
 from esam.training.cuda_graphs import warm_up, warm_up_quiet_steps
 from esam.training.schedule import lr_multiplier
@@ -39,6 +50,14 @@ Report = Callable[[dict, "Path | None"], None]
 def evaluate(model: Callable, loader, device: torch.device, precision: str,
              channels_last: bool) -> tuple[float, float]:
     """(test accuracy in %, mean test loss)."""
+    correct, loss_sum, count = evaluation_sums(model, loader, device, precision, channels_last)
+    return 100.0 * correct / count, loss_sum / count
+
+
+@torch.no_grad()
+def evaluation_sums(model: Callable, loader, device: torch.device, precision: str,
+                    channels_last: bool) -> tuple[float, float, int]:
+    """(correct predictions, summed test loss, samples) over what `loader` yields."""
     model.eval()
     correct = torch.zeros((), device=device, dtype=torch.long)
     loss_sum = torch.zeros((), device=device)
@@ -52,7 +71,7 @@ def evaluate(model: Callable, loader, device: torch.device, precision: str,
         correct += (logits.argmax(1) == y).sum()
         count += y.numel()
     model.train()
-    return 100.0 * correct.item() / count, loss_sum.item() / count
+    return float(correct.item()), loss_sum.item(), count
 
 
 @dataclass
@@ -70,6 +89,8 @@ class _Run:
     passes: PassMode  # how a pass runs: eager, compiled or graphed
     forward: Callable  # the model as the passes call it (wrapped once: graphs live in the wrapper)
     probe: InterleavedProbe | None  # speed_vs_sgd; None when probing is off or the method is SGD
+    rank: int = 0  # this process's rank under DDP; 0 alone
+    world: int = 1  # DDP ranks; 1: a single-process run
     probe_warmed: bool = False
     speed: SpeedEstimate = dataclasses.field(default_factory=SpeedEstimate)  # every pair of the run, resumed too
 
@@ -81,6 +102,13 @@ class _Run:
 
 def _setup(config: TrainConfig) -> _Run:
     device = prepare_device(config)
+    world = distributed.world_size()
+    rank = torch.distributed.get_rank() if world > 1 else 0
+    if world > 1 and config.cuda_graphs:
+        raise ConfigError("cuda_graphs: true cannot run under DDP (a graph cannot hold its all-reduce); "
+                          "use compile: true")
+    if config.batch_size % world:
+        raise ConfigError(f"batch_size {config.batch_size} does not split evenly over {world} DDP ranks")
     torch.manual_seed(config.seed)  # weights; data and SWP draw from their own seeded generators
 
     data = build_data(config.data, device, config.seed, config.batch_size, config.eval_batch_size)
@@ -88,8 +116,15 @@ def _setup(config: TrainConfig) -> _Run:
     channels_last = config.channels_last and device.type == "cuda"
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
+    local = model  # what the probe copies: a DDP module would not copy
+    if world > 1:
+        data.train, data.test = (distributed.RankShare(data.train, rank, world),
+                                 distributed.RankShare(data.test, rank, world))
+        model = distributed.wrap(model, device)
     total_steps = config.epochs * data.steps_per_epoch
     optimizer = build_step_optimizer(model, config.optimizer, config.seed, total_steps=total_steps)
+    if world > 1:
+        distributed.check_swp_agrees(optimizer)
     warmup_steps = round(config.warmup_epochs * data.steps_per_epoch)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(config.schedule, total_steps, warmup_steps))
     passes = PassMode.of(config)
@@ -98,12 +133,12 @@ def _setup(config: TrainConfig) -> _Run:
         # Throw-away copies with their own seed; graphed like the run, compiled never (compiling costs more than it shows).
         # Each pair times a whole cycle of the method (speed_probe.cycle_steps). AE-SAM's copy sharpens at the
         # run's share of sharpness steps (_speed_vs_sgd): its own test on one repeated batch would say little.
-        probe = InterleavedProbe(model, lambda m: build_step_optimizer(m, config.optimizer, config.seed + 1),
+        probe = InterleavedProbe(local, lambda m: build_step_optimizer(m, config.optimizer, config.seed + 1),
                                  lambda m: build_step_optimizer(m, config.optimizer, config.seed + 1, method="sgd"),
                                  device, wrap=passes.wrap if passes.kind == "cuda_graphs" else None,
                                  block=cycle_steps(config.optimizer))
     return _Run(config, device, resolve_precision(config.precision, device), channels_last, data, model,
-                optimizer, scheduler, passes, passes.wrap(model), probe)
+                optimizer, scheduler, passes, passes.wrap(model), probe, rank, world)
 
 
 def _resume(run: _Run, resume_from: str | Path | None) -> int:
@@ -112,7 +147,7 @@ def _resume(run: _Run, resume_from: str | Path | None) -> int:
         return 0
     path = Path(resume_from) / CHECKPOINT_FILE
     state = load_checkpoint(path)
-    first = restore(state, path, run.model, run.optimizer, run.scheduler, run.device)
+    first = restore(state, path, distributed.unwrap(run.model), run.optimizer, run.scheduler, run.device)
     speed = state.get("speed_pairs")  # absent in checkpoints written before the run-level estimate
     run.speed = SpeedEstimate.from_list(speed.tolist() if isinstance(speed, torch.Tensor) else None)
     return first
@@ -137,7 +172,10 @@ def _train_epoch(run: _Run, epoch: int) -> tuple[dict, tuple[torch.Tensor, torch
         if first_batch is None:
             first_batch = (x, y)
     elapsed = timer.elapsed()
-    train_loss = loss_sum.item() / data.steps_per_epoch
+    train_loss = loss_sum.item()
+    if run.world > 1:  # each rank's loss and cost are its share's: report their means
+        train_loss, cost_sum = (v / run.world for v in distributed.sum_over_ranks([train_loss, cost_sum], run.device))
+    train_loss /= data.steps_per_epoch
     if not math.isfinite(train_loss):
         raise FloatingPointError(f"training loss is {train_loss} at epoch {epoch + 1}")
     return {"train_loss": train_loss,
@@ -169,14 +207,25 @@ def _speed_vs_sgd(run: _Run, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[s
     return {**run.speed.summary(), "epoch_speed_vs_sgd": median(ratios(epoch))}
 
 
+def _evaluate(run: _Run) -> tuple[float, float]:
+    """(test accuracy in %, mean test loss); under DDP each rank evaluates its part with rank 0's weights and buffers."""
+    if run.world == 1:
+        return evaluate(run.forward, run.data.test, run.device, run.precision, run.channels_last)
+    distributed.broadcast_buffers(run.model)
+    # The module itself: its DDP wrapper would broadcast buffers at every forward, and the ranks' parts differ in length.
+    sums = evaluation_sums(distributed.unwrap(run.model), run.data.test, run.device, run.precision, run.channels_last)
+    correct, loss_sum, count = distributed.sum_over_ranks(list(sums), run.device)
+    return 100.0 * correct / count, loss_sum / count
+
+
 def _save(run: _Run, checkpoint_dir: str | Path | None, epoch: int, metrics: dict) -> Path | None:
     """Write the checkpoint when one is due after `epoch`; returns its directory, or None."""
     every = run.config.checkpoint_every
-    if checkpoint_dir is None or not every or ((epoch + 1) % every and epoch + 1 != run.config.epochs):
+    if checkpoint_dir is None or run.rank != 0 or not every or ((epoch + 1) % every and epoch + 1 != run.config.epochs):
         return None
     device = run.device
     save_checkpoint(Path(checkpoint_dir), {
-        "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
+        "model": distributed.unwrap(run.model).state_dict(), "optimizer": run.optimizer.state_dict(),
         "scheduler": run.scheduler.state_dict(), "rng_cpu": torch.get_rng_state(),
         "rng_cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
         "epoch": epoch, "metrics": metrics,
@@ -189,7 +238,8 @@ def train(config: TrainConfig, report: Report | None = None, *,
           checkpoint_dir: str | Path | None = None, resume_from: str | Path | None = None) -> dict:
     """Train `config.model` on `config.data` with `config.optimizer`; return the last epoch's metrics.
 
-    report(metrics, checkpoint_dir_or_None) is called after every epoch. With `checkpoint_dir`,
+    report(metrics, checkpoint_dir_or_None) is called after every epoch (on rank 0 only under DDP:
+    see the module's docstring). With `checkpoint_dir`,
     a checkpoint (model, optimizer with its base state, scheduler, RNG, epoch) is written there
     every `config.checkpoint_every` epochs; `resume_from` (a directory holding one) continues it.
     """
@@ -203,7 +253,7 @@ def train(config: TrainConfig, report: Report | None = None, *,
         speed = _speed_vs_sgd(run, first_batch)
         synchronize(run.device)
         epoch_time = time.perf_counter() - epoch_start
-        test_acc, test_loss = evaluate(run.forward, run.data.test, run.device, run.precision, run.channels_last)
+        test_acc, test_loss = _evaluate(run)
         p = test_acc / 100
         metrics = {
             "epoch": epoch + 1,
@@ -223,6 +273,6 @@ def train(config: TrainConfig, report: Report | None = None, *,
             "learning_rate": run.scheduler.get_last_lr()[0],
         }
         saved = _save(run, checkpoint_dir, epoch, metrics)
-        if report is not None:
+        if report is not None and run.rank == 0:
             report(dict(metrics), saved)
     return metrics
