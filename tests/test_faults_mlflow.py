@@ -246,3 +246,28 @@ def test_an_outage_past_the_limit_stops_cleanly_and_the_rerun_loses_nothing(tmp_
     assert proc.returncode == 0, out
     assert not spill.exists()
     _check_stores(tmp_path, client, "longout", ["trial", "trial"])
+
+
+def test_an_epoch_whose_write_failed_is_written_on_the_retry(tmp_path):
+    """The writer remembers an epoch as logged only once MLflow took it: the buffer's retry writes it."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    parent = client.create_run(client.create_experiment("x")).info.run_id
+    writer = TrialRunWriter(uri, parent)
+    writer({"op": "start", "trial_id": "t1", "name": "esam", "kind": "trial", "params": {}})
+    record = {"op": "metrics", "trial_id": "t1", "step": 1, "timestamp": 1001, "metrics": {"test_acc": 10.0}}
+    real = writer.client
+
+    class LosesWrites:  # the server goes away between the writer's read of the run and its write
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        def log_batch(self, *args, **kwargs):
+            raise ConnectionError("server away")
+
+    writer._client = LosesWrites()
+    with pytest.raises(ConnectionError):
+        writer(record)
+    writer._client = real  # ... and the retry of the same record lands
+    writer(record)
+    assert [m.step for m in client.get_metric_history(writer._runs["t1"], "test_acc")] == [1]

@@ -299,8 +299,11 @@ def _run_search(cfg: SearchConfig, uri: str, client, *, address: str | None,
     storage = _optuna_storage(cfg.optuna_url())
     check_study(cfg, storage, state)
     check_ray_states(cfg)  # all refusals before the parent run is reopened: a refused run changes nothing
-    parent = tracking.start_parent_run(client, cfg.mlflow.experiment, cfg.name, resolved, parent)
-    write_state(directory, {"config": resolved, "parent_run_id": parent, "tracking_uri": uri})
+    # A stop between the two would leave a RUNNING parent that search.json does not name (nothing
+    # would end it): a signal there waits until the state is written.
+    with _SIGNALS[-1].deferred() if _SIGNALS else contextlib.nullcontext():
+        parent = tracking.start_parent_run(client, cfg.mlflow.experiment, cfg.name, resolved, parent)
+        write_state(directory, {"config": resolved, "parent_run_id": parent, "tracking_uri": uri})
     objectives, constraints = cfg.objective_pairs, cfg.parsed_constraints()
     echo(f"search {cfg.name}: {cfg.trials} ESAM trials + references {cfg.references or 'none'}, "
          f"{cfg.concurrency} at a time; MLflow run {parent} at {uri}")

@@ -7,6 +7,7 @@ the stop handler Tune installs for SIGUSR1 during each run; a second signal stop
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -34,6 +35,7 @@ class StopSignals:
         self.signum: int | None = None
         self._old: dict[int, object] = {}
         self._in_fit = False
+        self._deferring = False
 
     def _unraisable(self, unraisable) -> None:
         """A stop raised where Python cannot propagate it (e.g. in an at-fork hook while Ray starts its
@@ -63,7 +65,21 @@ class StopSignals:
         for sig, old in self._old.items():
             signal.signal(sig, old)
 
+    @contextlib.contextmanager
+    def deferred(self):
+        """A stretch a stop must not cut in two (a run created but not yet written down where the
+        stop's cleanup looks for it): a signal inside is recorded, and raised when the stretch ends."""
+        self._deferring = True
+        try:
+            yield
+        finally:
+            self._deferring = False
+        self.raise_if_stopped()
+
     def _handle(self, signum, frame) -> None:
+        if self._deferring:
+            self.signum = self.signum or signum
+            return
         if self.signum is not None or not self._in_fit:
             self.signum = self.signum or signum
             raise SearchStopped(self.signum)  # outside Ray's loop, or asked twice: stop now

@@ -77,10 +77,10 @@ class TrialRunWriter:
                 # A trial retried or resumed from an earlier checkpoint (also after the driver itself
                 # was killed) reports epochs the run holds: MLflow keeps the first attempt's points.
                 metrics = {}
-            elif metrics:
-                self._last_step[run_id] = step
             if metrics or record.get("tags"):
                 tracking.log_epoch(self.client, run_id, metrics, step, record["timestamp"], record.get("tags"))
+            if metrics:  # only once written: a failed write is retried with the same record
+                self._last_step[run_id] = step
         elif op == "end":
             tracking.end_trial_run(self.client, run_id, error=record.get("error"), tags=record.get("tags"))
         else:
