@@ -148,3 +148,16 @@ def test_a_method_search_records_each_trials_method_and_exports_a_reloadable_con
     model = torch.nn.Linear(3, 2)
     opt = OPTIMIZERS[method].from_config(model.parameters(), torch.optim.SGD(model.parameters(), lr=0.1), exported)
     assert type(opt) is OPTIMIZERS[method] and opt.defaults["rho"] == pytest.approx(float(chosen.data.params["rho"]))
+
+
+def test_the_front_table_and_labels_name_each_points_method():
+    from esam.search.pareto_report import format_table, settings_label
+    looksam = {"run_id": "a" * 32, "optimizer": "looksam", "rho": 0.05, "sharpness": "sam", "looksam_k": 5,
+               "looksam_alpha": 0.7, "test_acc": 98.0, "speed_vs_sgd": 0.8}
+    esam = {"run_id": "b" * 32, "optimizer": "esam", "rho": 0.1, "beta": 0.6, "gamma": 0.5, "score": "loss_rise",
+            "test_acc": 99.0, "speed_vs_sgd": 0.6}
+    table = format_table([esam, looksam], [])
+    row = next(line for line in table.splitlines() if "aaaaaaaaaaaa" in line)
+    assert "looksam" in row and "k=5" in row and "alpha=0.7" in row and "sharpness=sam" in row
+    assert settings_label(looksam) == "looksam ρ=0.05 sharpness=sam k=5 alpha=0.7"
+    assert settings_label(esam) == "ρ=0.1, β=0.6, γ=0.5"

@@ -21,9 +21,12 @@ from esam.search.pareto import PICKS, error_band, indistinguishable, pareto_fron
 from esam.search.tracking import FEASIBLE_TAG, candidates, finished, search_rows
 
 DEFAULT_OBJECTIVES = [("test_acc", "max"), ("speed_vs_sgd", "max")]
+# the knobs of the pass-skipping methods, as the table and the plot's labels show them
+METHOD_KNOBS = (("sharpness", "sharpness"), ("looksam_k", "k"), ("looksam_alpha", "alpha"), ("rst_p", "p"),
+                ("aesam_c_start", "c0"), ("aesam_c_end", "c1"))
 TABLE_COLUMNS = ("test_acc", "test_acc_se", "images_per_s", "speed_vs_sgd", "speed_vs_sgd_low", "speed_vs_sgd_high",
-                 "relative_cost", "rho", "beta", "gamma", "score", "run_id")
-HOVER_KEYS = ("name", "optimizer", "rho", "beta", "gamma", "score", "test_acc", "test_acc_se", "speed_vs_sgd",
+                 "relative_cost", "optimizer", "rho", "beta", "gamma", "score", *(k for k, _ in METHOD_KNOBS), "run_id")
+HOVER_KEYS = ("name", "optimizer", "rho", "beta", "gamma", "score", *(k for k, _ in METHOD_KNOBS), "test_acc", "test_acc_se", "speed_vs_sgd",
               "speed_vs_sgd_low", "speed_vs_sgd_high", "images_per_s", "relative_cost", "run_id")
 # axis titles: unit and direction (a metric not listed gets its name and its mode's direction)
 AXIS_TITLES = {
@@ -73,8 +76,8 @@ def format_table(front: list[dict], references: list[dict],
     them; the last column lists the front points a row is indistinguishable from (within the noise,
     see esam.search.pareto.indistinguishable): those are not ranked against each other.
     """
-    header = ("", "acc % ± SE", "img/s (own)", "speed/SGD [95%]", "cost", "rho", "beta", "gamma", "score",
-              "run id", "#", "≈ #")
+    header = ("", "acc % ± SE", "img/s (own)", "speed/SGD [95%]", "cost", "method", "rho", "beta", "gamma", "score",
+              "knobs", "run id", "#", "≈ #")
 
     def num(r, key, spec):
         v = r.get(key)
@@ -95,8 +98,10 @@ def format_table(front: list[dict], references: list[dict],
 
     def fmt(r: dict, label: str, number: str) -> tuple:
         return (label, acc(r), num(r, "images_per_s", ".0f"), speed(r), num(r, "relative_cost", ".2f"),
+                str(r.get("optimizer", "esam")) if label == "pareto" else "-",
                 num(r, "rho", ".4g"), num(r, "beta", ".3f"), num(r, "gamma", ".3f"),
-                str(r.get("score", "-")) if label == "pareto" else "-", r["run_id"][:12], number, ties(r))
+                str(r.get("score", "-")) if label == "pareto" else "-", method_knobs(r) or "-", r["run_id"][:12],
+                number, ties(r))
     rows = ([header] + [fmt(r, "pareto", str(k + 1)) for k, r in enumerate(front)]
             + [fmt(r, r.get("optimizer", "ref"), "-") for r in references])
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(header))]
@@ -119,10 +124,19 @@ def _csv(front: list[dict]) -> str:
     return buf.getvalue()
 
 
+def method_knobs(r: dict) -> str:
+    """A pass-skipping method's own settings, short: "sharpness=sam k=5 alpha=0.7" ('' for ESAM)."""
+    if r.get("optimizer", "esam") in ("esam", "sgd", "sam"):
+        return ""
+    return " ".join(f"{short}={r[k]:.3g}" if _finite(r.get(k)) else f"{short}={r[k]}"
+                    for k, short in METHOD_KNOBS if r.get(k) is not None)
+
+
 def settings_label(r: dict) -> str:
-    """The short label drawn next to a front point: its ESAM settings."""
+    """The short label drawn next to a front point: its method (unless ESAM) and settings."""
     parts = [f"{sym}={r[k]:.3g}" for k, sym in (("rho", "ρ"), ("beta", "β"), ("gamma", "γ")) if _finite(r.get(k))]
-    return ", ".join(parts)
+    method = r.get("optimizer", "esam")
+    return " ".join(p for p in ("" if method == "esam" else method, ", ".join(parts), method_knobs(r)) if p)
 
 
 def _errors(points: list[dict], metric: str) -> dict | None:
