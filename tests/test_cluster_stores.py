@@ -120,3 +120,46 @@ def test_a_postgresql_restart_during_a_trial_loses_nothing(postgres, mlflow_on_p
     assert s.statuses("trial") == ["FINISHED"] * 2 and len(s.optuna) == 2
     assert all(steps == [1, 2, 3] for steps in s.history.values()) and len(s.history) == 2
     assert_values_agree(optuna.load_study(study_name="restart", storage=optuna_url), client, trials=2)
+
+
+def test_a_database_away_past_the_limit_stops_cleanly_and_the_rerun_loses_nothing(postgres, tmp_path):  # noqa: F811
+    """ESAM_OPTUNA_MAX_OUTAGE_S short, PostgreSQL down longer: a stop as Ctrl-C's, then the same command finishes.
+
+    MLflow is a local store here, so that only Optuna's database goes away. The limit passes in Ray's
+    loop (the searcher asks Ray to stop), or after it when the trial's last epoch came first (the
+    check that every trial ended stops); tests/test_storage_outage.py checks the searcher on its own.
+    """
+    optuna_url = postgres.database("optuna_away")
+    tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    path = small_search(tmp_path, "away", trials=1, concurrency=1, references=(), epochs=3,
+                        optuna_storage=optuna_url, mlflow={"tracking_uri": tracking_uri})
+    client = MlflowClient(tracking_uri=tracking_uri)
+
+    def a_trial_mid_training() -> bool:
+        exp = client.get_experiment_by_name("esam")
+        return any(r.info.status == "RUNNING" and "epoch" in r.data.metrics
+                   for r in client.search_runs([exp.experiment_id], "tags.`esam.kind` = 'trial'"))
+
+    proc = start(path, tmp_path, env={"ESAM_OPTUNA_MAX_OUTAGE_S": "4"})
+    try:
+        wait_for(a_trial_mid_training, proc, what="a trial's first epoch in MLflow")
+        postgres.stop("fast")
+        try:
+            first, _ = proc.communicate(timeout=120)
+        finally:
+            postgres.start()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    print(first)
+    assert proc.returncode == 130 and STOP_LINE in first and "Traceback" not in first, first[-3000:]
+    assert "still unreachable after 4 s (ESAM_OPTUNA_MAX_OUTAGE_S): stopping the search" in first
+    rc, out = run(path, tmp_path)
+    print(out)
+    assert rc == 0 and "Traceback" not in out, out
+
+    s = read_stores(tmp_path, "away", optuna_url, tracking_uri)
+    assert_agree(s, epochs=3, parent_status="FINISHED")
+    assert s.statuses("trial") == ["FINISHED"] and len(s.optuna) == 1 and list(s.history.values()) == [[1, 2, 3]]
+    assert_values_agree(optuna.load_study(study_name="away", storage=optuna_url), client, trials=1)

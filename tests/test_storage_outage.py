@@ -16,7 +16,7 @@ from sqlalchemy import exc
 
 from esam.search import storage_outage
 from esam.search.optuna_searcher import RAY_TRIAL_ATTR, ReconcilingOptunaSearch
-from esam.search.storage_outage import RetryingStorage, StorageOutage, is_outage
+from esam.search.storage_outage import RetryingStorage, StorageOutage, is_outage, outage_is_a_stop
 
 WHERE = "postgresql://esam:***@127.0.0.1:5432/optuna"
 
@@ -105,6 +105,25 @@ def test_an_outage_past_the_limit_stops_as_an_interrupt_and_later_calls_fail_at_
     assert study.get_trials() == [] and lines[-1] == f"Optuna's database at {WHERE} back after 20 s"
 
 
+def test_ctrl_c_while_waiting_stops_at_the_next_try_not_at_the_limit(monkeypatch):
+    from types import SimpleNamespace
+
+    from esam.search import runner
+    flaky = Flaky(optuna.storages.InMemoryStorage(), failures=10 ** 6)
+    storage, clock, lines = patient(flaky, limit=300.0)
+    signals = SimpleNamespace(signum=None)  # a running search's StopSignals
+    monkeypatch.setattr(runner, "_SIGNALS", [signals])
+
+    def sleep(seconds):
+        clock.sleep(seconds)
+        if len(clock.sleeps) == 3:
+            signals.signum = signal.SIGINT
+    storage.sleep = sleep
+    with pytest.raises(StorageOutage):
+        storage.get_all_studies()
+    assert clock.now == 3.5 and len(lines) == 1  # the warning; the stop says itself
+
+
 def test_a_refusal_is_not_an_outage_and_is_raised_at_once():
     flaky = Flaky(optuna.storages.InMemoryStorage())
     storage, clock, lines = patient(flaky)
@@ -115,6 +134,10 @@ def test_a_refusal_is_not_an_outage_and_is_raised_at_once():
     assert not is_outage(refused) and is_outage(unreachable())
     assert is_outage(exc.InterfaceError("SELECT 1", {}, Exception("connection already closed")))
     assert clock.sleeps == [] and lines == []
+    with pytest.raises(StorageOutage), outage_is_a_stop():  # after Ray's loop: a database still away is a stop
+        raise unreachable()
+    with pytest.raises(StorageInternalError), outage_is_a_stop():
+        raise refused
 
 
 def test_one_outage_per_database_one_warning_and_one_limit_for_every_storage_on_it():

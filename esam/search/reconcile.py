@@ -21,7 +21,7 @@ from pathlib import Path
 from esam.search import ray_state
 from esam.search import tracking
 from esam.errors import ConfigError
-from esam.search.optuna_searcher import RAY_TRIAL_ATTR
+from esam.search.optuna_searcher import RAY_TRIAL_ATTR, RESULT_ATTR, RUN_ATTR, final_metrics
 
 FINISHED, STOPPED, FAILED = "finished", "stopped", "failed"
 _OPTUNA = {"COMPLETE": FINISHED, "PRUNED": STOPPED, "FAIL": FAILED}
@@ -126,6 +126,12 @@ class _Reconciler:
         state = optuna.trial.TrialState.COMPLETE if values else optuna.trial.TrialState.FAIL
         if verdict == STOPPED:
             state = optuna.trial.TrialState.PRUNED
+        if run is not None:  # the notes the searcher could not make (the driver killed, or its database away)
+            trial_notes = optuna.trial.Trial(self.exp.study, optuna_trial._trial_id)
+            if RUN_ATTR not in optuna_trial.user_attrs:
+                trial_notes.set_user_attr(RUN_ATTR, run.info.run_id)
+            if values and RESULT_ATTR not in optuna_trial.user_attrs:
+                trial_notes.set_user_attr(RESULT_ATTR, final_metrics(run.data.metrics))
         self.exp.study.tell(optuna_trial.number, values, state=state)
         self.changes[f"Optuna trials left RUNNING set {state.name}"] += 1
 

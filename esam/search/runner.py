@@ -200,10 +200,16 @@ def _ended_states() -> tuple:
 
 
 def _check_done(storage, cfg: SearchConfig) -> None:
-    """The search is done when its study holds `trials` ended trials; else it was stopped."""
+    """The search is done when its study holds `trials` ended trials; else it was stopped.
+
+    A database still away after its outage stopped Ray's loop is a stop too, not an error.
+    """
     import optuna
-    study = optuna.load_study(study_name=cfg.name, storage=storage)
-    ended = study.get_trials(deepcopy=False, states=_ended_states())
+
+    from esam.search.storage_outage import outage_is_a_stop
+    with outage_is_a_stop():
+        study = optuna.load_study(study_name=cfg.name, storage=storage)
+        ended = study.get_trials(deepcopy=False, states=_ended_states())
     if len(ended) < cfg.trials:
         raise KeyboardInterrupt
 

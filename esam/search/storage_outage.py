@@ -11,8 +11,9 @@ waiting meanwhile. One warning line when an outage starts, one when the database
 traceback. The outage is bounded: past `max_outage_s` ($ESAM_OPTUNA_MAX_OUTAGE_S, 5 minutes by
 default) the call raises `StorageOutage`, a KeyboardInterrupt, and the search stops the way
 Ctrl-C stops it: state saved, exit 130, the same command continues it (its start-up
-reconciliation tells Optuna what it missed). Once an outage has passed the bound, further calls
-during it are tried once and fail as Optuna fails, so the stop's own clean-up does not wait again.
+reconciliation tells Optuna what it missed). Ctrl-C or SIGTERM while it waits stops it the same
+way at the next try, not at the bound. Once an outage has passed the bound, further calls during
+it are tried once and fail as Optuna fails, so the stop's own clean-up does not wait again.
 
 The outage is one per database (keyed by its URL), shared by every RetryingStorage on it: the
 runner's and the restored searcher's say one warning, and count one bound, between them.
@@ -25,7 +26,9 @@ which the searcher hands to the next Ray trial as it does a killed driver's orph
 from __future__ import annotations
 
 import abc
+import contextlib
 import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -56,6 +59,12 @@ class StorageOutage(KeyboardInterrupt):
     """The Optuna database stayed away past the limit: the search stops the way an interrupt stops it."""
 
 
+def _stop_requested() -> bool:
+    """Ctrl-C or SIGTERM came during the search (esam/search/stop_signals.py records it)."""
+    signals = getattr(sys.modules.get("esam.search.runner"), "_SIGNALS", None)
+    return bool(signals) and signals[-1].signum is not None
+
+
 def is_outage(err: BaseException) -> bool:
     """Whether `err` (or what caused it) says the database could not be reached, rather than refused a call."""
     from sqlalchemy import exc
@@ -67,6 +76,18 @@ def is_outage(err: BaseException) -> bool:
             return True
         err, seen = err.__cause__ or err.__context__, seen + 1
     return False
+
+
+@contextlib.contextmanager
+def outage_is_a_stop():
+    """Outside Ray's loop: the database's absence, even one already past its limit (its calls then fail
+    at once, as Optuna's do), stops the search as StorageOutage; any other error stays what it is."""
+    try:
+        yield
+    except Exception as err:
+        if not is_outage(err):
+            raise
+        raise StorageOutage("Optuna's database unreachable") from None
 
 
 def _reason(err: BaseException) -> str:
@@ -146,11 +167,12 @@ class RetryingStorage(BaseStorage):
         if outage.gave_up:
             raise err  # the stop is under way: fail fast, as Optuna does
         left = outage.since + limit - now
-        if left <= 0:
+        if left <= 0 or _stop_requested():
             outage.gave_up = True
-            self.echo(f"Optuna's database at {self.where} still unreachable after {limit:.0f} s "
-                      f"(ESAM_OPTUNA_MAX_OUTAGE_S): stopping the search")
-            raise StorageOutage(f"Optuna's database unreachable for more than {limit:.0f} s") from None
+            if left <= 0:
+                self.echo(f"Optuna's database at {self.where} still unreachable after {limit:.0f} s "
+                          f"(ESAM_OPTUNA_MAX_OUTAGE_S): stopping the search")
+            raise StorageOutage(f"Optuna's database unreachable for {now - outage.since:.0f} s") from None
         self.sleep(min(backoff(failures), left))
 
     def _back(self) -> None:
