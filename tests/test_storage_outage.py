@@ -212,3 +212,20 @@ def test_the_searcher_asks_ray_to_stop_instead_of_raising_into_its_loop(monkeypa
         assert trial.state.name == "RUNNING" and trial.user_attrs[RAY_TRIAL_ATTR] == "a"
     finally:
         signal.signal(signal.SIGUSR1, old)
+
+
+def test_postgresql_connections_time_out_so_a_silent_host_cannot_outlast_the_limit(monkeypatch):
+    from esam.search.runner import ENGINE_KWARGS
+    from esam.search.storage_outage import CONNECT_TIMEOUT_S, open_rdb
+    opened = {}
+
+    class Recorded(optuna.storages.InMemoryStorage):
+        def __init__(self, url, engine_kwargs):
+            super().__init__()
+            opened[url] = engine_kwargs
+    monkeypatch.setattr(optuna.storages, "RDBStorage", Recorded)
+    pg, lite = "postgresql://esam:secret@10.0.0.9:5432/optuna", "sqlite:///optuna.db"
+    assert open_rdb(pg, ENGINE_KWARGS).where == "postgresql://esam:***@10.0.0.9:5432/optuna"
+    open_rdb(lite, ENGINE_KWARGS)
+    assert opened[pg] == {"pool_pre_ping": True, "connect_args": {"connect_timeout": CONNECT_TIMEOUT_S}}
+    assert opened[lite] == {"pool_pre_ping": True} and ENGINE_KWARGS == {"pool_pre_ping": True}

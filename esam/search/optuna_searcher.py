@@ -254,8 +254,8 @@ class ReconcilingOptunaSearch(OptunaSearch):
         url = type(self).storage_url
         if url and self._ot_study is not None:
             from esam.search.runner import ENGINE_KWARGS
-            from esam.search.storage_outage import retrying
-            self._storage = retrying(optuna.storages.RDBStorage(url, engine_kwargs=ENGINE_KWARGS), url)
+            from esam.search.storage_outage import open_rdb
+            self._storage = open_rdb(url, ENGINE_KWARGS)
             self._ot_study = optuna.load_study(study_name=self._ot_study.study_name, storage=self._storage,
                                                sampler=self._ot_study.sampler, pruner=self._ot_study.pruner)
             self._ot_trials = {rid: optuna.trial.Trial(self._ot_study, t._trial_id)

@@ -128,12 +128,10 @@ def _distributions(cfg: SearchConfig) -> dict:
 
 def _optuna_storage(url: str):
     """The search's Optuna storage; its calls wait out a database outage (esam/search/storage_outage.py)."""
-    import optuna
-
-    from esam.search.storage_outage import retrying
+    from esam.search.storage_outage import open_rdb
     try:
         with store_creation_lock(url):  # its first use creates the tables; a reader may be opening it too
-            return retrying(optuna.storages.RDBStorage(url, engine_kwargs=ENGINE_KWARGS), url)
+            return open_rdb(url, ENGINE_KWARGS)
     except Exception as err:  # noqa: BLE001 - a bad URL or unreachable database
         raise ConfigError(f"optuna_storage {tracking.without_password(url)!r} cannot be opened: "
                           f"{str(err).splitlines()[0][:200]}") from None

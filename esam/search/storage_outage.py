@@ -39,6 +39,9 @@ from optuna.storages import BaseStorage
 from esam.search.record_buffer import backoff
 
 MAX_OUTAGE_S = 300.0  # seconds without the database at most; $ESAM_OPTUNA_MAX_OUTAGE_S overrides
+# A PostgreSQL host that does not answer at all (a network partition, not a refused connection) fails
+# a try after this long, not after the system's TCP timeout of minutes: the outage bound holds.
+CONNECT_TIMEOUT_S = 10
 
 # BaseStorage's whole interface: each call goes through the retry (other attributes pass through).
 _CALLS = ("create_new_study", "delete_study", "set_study_user_attr", "set_study_system_attr",
@@ -191,6 +194,15 @@ def _retried(name: str):
 for _name in _CALLS:
     setattr(RetryingStorage, _name, _retried(_name))
 abc.update_abstractmethods(RetryingStorage)
+
+
+def open_rdb(url: str, engine_kwargs: dict) -> RetryingStorage:
+    """Optuna's RDBStorage on `url`, retrying through outages (PostgreSQL: connections time out)."""
+    import optuna
+    kwargs = dict(engine_kwargs)
+    if url.startswith("postgresql"):
+        kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_S, **kwargs.get("connect_args", {})}
+    return retrying(optuna.storages.RDBStorage(url, engine_kwargs=kwargs), url)
 
 
 def retrying(storage: BaseStorage, url: str) -> RetryingStorage:
