@@ -36,7 +36,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from faults_helpers import inherited_env
 
 USER, PASSWORD = "esam", "esam-test"
