@@ -145,7 +145,11 @@ def cmd_export(args) -> int:
     parent = resolve_search(client, args.experiment, args.search)
     doc = export_config(client, parent, args.pick, args.out)
     o, m = doc["optimizer"], doc["exported"]["metrics"]
-    print(f"wrote {args.out}: rho {o['rho']:.4g}, beta {o['beta']:.3f}, gamma {o['gamma']:.3f} "
+    from esam.search.space import used_fields
+    shown = ("rho", "beta", "gamma", "sharpness", "looksam_k", "looksam_alpha", "rst_p", "aesam_c_start", "aesam_c_end")
+    settings = ", ".join(f"{k} {o[k]:.4g}" if isinstance(o[k], float) else f"{k} {o[k]}"
+                         for k in used_fields(o["name"], o.get("sharpness", "sam")) if k in shown)
+    print(f"wrote {args.out}: {o['name']} {settings} "
           f"(test acc {m.get('test_acc', float('nan')):.2f}%, speed vs SGD {m.get('speed_vs_sgd', float('nan')):.3f}, "
           f"run {doc['exported']['mlflow_run_id']})")
     note = noise_note(doc)
