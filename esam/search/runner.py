@@ -117,15 +117,6 @@ def _grow(tuner, cfg: SearchConfig, scheduler, callbacks) -> None:
             os.replace(tmp, path)
 
 
-def _distributions(cfg: SearchConfig) -> dict:
-    from optuna.distributions import CategoricalDistribution, FloatDistribution
-    space = {}
-    for name, p in cfg.space.items():
-        space[name] = (CategoricalDistribution(p.choices) if p.choices is not None
-                       else FloatDistribution(float(p.low), float(p.high), log=p.log))
-    return space
-
-
 def _optuna_storage(url: str):
     """The search's Optuna storage; its calls wait out a database outage (esam/search/storage_outage.py)."""
     from esam.search.storage_outage import open_rdb
