@@ -31,6 +31,7 @@ def run_cli(capsys, *argv):
     ({"space": {"beta": {"low": 0.0, "high": 1.0}}}, "space.beta: range [0.0, 1.0] leaves the valid interval (0, 1]"),
     ({"space": {"rho": {"low": 0.0, "high": 1.0, "log": True}}}, "log scale needs low > 0"),
     ({"space": {"nesterov": {"low": 0, "high": 1}}}, "space.nesterov is not searchable"),
+    ({"results_dir": "s3://bucket/esam"}, "results_dir must be a filesystem path"),
     ({"space": {"score": {"choices": ["loss_rise", "random"]}}}, "space.score.choices"),
     ({"space": {}}, "space must be a non-empty mapping"),
     ({"objectives": [{"metric": "accuracy", "mode": "max"}, {"metric": "speed_vs_sgd", "mode": "max"}]},

@@ -231,6 +231,10 @@ def validate_search(cfg: SearchConfig) -> SearchConfig:
         raise ConfigError(f"resources.workers must be an integer >= 1, got {brief(workers)}")
     if cfg.train.batch_size % workers:
         raise ConfigError(f"train.batch_size {cfg.train.batch_size} does not split evenly over resources.workers {workers}")
+    if re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", cfg.results_dir):
+        raise ConfigError(f"results_dir must be a filesystem path (on a cluster, one every node mounts: NFS, Lustre, "
+                          f"CephFS), got the URI {brief(cfg.results_dir)}: the search keeps a lock, its state and "
+                          f"its rung records there, which need a filesystem with flock, not an object store")
     if cfg.mlflow.tracking_uri is not None:
         from esam.search.tracking import check_uri
         check_uri(cfg.mlflow.tracking_uri, " (mlflow.tracking_uri)")
