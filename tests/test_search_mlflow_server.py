@@ -11,11 +11,14 @@ from esam.cli import main
 pytestmark = pytest.mark.slow
 
 
-def test_search_records_to_an_mlflow_server(tmp_path, mlflow_server, monkeypatch):
+def test_search_records_to_an_mlflow_server(tmp_path, mlflow_server, monkeypatch, capsys):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    monkeypatch.delenv("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", raising=False)
     path = small_search(tmp_path, "served", trials=2, concurrency=2)
 
     assert main(["search", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "View run" not in out and out.count(mlflow_server) >= 1, out  # the runs page once, not a line per run
     client = MlflowClient(tracking_uri=mlflow_server)
     exp = client.get_experiment_by_name("esam")
     runs = client.search_runs([exp.experiment_id])
