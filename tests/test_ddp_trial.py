@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime
 import json
 import re
+import shutil
 import socket
 
 import optuna
@@ -97,15 +98,20 @@ def _rank(rank: int, port: int, out: str) -> None:
                             timeout=datetime.timedelta(seconds=120))
     try:
         reports = []
-        final = train(train_config_from_dict(TRAIN), lambda m, saved: reports.append((m, saved)),
-                      checkpoint_dir=f"{out}/ckpt{rank}")
-        torch.save({"final": final, "reports": reports}, f"{out}/rank{rank}.pt")
+
+        def report(metrics: dict, saved) -> None:
+            reports.append((metrics, saved))
+            if metrics["epoch"] == 1:  # every rank resumes from this copy below (rank 1 reaches it after epoch 2)
+                shutil.copytree(saved, f"{out}/epoch1")
+        final = train(train_config_from_dict(TRAIN), report, checkpoint_dir=f"{out}/ckpt{rank}")
+        resumed = train(train_config_from_dict(TRAIN), resume_from=f"{out}/epoch1")
+        torch.save({"final": final, "reports": reports, "resumed": resumed}, f"{out}/rank{rank}.pt")
     finally:
         dist.destroy_process_group()
 
 
 @pytest.mark.slow
-def test_train_runs_as_one_rank_and_only_rank_0_reports(tmp_path):
+def test_train_runs_as_one_rank_only_rank_0_reports_and_every_rank_resumes(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -119,6 +125,9 @@ def test_train_runs_as_one_rank_and_only_rank_0_reports(tmp_path):
     # and SDS's picks (per rank), so close, not equal.
     single = train(train_config_from_dict(TRAIN))
     assert ranks[0]["final"]["train_loss"] == pytest.approx(single["train_loss"], abs=0.1)
+    for r in range(2):  # every rank resumed rank 0's checkpoint of epoch 1 and trained epoch 2 again, alike
+        assert ranks[r]["resumed"]["train_loss"] == pytest.approx(ranks[0]["final"]["train_loss"], rel=1e-6)
+        assert ranks[r]["resumed"]["test_acc"] == ranks[0]["final"]["test_acc"]
     state = torch.load(tmp_path / "ckpt0" / "checkpoint.pt", weights_only=True)
     assert not any(k.startswith("module.") for k in state["model"])  # the module's keys: a single process resumes it
 
@@ -156,3 +165,44 @@ def test_a_failing_rank_fails_the_trial_with_its_own_error():
     assert _rank_error(error) is nan
     other = RuntimeError("the controller died")
     assert _rank_error(other) is other
+
+
+@pytest.mark.slow
+def test_a_two_worker_trial_whose_driver_dies_goes_on_from_its_checkpoint(tmp_path):
+    """The trial's actor is killed after epoch 1's checkpoint (as when its node dies): Tune retries it, the new
+    driver hands that checkpoint to both ranks, and they train epochs 2 and 3 only.
+
+    Ray gets 4 logical CPUs: with this machine's 2, the retried trainer's workers never started here (its
+    placement group's readiness check timed out every 60 s, and Ray Train retries that for ever)."""
+    import ray
+    from ray import tune
+
+    from esam.config import to_dict
+    from esam.search.ddp_trial import DRIVER_CPU, run_ddp_trial
+    from esam.search.local_ray import _loopback_only
+
+    class KillAfterFirstCheckpoint(tune.Callback):
+        killed = False
+
+        def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
+            if not self.killed:
+                self.killed = True
+                ray.kill(trial.temporary_state.ray_actor, no_restart=True)
+
+    base = to_dict(train_config_from_dict({**TRAIN, "epochs": 3}))
+    _loopback_only()
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    try:
+        trainable = tune.with_resources(tune.with_parameters(
+            run_ddp_trial, base_train=base, threads=1, workers=2, cpu=0.5, gpu=0.0, storage=str(tmp_path / "runs")),
+            {"cpu": DRIVER_CPU})
+        tuner = tune.Tuner(trainable, param_space={"rho": 0.05, "beta": 0.6, "gamma": 0.5},
+                           run_config=tune.RunConfig(name="kill", storage_path=str(tmp_path), verbose=0,
+                                                     callbacks=[KillAfterFirstCheckpoint()],
+                                                     failure_config=tune.FailureConfig(max_failures=1)))
+        (result,) = tuner.fit()
+    finally:
+        ray.shutdown()
+    assert result.error is None and result.metrics["epoch"] == 3
+    (results,) = (tmp_path / "kill").glob("*/result.json")
+    assert [json.loads(line)["epoch"] for line in results.read_text().splitlines()] == [1, 2, 3]  # epoch 1 once
