@@ -38,6 +38,7 @@ class Experiment:
     objectives: list[tuple[str, str]]
     study: object = None  # the Optuna study (ESAM trials only)
     stopped: dict = field(default_factory=dict)  # trial id -> epoch: the scheduler's stop decisions
+    constraints: object = None  # esam.search.constraints.OptunaConstraints of a constrained search
 
 
 def _mlflow_verdict(run) -> str:
@@ -126,8 +127,10 @@ class _Reconciler:
         state = optuna.trial.TrialState.COMPLETE if values else optuna.trial.TrialState.FAIL
         if verdict == STOPPED:
             state = optuna.trial.TrialState.PRUNED
+        trial_notes = optuna.trial.Trial(self.exp.study, optuna_trial._trial_id)
+        if values and self.exp.constraints is not None and not optuna_trial.constraints:  # as the searcher would
+            self.exp.constraints.set_on(trial_notes, run.data.metrics if run is not None else trial.last_result)
         if run is not None:  # the notes the searcher could not make (the driver killed, or its database away)
-            trial_notes = optuna.trial.Trial(self.exp.study, optuna_trial._trial_id)
             if RUN_ATTR not in optuna_trial.user_attrs:
                 trial_notes.set_user_attr(RUN_ATTR, run.info.run_id)
             if values and RESULT_ATTR not in optuna_trial.user_attrs:

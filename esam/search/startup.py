@@ -123,8 +123,13 @@ def _experiments(cfg: SearchConfig, storage) -> list[Experiment]:
     study = None
     if cfg.name in optuna.study.get_all_study_names(storage):
         study = optuna.load_study(study_name=cfg.name, storage=storage)
+    constraints = None
+    if cfg.constraints:
+        from esam.search.constraints import OptunaConstraints
+        from esam.search.runner import _reference_results
+        constraints = OptunaConstraints(cfg.parsed_constraints(), _reference_results(cfg))
     exps.append(Experiment(cfg.directory / "search", "trial", cfg.train.epochs, objectives, study,
-                           _scheduler_stops(cfg)))
+                           _scheduler_stops(cfg), constraints))
     return exps
 
 
