@@ -151,8 +151,10 @@ def test_on_trial_result_drives_record_and_returns_ray_decisions():
     assert s.on_trial_result(None, trial("b", rho=0.2), result(1, 50, 0.5)) == TrialScheduler.STOP
     assert s.on_trial_result(None, trial("sgd", optimizer="sgd"), result(1, 1, 0.1)) == TrialScheduler.CONTINUE
     assert s.on_trial_result(None, trial("sam", optimizer="sam"), result(2, 1, 0.1)) == TrialScheduler.CONTINUE
-    assert s.on_trial_result(None, trial("c", optimizer="esam"), {"test_acc": 1.0}) == TrialScheduler.CONTINUE
-    assert s.on_trial_result(None, trial("c", optimizer="esam"), result(1, 10, 0.1)) == TrialScheduler.STOP
+    assert s.on_trial_result(None, trial("c", method="esam"), {"test_acc": 1.0}) == TrialScheduler.CONTINUE
+    assert s.on_trial_result(None, trial("c", method="esam"), result(1, 10, 0.1)) == TrialScheduler.STOP
+    # any reference (a trial config naming its `optimizer`) is never stopped, ESAM among them
+    assert s.on_trial_result(None, trial("r", optimizer="esam"), result(1, 0, 0.0)) == TrialScheduler.CONTINUE
     assert set(s.rung_values(1)) == {"a", "b", "c"} and s.stopped == {"b": 1, "c": 1}
 
 

@@ -40,6 +40,7 @@ def test_which_fields_a_method_uses():
     assert not uses("esam", "sharpness", "sam") and uses("aesam", "sharpness", "sam")
     assert "rst_p" in used_fields("rst", "sam") and "gamma" not in used_fields("rst", "sam")
     assert used_fields("sgd", "sam") == ("max_grad_norm",)
+    assert uses("rst", "lr", "sam") and uses("esam", "weight_decay", "sam")  # the base SGD's, every method's
 
 
 def test_each_trial_samples_only_what_its_method_uses(tmp_path):
@@ -161,3 +162,8 @@ def test_the_front_table_and_labels_name_each_points_method():
     assert "looksam" in row and "k=5" in row and "alpha=0.7" in row and "sharpness=sam" in row
     assert settings_label(looksam) == "looksam ρ=0.05 sharpness=sam k=5 alpha=0.7"
     assert settings_label(esam) == "ρ=0.1, β=0.6, γ=0.5"
+
+
+def test_the_warm_start_leaves_the_base_optimizer_to_the_sampler(tmp_path):
+    cfg = _config(tmp_path, {"rho": {"low": 0.01, "high": 0.5}, "lr": {"low": 0.01, "high": 1.0}})
+    assert paper_point(cfg.space, cfg.train.optimizer) == {"rho": 0.05}  # lr is the user's, not the paper's

@@ -215,16 +215,24 @@ def test_connecting_leaves_the_environment_alone(tmp_path, monkeypatch):
     assert tracking.tracking_uri(None) == f"sqlite:///{tmp_path / 'mlflow.db'}"  # the working dir's store again
 
 
-def test_a_retried_trial_logs_each_epoch_once():
+def test_a_retried_trial_logs_each_epoch_once(tmp_path):
     """A trial retried from an earlier checkpoint reports epochs again: MLflow keeps the first of each."""
     from types import SimpleNamespace
 
+    from mlflow.tracking import MlflowClient
+
     from esam.search.callbacks import MlflowTrialRuns
-    runs = MlflowTrialRuns("sqlite:///unused.db", "parent", "trial", str, dict)
-    sent = []
-    runs._put = lambda trial, op, **fields: sent.append((fields["step"], fields["metrics"], fields.get("tags")))
+    from esam.search.trial_records import TrialRunWriter
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    parent = client.create_run(client.create_experiment("x")).info.run_id
+    writer = TrialRunWriter(uri, parent)  # what the callback's records go through, synchronously here
+    runs = MlflowTrialRuns(uri, parent, "trial", str, dict)
+    runs._put = lambda trial, op, **fields: writer({"op": op, "trial_id": trial.trial_id, **fields})
     trial = SimpleNamespace(trial_id="t1", config={})
+    runs.on_trial_start(0, [], trial)
     for epoch, node in [(1, "a"), (2, "a"), (1, "b"), (2, "b"), (3, "b")]:  # node a died after epoch 2
-        runs.on_trial_result(0, [], trial, {"epoch": epoch, "test_acc": float(epoch), "node": node})
-    assert [step for step, metrics, _ in sent if metrics] == [1, 2, 3]
-    assert [tags for _, _, tags in sent if tags] == [{"esam.node": "a"}, {"esam.node": "b"}]  # the move is still tagged
+        runs.on_trial_result(0, [], trial, {"epoch": epoch, "test_acc": 10.0 * epoch + (node == "b"), "node": node})
+    run_id = writer._runs["t1"]
+    assert [(m.step, m.value) for m in client.get_metric_history(run_id, "test_acc")] == [(1, 10.0), (2, 20.0), (3, 31.0)]
+    assert client.get_run(run_id).data.tags["esam.node"] == "b"  # the move is still tagged

@@ -25,12 +25,16 @@ from esam.optim import OPTIMIZERS
 METHODS = ("esam", "looksam", "rst", "aesam")  # what a search trains: ESAM and the pass-skipping methods
 ESAM_STEP_FIELDS = ("beta", "gamma", "score", "swp_patterns")  # used by a skipping method only with sharpness esam
 INTEGER_FIELDS = ("looksam_k",)
+BASE_FIELDS = ("lr", "momentum", "weight_decay")  # the base SGD's, used by every method
 _CONDITION_FIELDS = ("method", "sharpness")  # sampled first: they decide which other fields a trial uses
+# The papers' own settings (OptimizerConfig's defaults); the base SGD's (lr, ...) and bn_update are the user's.
+PAPER_FIELDS = ("rho", "beta", "gamma", "score", "looksam_k", "looksam_alpha", "rst_p", "aesam_c_start",
+                "aesam_c_end", "aesam_momentum")
 
 
 def uses(method: str, field: str, sharpness: str) -> bool:
     """Whether a trial of `method` (with a skipping method's `sharpness`) uses optimizer field `field`."""
-    if field == "method":
+    if field == "method" or field in BASE_FIELDS:
         return True
     if field not in getattr(OPTIMIZERS[method], "hyperparameters", ()):
         return False
@@ -120,10 +124,11 @@ def paper_point(space: dict, base: OptimizerConfig) -> dict:
     method = "esam" if "esam" in methods else methods[0]
     sharpness = papers.sharpness if papers.sharpness in sharpness_of(space, base) else sharpness_of(space, base)[0]
     point = {}
+    conditions = {"method": method, "sharpness": sharpness}
     for name, p in space.items():
-        value = {"method": method, "sharpness": sharpness}[name] if name in _CONDITION_FIELDS else getattr(papers, name)
-        if not uses(method, name, sharpness) or value is None:
-            continue
+        if name not in PAPER_FIELDS + _CONDITION_FIELDS or not uses(method, name, sharpness):
+            continue  # the user's base settings are sampled, and so are fields this method does not use
+        value = conditions[name] if name in conditions else getattr(papers, name)
         if value in p.choices if p.choices is not None else p.low <= value <= p.high:
             point[name] = value
     return point

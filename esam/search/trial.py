@@ -24,7 +24,7 @@ from ray import tune
 
 from esam.config import train_config_from_dict
 from esam.search.scratch import trial_scratch
-from esam.search.space import used_fields
+from esam.search.space import BASE_FIELDS, used_fields
 from esam.training.checkpoint import CHECKPOINT_FILE
 from esam.training.trainer import train
 
@@ -64,9 +64,6 @@ def trial_label(trial_config: dict) -> str:
     return label
 
 
-_BASE_PARAMS = ("lr", "momentum", "weight_decay")  # the base SGD's, shared by every method
-
-
 def trial_params(base_optimizer: dict, trial_config: dict) -> dict:
     """The optimizer settings a trial really uses (searched and fixed), for MLflow's params.
 
@@ -74,7 +71,7 @@ def trial_params(base_optimizer: dict, trial_config: dict) -> dict:
     beta, gamma and score for a skipping method whose sharpness step is SAM's (esam.search.space)."""
     resolved = {**base_optimizer, **trial_overrides(trial_config)["optimizer"]}
     method = resolved["name"]
-    used = _BASE_PARAMS + used_fields(method, resolved.get("sharpness", "sam"))
+    used = BASE_FIELDS + used_fields(method, resolved.get("sharpness", "sam"))
     return {"optimizer": method, **{k: resolved[k] for k in used}}
 
 
