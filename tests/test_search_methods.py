@@ -167,3 +167,20 @@ def test_the_front_table_and_labels_name_each_points_method():
 def test_the_warm_start_leaves_the_base_optimizer_to_the_sampler(tmp_path):
     cfg = _config(tmp_path, {"rho": {"low": 0.01, "high": 0.5}, "lr": {"low": 0.01, "high": 1.0}})
     assert paper_point(cfg.space, cfg.train.optimizer) == {"rho": 0.05}  # lr is the user's, not the paper's
+
+
+def test_a_method_search_is_not_called_esam_trials(tmp_path):
+    from esam.search.front_summary import front_summary
+    from esam.search.runner import _progress_label, _trials_noun
+    rows = [{"run_id": "s", "kind": "reference", "status": "FINISHED", "optimizer": "sgd", "test_acc": 99.0,
+             "speed_vs_sgd": 1.0},
+            {"run_id": "a", "kind": "trial", "status": "FINISHED", "optimizer": "looksam", "test_acc": 98.0,
+             "speed_vs_sgd": 0.8}]
+    text = front_summary(rows, [("test_acc", "max"), ("speed_vs_sgd", "max")])
+    assert "ESAM" not in text and "the only trial" in text, text
+    assert "ESAM trial" in front_summary([rows[0], {**rows[1], "optimizer": "esam"}],
+                                         [("test_acc", "max"), ("speed_vs_sgd", "max")])
+    cfg = _config(tmp_path)
+    assert _progress_label(cfg) == "trials" and _trials_noun(cfg) == "trials (esam, looksam, rst, aesam)"
+    rst = _config(tmp_path, {"rst_p": {"low": 0.2, "high": 0.8}}, ["train.optimizer.name=rst"])
+    assert _progress_label(rst) == "rst" and _trials_noun(rst) == "RST trials"

@@ -64,13 +64,18 @@ def _of(count: int, total: int) -> str:
     return f"{count} of {total}"
 
 
-def _trials(n: int) -> str:
-    return "ESAM trial" if n == 1 else "ESAM trials"
+def trials_kind(trials: list[dict]) -> str:
+    """"ESAM" for trials that are all ESAM's, else "" (a method search: LookSAM, RST, AE-SAM among them)."""
+    return "ESAM " if all(t.get("optimizer", "esam") == "esam" for t in trials) else ""
+
+
+def _trials(n: int, kind: str = "ESAM ") -> str:
+    return f"{kind}trial" if n == 1 else f"{kind}trials"
 
 
 def reference_sentence(reference: dict, trials: list[dict], front: list[dict], objectives: Sequence[Objective]) -> str:
     """One sentence: what `reference` dominates among `trials` (finished ESAM trials), or what beats it."""
-    name = _name(reference)
+    name, kind = _name(reference), trials_kind(trials)
     shown = f"{name} ({', '.join(value_text(reference, m) for m, _ in objectives)})"
     n = len(trials)
     beaten = [t for t in trials if dominates(reference, t, objectives)]
@@ -79,7 +84,7 @@ def reference_sentence(reference: dict, trials: list[dict], front: list[dict], o
     front_beaten = sum(id(t) in on_front for t in beaten)
     if beating:
         noisy = sum(indistinguishable(t, reference, objectives) for t in beating)
-        text = f"{_of(len(beating), n)} {_trials(n)} {'beats' if n == 1 else 'beat'} {shown} on both axes"
+        text = f"{_of(len(beating), n)} {_trials(n, kind)} {'beats' if n == 1 else 'beat'} {shown} on both axes"
         if noisy == len(beating):
             text += ", but only within the noise"
         elif noisy:
@@ -88,14 +93,14 @@ def reference_sentence(reference: dict, trials: list[dict], front: list[dict], o
             text += f"; {name} dominates {len(beaten)} other{'s' if len(beaten) > 1 else ''}"
         return text[0].upper() + text[1:] + "."
     if len(beaten) == n:
-        what = "the only ESAM trial" if n == 1 else f"every ESAM trial ({n} of {n})"
-        return f"{shown} dominates {what}: no ESAM setting is {_better(objectives)} than {name}."
+        what = f"the only {kind}trial" if n == 1 else f"every {kind}trial ({n} of {n})"
+        return f"{shown} dominates {what}: no {kind}setting is {_better(objectives)} than {name}."
     if beaten:
         where = ("the whole front included" if front_beaten == len(front) else
                  f"{front_beaten} of the {len(front)} on the front" if front_beaten else "none on the front")
-        return (f"{shown} dominates {len(beaten)} of {n} {_trials(n)} ({where}); "
-                f"no ESAM setting beats {name} on both axes.")
-    return f"No ESAM setting beats {shown} on both axes, and {name} dominates none: they trade one axis for the other."
+        return (f"{shown} dominates {len(beaten)} of {n} {_trials(n, kind)} ({where}); "
+                f"no {kind}setting beats {name} on both axes.")
+    return f"No {kind}setting beats {shown} on both axes, and {name} dominates none: they trade one axis for the other."
 
 
 def front_summary(rows: list[dict], objectives: Sequence[Objective]) -> str:

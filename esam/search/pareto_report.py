@@ -16,7 +16,7 @@ import math
 import tempfile
 from pathlib import Path
 
-from esam.search.front_summary import front_summary
+from esam.search.front_summary import trials_kind, front_summary
 from esam.search.pareto import PICKS, error_band, indistinguishable, pareto_front, pick
 from esam.search.tracking import FEASIBLE_TAG, candidates, finished, search_rows
 
@@ -263,7 +263,7 @@ def front_note(rows: list[dict], front: list[dict], constraints: list | tuple = 
     trials = [r for r in rows if r.get("kind") == "trial"]
     done = finished(rows, "trial")
     stopped = sum(bool(r.get("stopped_early")) for r in trials)
-    line = (f"Pareto front (accuracy vs throughput): {len(front)} of {len(done)} ESAM trials that ran all "
+    line = (f"Pareto front (accuracy vs throughput): {len(front)} of {len(done)} {trials_kind(done)}trials that ran all "
             f"their epochs")
     if stopped:
         line += f" ({stopped} stopped early by the scheduler: their metrics are from an earlier epoch, not on the front)"

@@ -19,6 +19,7 @@ from esam.search import ray_state
 from esam.search import tracking
 from esam.config import to_dict
 from esam.errors import ConfigError, EsamError
+from esam.optim import OPTIMIZERS
 from esam.search.local_ray import init_ray
 from esam.search.pareto_report import format_table, tag_front_and_write_artifacts
 from esam.search.config import SearchConfig
@@ -51,6 +52,18 @@ class SearchOutcome:
     serve_command: str | None = None  # what serves runs_url (None: the tracking server does)
     already_complete: bool = False  # the search had finished before this command: nothing ran
     summary: dict | None = None  # the parent run's summary metrics
+
+
+def _progress_label(cfg: SearchConfig) -> str:
+    """The progress lines' prefix for the searched trials: their method, or "trials" when it is searched."""
+    return "trials" if "method" in cfg.space else cfg.train.optimizer.name
+
+
+def _trials_noun(cfg: SearchConfig) -> str:
+    """"ESAM trials", "LookSAM trials", or "trials (esam, looksam, ...)" when the method is searched."""
+    if "method" in cfg.space:
+        return f"trials ({', '.join(cfg.space['method'].choices)})"
+    return f"{OPTIMIZERS[cfg.train.optimizer.name].__name__} trials"
 
 
 def _sampler(cfg: SearchConfig):
@@ -300,7 +313,7 @@ def _run_search(cfg: SearchConfig, uri: str, client, *, address: str | None,
         parent = tracking.start_parent_run(client, cfg.mlflow.experiment, cfg.name, resolved, parent)
         write_state(directory, {"config": resolved, "parent_run_id": parent, "tracking_uri": uri})
     objectives, constraints = cfg.objective_pairs, cfg.parsed_constraints()
-    echo(f"search {cfg.name}: {cfg.trials} ESAM trials + references {cfg.references or 'none'}, "
+    echo(f"search {cfg.name}: {cfg.trials} {_trials_noun(cfg)} + references {cfg.references or 'none'}, "
          f"{cfg.concurrency} at a time; MLflow run {parent} at {uri}")
     if added:
         echo(f"search {cfg.name} grows by {added} trials (trials: {cfg.trials - added} -> {cfg.trials})")
@@ -344,7 +357,7 @@ def _run_search(cfg: SearchConfig, uri: str, client, *, address: str | None,
                                       max_concurrent_trials=cfg.concurrency,
                                       trial_dirname_creator=lambda t: f"esam_{t.trial_id}")
         callbacks = [MlflowTrialRuns(uri, parent, "trial", trial_label, params_of, full_epochs=cfg.train.epochs),
-                     Progress("esam", cfg.trials, objectives, echo, full_epochs=cfg.train.epochs),
+                     Progress(_progress_label(cfg), cfg.trials, objectives, echo, full_epochs=cfg.train.epochs),
                      FrontProgress(uri, parent, objectives, cfg.train.epochs, constraints, references)]
         if not complete:
             refresh = functools.partial(_grow, cfg=cfg, scheduler=scheduler, callbacks=callbacks)
