@@ -25,14 +25,22 @@ SAMPLERS = ("nsga2", "tpe", "gp", "random")
 SCHEDULERS = ("none", "moasha")
 DEFAULT_REFERENCES = ("sgd", "sam")
 REFERENCES = DEFAULT_REFERENCES + METHODS  # optimizers a search may train beside, at train.optimizer's settings
-# Ranges that are legal for each searchable optimizer field: (low, high, the interval as shown),
-# open or closed as the optimizer demands (None: unbounded).
-_BOUNDS = {"rho": (0.0, None, "[0, inf)"), "beta": (0.0, 1.0, "(0, 1]"), "gamma": (0.0, 1.0, "(0, 1]"),
-           "lr": (0.0, None, "[0, inf)"), "weight_decay": (0.0, None, "[0, inf)"), "momentum": (0.0, 1.0, "[0, 1]"),
-           "looksam_k": (1, None, "[1, inf)"), "looksam_alpha": (0.0, None, "[0, inf)"), "rst_p": (0.0, 1.0, "[0, 1]"),
-           "aesam_c_start": (None, None, "(-inf, inf)"), "aesam_c_end": (None, None, "(-inf, inf)"),
-           "aesam_momentum": (0.0, 1.0, "[0, 1)")}
+# Ranges that are legal for each searchable optimizer field: (low, high), None unbounded; an end is
+# closed unless the field is named in _OPEN_LOW / _OPEN_HIGH (as the optimizer demands).
+_BOUNDS = {"rho": (0.0, None), "beta": (0.0, 1.0), "gamma": (0.0, 1.0), "lr": (0.0, None),
+           "weight_decay": (0.0, None), "momentum": (0.0, 1.0), "looksam_k": (1, None), "looksam_alpha": (0.0, None),
+           "rst_p": (0.0, 1.0), "aesam_c_start": (None, None), "aesam_c_end": (None, None), "aesam_momentum": (0.0, 1.0)}
 _OPEN_LOW, _OPEN_HIGH = ("beta", "gamma"), ("aesam_momentum",)
+
+
+def _interval(name: str) -> str:
+    """A field's valid interval as shown in errors: "(0, 1]", "[0, inf)"."""
+    lo, hi = _BOUNDS[name]
+    left = "(-inf" if lo is None else f"{'(' if name in _OPEN_LOW else '['}{lo:g}"
+    right = "inf)" if hi is None else f"{hi:g}{')' if name in _OPEN_HIGH else ']'}"
+    return f"{left}, {right}"
+
+
 # Categorical optimizer fields and their values, as the optimizers define them.
 CHOICE_PARAMS = {"method": METHODS, "sharpness": SHARPNESS, "score": SCORES, "bn_update": BN_UPDATES}
 SEARCHABLE = tuple(_BOUNDS) + tuple(CHOICE_PARAMS)  # optimizer fields a search may vary (method: optimizer.name)
@@ -168,11 +176,11 @@ def _validate_space(space: dict[str, ParamSpace]) -> None:
             raise ConfigError(f"space.{name} takes integers, got low={p.low} high={p.high}")
         if not p.low < p.high:
             raise ConfigError(f"space.{name}: empty or inverted range low={p.low} high={p.high}")
-        lo, hi, interval = _BOUNDS[name]
+        lo, hi = _BOUNDS[name]
         below = lo is not None and (p.low <= lo if name in _OPEN_LOW else p.low < lo)
         above = hi is not None and (p.high >= hi if name in _OPEN_HIGH else p.high > hi)
         if below or above:
-            raise ConfigError(f"space.{name}: range [{p.low}, {p.high}] leaves the valid interval {interval}")
+            raise ConfigError(f"space.{name}: range [{p.low}, {p.high}] leaves the valid interval {_interval(name)}")
         if p.log and p.low <= 0:
             raise ConfigError(f"space.{name}: a log scale needs low > 0, got {p.low}")
 
