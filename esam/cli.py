@@ -145,8 +145,7 @@ def cmd_export(args) -> int:
     parent = resolve_search(client, args.experiment, args.search)
     doc = export_config(client, parent, args.pick, args.out)
     o, m = doc["optimizer"], doc["exported"]["metrics"]
-    from esam.search.space import used_fields
-    shown = ("rho", "beta", "gamma", "sharpness", "looksam_k", "looksam_alpha", "rst_p", "aesam_c_start", "aesam_c_end")
+    from esam.search.space import SHOWN_FIELDS as shown, used_fields
     settings = ", ".join(f"{k} {o[k]:.4g}" if isinstance(o[k], float) else f"{k} {o[k]}"
                          for k in used_fields(o["name"], o.get("sharpness", "sam")) if k in shown)
     print(f"wrote {args.out}: {o['name']} {settings} "

@@ -17,13 +17,11 @@ import tempfile
 from pathlib import Path
 
 from esam.search.front_summary import trials_kind, front_summary
+from esam.search.space import METHOD_KNOBS
 from esam.search.pareto import PICKS, error_band, indistinguishable, pareto_front, pick
 from esam.search.tracking import FEASIBLE_TAG, candidates, finished, search_rows
 
 DEFAULT_OBJECTIVES = [("test_acc", "max"), ("speed_vs_sgd", "max")]
-# the knobs of the pass-skipping methods, as the table and the plot's labels show them
-METHOD_KNOBS = (("sharpness", "sharpness"), ("looksam_k", "k"), ("looksam_alpha", "alpha"), ("rst_p", "p"),
-                ("aesam_c_start", "c0"), ("aesam_c_end", "c1"))
 TABLE_COLUMNS = ("test_acc", "test_acc_se", "images_per_s", "speed_vs_sgd", "speed_vs_sgd_low", "speed_vs_sgd_high",
                  "relative_cost", "optimizer", "rho", "beta", "gamma", "score", *(k for k, _ in METHOD_KNOBS), "run_id")
 HOVER_KEYS = ("name", "optimizer", "rho", "beta", "gamma", "score", *(k for k, _ in METHOD_KNOBS), "test_acc", "test_acc_se", "speed_vs_sgd",

@@ -25,6 +25,10 @@ from esam.optim import OPTIMIZERS
 METHODS = ("esam", "looksam", "rst", "aesam")  # what a search trains: ESAM and the pass-skipping methods
 ESAM_STEP_FIELDS = ("beta", "gamma", "score", "swp_patterns")  # used by a skipping method only with sharpness esam
 INTEGER_FIELDS = ("looksam_k",)
+# The pass-skipping methods' own knobs and their short names, as tables, labels and `esam export` show them.
+METHOD_KNOBS = (("sharpness", "sharpness"), ("looksam_k", "k"), ("looksam_alpha", "alpha"), ("rst_p", "p"),
+                ("aesam_c_start", "c0"), ("aesam_c_end", "c1"))
+SHOWN_FIELDS = ("rho", "beta", "gamma") + tuple(k for k, _ in METHOD_KNOBS)  # a setting's searched knobs, shown
 BASE_FIELDS = ("lr", "momentum", "weight_decay")  # the base SGD's, used by every method
 _CONDITION_FIELDS = ("method", "sharpness")  # sampled first: they decide which other fields a trial uses
 # The papers' own settings (OptimizerConfig's defaults); the base SGD's (lr, ...) and bn_update are the user's.

@@ -431,8 +431,9 @@ def _maybe_number(value: str) -> Any:
 
 
 def _markdown_table(front: list[dict], references: list[dict], objectives: list[tuple[str, str]]) -> str:
-    settings = [k for k in ("optimizer", "rho", "beta", "gamma", "score", "sharpness", "looksam_k", "looksam_alpha",
-                            "rst_p", "aesam_c_start", "aesam_c_end", "lr") if any(k in r for r in front)]
+    from esam.search.space import METHOD_KNOBS
+    known = ("optimizer", "rho", "beta", "gamma", "score", *(k for k, _ in METHOD_KNOBS), "lr")
+    settings = [k for k in known if any(k in r for r in front)]
     columns = [m for m, _ in objectives] + settings
     lines = ["| run | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
 
