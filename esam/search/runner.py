@@ -20,6 +20,7 @@ from esam.search import tracking
 from esam.config import to_dict
 from esam.errors import ConfigError, EsamError
 from esam.optim import OPTIMIZERS
+from esam.search.atomic_storage import atomic_local_filesystem, sweep_partial_files
 from esam.search.local_ray import init_ray
 from esam.search.pareto_report import format_table, tag_front_and_write_artifacts
 from esam.search.config import SearchConfig
@@ -160,10 +161,11 @@ def _tuner(cfg: SearchConfig, experiment: str, param_space: dict, tune_config, c
             tune.with_parameters(run_trial, base_train=to_dict(cfg.train), threads=threads, repeats=cfg.repeats),
             {"cpu": cfg.resources.cpu, "gpu": cfg.resources.gpu})
     path = cfg.directory / experiment
-    if restore and tune.Tuner.can_restore(str(path)):
+    results_fs = atomic_local_filesystem()  # a driver killed while Ray copies its state leaves the old copy
+    if restore and tune.Tuner.can_restore(str(path), storage_filesystem=results_fs):
         try:
             tuner = tune.Tuner.restore(str(path), trainable, resume_unfinished=True, resume_errored=False,
-                                       restart_errored=False)
+                                       restart_errored=False, storage_filesystem=results_fs)
             if refresh is not None:
                 refresh(tuner)
             return tuner
@@ -172,7 +174,8 @@ def _tuner(cfg: SearchConfig, experiment: str, param_space: dict, tune_config, c
                               f"{str(err).strip()[:150]}); restore it, or remove {path} to run its trials "
                               f"again") from None
     run_config = tune.RunConfig(
-        name=experiment, storage_path=str(cfg.directory), callbacks=callbacks, verbose=0,
+        name=experiment, storage_path=str(cfg.directory), storage_filesystem=results_fs, callbacks=callbacks,
+        verbose=0,
         failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1))
     return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config)
@@ -303,6 +306,7 @@ def _run_search(cfg: SearchConfig, uri: str, client, *, address: str | None,
                           f"or give a new name (--set name=...)")
     added = check_growth(state["config"], cfg) if state else 0
     directory.mkdir(parents=True, exist_ok=True)
+    sweep_partial_files(directory)  # copies a killed driver left half-written (never read; see atomic_storage)
     parent = known_parent(client, state, uri) if state else None
     storage = _optuna_storage(cfg.optuna_url())
     check_study(cfg, storage, state)
