@@ -15,6 +15,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.fs as pafs
 
+from esam.search.results_storage import LOCAL_TYPE
+
 PARTIAL = ".esam-partial-"  # a file being written: <name>.esam-partial-<pid>; never read, swept at start
 
 
@@ -59,7 +61,7 @@ class AtomicLocalHandler(pafs.FileSystemHandler):
         return not self == other
 
     def get_type_name(self):
-        return "esam-atomic-local"
+        return LOCAL_TYPE
 
     def normalize_path(self, path):
         return self.local.normalize_path(path)

@@ -5,6 +5,7 @@ Validated completely before Ray, Optuna or MLflow start, so a bad file costs no 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +16,7 @@ from esam.errors import ConfigError
 from esam.training.metrics import METRICS
 from esam.optim.cost import SCORES, SHARPNESS
 from esam.optim.sam import BN_UPDATES
+from esam.search.results_storage import is_uri
 from esam.search.space import INTEGER_FIELDS, METHODS, unused_field
 
 # An objective is a metric train() reports, except the epoch count and the schedule's learning rate.
@@ -107,8 +109,9 @@ class SearchConfig:
     concurrency: int = 2  # trials running at once
     resources: Resources = field(default_factory=Resources)  # per trial
     references: list = field(default_factory=lambda: list(DEFAULT_REFERENCES))  # baselines trained beside: sgd, sam, esam, looksam, rst, aesam
-    results_dir: str = "esam_results"  # Ray results and the default Optuna store (shared storage on clusters)
-    optuna_storage: str | None = None  # an RDB URL; None: sqlite in results_dir/<name>/optuna.db
+    results_dir: str = "esam_results"  # Ray's experiments and checkpoints: a path (shared on clusters) or s3://...
+    state_dir: str | None = None  # the driver's files (search.json, lock, journals); None: results_dir
+    optuna_storage: str | None = None  # an RDB URL; None: sqlite in <state_dir>/<name>/optuna.db
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)  # where runs are recorded
     max_failures: int = 0  # retries of a crashed trial before it counts as failed
     repeats: int = 1  # trainings per setting, seeds train.seed + 0..repeats-1; objectives are their mean
@@ -123,7 +126,14 @@ class SearchConfig:
 
     @property
     def directory(self) -> Path:
-        return Path(self.results_dir).expanduser().resolve() / self.name
+        """The driver's own files: search.json, the lock, rung records, the MLflow journal, SQLite stores."""
+        return Path(self.state_dir or self.results_dir).expanduser().resolve() / self.name
+
+    @functools.cached_property  # resolving s3:// may ask the store: once per config
+    def ray_storage(self):
+        """Ray's experiments and checkpoints (esam.search.results_storage.StoragePath): results_dir/<name>."""
+        from esam.search.results_storage import StoragePath
+        return StoragePath.of(self.results_dir) / self.name
 
     def parsed_constraints(self) -> list:
         """`constraints` as esam.search.constraints.Constraint objects (validated at load)."""
@@ -239,10 +249,13 @@ def validate_search(cfg: SearchConfig) -> SearchConfig:
         raise ConfigError(f"resources.workers must be an integer >= 1, got {brief(workers)}")
     if cfg.train.batch_size % workers:
         raise ConfigError(f"train.batch_size {cfg.train.batch_size} does not split evenly over resources.workers {workers}")
-    if re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", cfg.results_dir):
-        raise ConfigError(f"results_dir must be a filesystem path (on a cluster, one every node mounts: NFS, Lustre, "
-                          f"CephFS), got the URI {brief(cfg.results_dir)}: the search keeps a lock, its state and "
-                          f"its rung records there, which need a filesystem with flock, not an object store")
+    if is_uri(cfg.results_dir) and cfg.state_dir is None:
+        raise ConfigError(f"results_dir {brief(cfg.results_dir)} is a URI: set state_dir to a filesystem path on the "
+                          f"driver's machine for the search's lock, state and journals (they need flock, which an "
+                          f"object store lacks)")
+    if cfg.state_dir is not None and (not isinstance(cfg.state_dir, str) or is_uri(cfg.state_dir)):
+        raise ConfigError(f"state_dir must be a filesystem path (it holds the search's lock, state and journals), "
+                          f"got {brief(cfg.state_dir)}")
     if cfg.mlflow.tracking_uri is not None:
         from esam.search.tracking import check_uri
         check_uri(cfg.mlflow.tracking_uri, " (mlflow.tracking_uri)")

@@ -1,4 +1,4 @@
-"""One search per name at a time: an exclusive lock on `results_dir/<name>/search.lock`.
+"""One search per name at a time: an exclusive lock on `<state_dir>/<name>/search.lock`.
 
 The lock is `flock` on an open file, so the kernel drops it when the holder dies (even by
 SIGKILL): a stale lock never needs removing by hand. The file holds the holder's host, pid and

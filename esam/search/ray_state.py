@@ -7,11 +7,11 @@ corrects trial statuses here before `Tuner.restore` reads the file.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from esam.errors import ConfigError
+from esam.search.results_storage import StoragePath, storage_path
 
 STATE_GLOB = "experiment_state-*.json"
 TERMINAL = ("TERMINATED", "ERROR")
@@ -29,20 +29,20 @@ class SavedTrial:
         return int(self.last_result.get("epoch") or 0)
 
 
-def state_file(experiment_dir: Path) -> Path | None:
+def state_file(experiment_dir: StoragePath | Path) -> StoragePath | None:
     """The newest snapshot, chosen as Ray chooses it (the largest file name)."""
-    files = sorted(Path(experiment_dir).glob(STATE_GLOB))
+    files = storage_path(experiment_dir).files(STATE_GLOB)
     return files[-1] if files else None
 
 
-def _unreadable(path: Path, why: str) -> ConfigError:
+def _unreadable(path: StoragePath, why: str) -> ConfigError:
     return ConfigError(f"Ray's experiment state {path} is unreadable ({why}); restore the file, or remove "
                        f"{path.parent} to run that experiment's trials again")
 
 
-def _load(path: Path) -> dict:
+def _load(path: StoragePath) -> dict:
     try:
-        doc = json.loads(path.read_text())
+        doc = json.loads(path.read_bytes())
         for entry in doc["trial_data"]:
             json.loads(entry[0])
         return doc
@@ -57,7 +57,7 @@ def _trial(entry: list) -> SavedTrial:
                       runtime.get("last_result") or {})
 
 
-def read_trials(experiment_dir: Path) -> list[SavedTrial] | None:
+def read_trials(experiment_dir: StoragePath | Path) -> list[SavedTrial] | None:
     """The trials of the newest snapshot; None when Ray saved none; ConfigError when it is damaged."""
     path = state_file(experiment_dir)
     if path is None:
@@ -69,8 +69,8 @@ def read_trials(experiment_dir: Path) -> list[SavedTrial] | None:
         raise _unreadable(path, f"{type(err).__name__}: {str(err)[:120]}") from None
 
 
-def set_statuses(experiment_dir: Path, statuses: dict[str, str]) -> None:
-    """Rewrite the newest snapshot with new statuses for some trials (atomically)."""
+def set_statuses(experiment_dir: StoragePath | Path, statuses: dict[str, str]) -> None:
+    """Rewrite the newest snapshot with new statuses for some trials (whole: see results_storage)."""
     path = state_file(experiment_dir)
     if path is None or not statuses:
         return
@@ -80,6 +80,4 @@ def set_statuses(experiment_dir: Path, statuses: dict[str, str]) -> None:
         if state["trial_id"] in statuses:
             state["status"] = statuses[state["trial_id"]]
             entry[0] = json.dumps(state)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(doc))
-    os.replace(tmp, path)
+    path.write_bytes(json.dumps(doc).encode())

@@ -22,6 +22,7 @@ from esam.search import ray_state
 from esam.search import tracking
 from esam.errors import ConfigError
 from esam.search.optuna_searcher import RAY_TRIAL_ATTR, RESULT_ATTR, RUN_ATTR, final_metrics
+from esam.search.results_storage import StoragePath
 
 FINISHED, STOPPED, FAILED = "finished", "stopped", "failed"
 _OPTUNA = {"COMPLETE": FINISHED, "PRUNED": STOPPED, "FAIL": FAILED}
@@ -32,7 +33,7 @@ _RAY = {FINISHED: "TERMINATED", STOPPED: "TERMINATED", FAILED: "ERROR"}
 @dataclass
 class Experiment:
     """One Ray experiment of a search and how to match its trials elsewhere."""
-    directory: Path  # results_dir/<name>/<experiment>
+    directory: StoragePath | Path  # Ray's storage: results_dir/<name>/<experiment>
     kind: str  # MLflow esam.kind of its child runs: reference | trial
     epochs: int  # a trial that reported this epoch has finished
     objectives: list[tuple[str, str]]

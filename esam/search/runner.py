@@ -20,7 +20,8 @@ from esam.search import tracking
 from esam.config import to_dict
 from esam.errors import ConfigError, EsamError
 from esam.optim import OPTIMIZERS
-from esam.search.atomic_storage import atomic_local_filesystem, sweep_partial_files
+from esam.search.atomic_storage import sweep_partial_files
+from esam.search.results_storage import StoragePath, check_storage_writable
 from esam.search.local_ray import init_ray
 from esam.search.pareto_report import format_table, tag_front_and_write_artifacts
 from esam.search.config import SearchConfig
@@ -37,7 +38,7 @@ from esam.search.store_lock import store_creation_lock
 SNAPSHOT_PERIOD_S = "2"
 # A database server restarted under a search leaves dead pooled connections: test each before use.
 ENGINE_KWARGS = {"pool_pre_ping": True}
-RUNGS_FILE = "moasha_rungs.json"  # under results_dir/<name>/: MO-ASHA's rung records, kept across restarts
+RUNGS_FILE = "moasha_rungs.json"  # under <state_dir>/<name>/: MO-ASHA's rung records, kept across restarts
 
 
 @dataclass
@@ -105,7 +106,7 @@ def _scheduler(cfg: SearchConfig):
 
 def _reference_results(cfg: SearchConfig) -> dict[str, dict]:
     """{sgd|sam: final metrics} of the references that ran all their epochs (Ray's saved results)."""
-    saved = ray_state.read_trials(cfg.directory / "references") or []
+    saved = ray_state.read_trials(cfg.ray_storage / "references") or []
     return {t.config.get("optimizer"): t.last_result for t in saved
             if t.status == "TERMINATED" and t.epoch >= cfg.train.epochs}
 
@@ -122,13 +123,11 @@ def _grow(tuner, cfg: SearchConfig, scheduler, callbacks) -> None:
     internal._tune_config.max_concurrent_trials = cfg.concurrency
     internal._tune_config.scheduler = scheduler
     internal._run_config.callbacks = callbacks
-    for path in sorted((cfg.directory / "search").glob("search_gen_state-*.json")):
+    for path in (cfg.ray_storage / "search").files("search_gen_state-*.json"):
         state = cloudpickle.loads(path.read_bytes())
         if state.get("total_samples") != cfg.trials:
             state["total_samples"], state["finished"] = cfg.trials, False
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_bytes(cloudpickle.dumps(state))
-            os.replace(tmp, path)
+            path.write_bytes(cloudpickle.dumps(state))
 
 
 def _optuna_storage(url: str):
@@ -154,18 +153,18 @@ def _tuner(cfg: SearchConfig, experiment: str, param_space: dict, tune_config, c
         trainable = tune.with_resources(
             tune.with_parameters(run_ddp_trial, base_train=to_dict(cfg.train), threads=threads, repeats=cfg.repeats,
                                  workers=cfg.resources.workers, cpu=cfg.resources.cpu, gpu=cfg.resources.gpu,
-                                 storage=str(cfg.directory / "train_runs")),
+                                 storage=str(cfg.ray_storage / "train_runs")),
             {"cpu": DRIVER_CPU})
     else:
         trainable = tune.with_resources(
             tune.with_parameters(run_trial, base_train=to_dict(cfg.train), threads=threads, repeats=cfg.repeats),
             {"cpu": cfg.resources.cpu, "gpu": cfg.resources.gpu})
-    path = cfg.directory / experiment
-    results_fs = atomic_local_filesystem()  # a driver killed while Ray copies its state leaves the old copy
-    if restore and tune.Tuner.can_restore(str(path), storage_filesystem=results_fs):
+    root = cfg.ray_storage  # through its filesystem, a driver killed while Ray copies its state leaves the old copy
+    path = root / experiment
+    if restore and tune.Tuner.can_restore(path.path, storage_filesystem=root.fs):
         try:
-            tuner = tune.Tuner.restore(str(path), trainable, resume_unfinished=True, resume_errored=False,
-                                       restart_errored=False, storage_filesystem=results_fs)
+            tuner = tune.Tuner.restore(path.path, trainable, resume_unfinished=True, resume_errored=False,
+                                       restart_errored=False, storage_filesystem=root.fs)
             if refresh is not None:
                 refresh(tuner)
             return tuner
@@ -174,7 +173,7 @@ def _tuner(cfg: SearchConfig, experiment: str, param_space: dict, tune_config, c
                               f"{str(err).strip()[:150]}); restore it, or remove {path} to run its trials "
                               f"again") from None
     run_config = tune.RunConfig(
-        name=experiment, storage_path=str(cfg.directory), storage_filesystem=results_fs, callbacks=callbacks,
+        name=experiment, storage_path=root.path, storage_filesystem=root.fs, callbacks=callbacks,
         verbose=0,
         failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1))
@@ -184,7 +183,7 @@ def _tuner(cfg: SearchConfig, experiment: str, param_space: dict, tune_config, c
 _SIGNALS: list[StopSignals] = []  # the running search's signal catcher (one search per process)
 
 
-def _fit(tuner, directory: Path, expected: int | None) -> None:
+def _fit(tuner, directory: StoragePath, expected: int | None) -> None:
     """Run an experiment; a signal during it, or trials left unfinished, count as a stop.
 
     Ray's returned trials call a stopped trial TERMINATED like a finished one; its final snapshot,
@@ -231,7 +230,7 @@ def _complete(cfg: SearchConfig, storage) -> bool:
     for experiment, expected in (("references", len(cfg.references)), ("search", cfg.trials)):
         if experiment == "references" and not expected:
             continue
-        saved = ray_state.read_trials(cfg.directory / experiment) or []
+        saved = ray_state.read_trials(cfg.ray_storage / experiment) or []
         if len(saved) < expected or any(t.status not in ray_state.TERMINAL for t in saved):
             return False
     return True
@@ -264,6 +263,8 @@ def run_search(cfg: SearchConfig, *, address: str | None = None, echo: Callable[
     client = tracking.connect(uri)
     directory = cfg.directory
     check_writable(directory)
+    if cfg.ray_storage.path != str(directory):
+        check_storage_writable(cfg.ray_storage)
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", SNAPSHOT_PERIOD_S)
     with SearchLock(directory, cfg.name), StopSignals() as signals:
         _SIGNALS.append(signals)
@@ -299,14 +300,15 @@ def _run_search(cfg: SearchConfig, uri: str, client, *, address: str | None,
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     resolved = to_dict(cfg)
     directory = cfg.directory
-    state = read_state(directory)
+    state = read_state(directory, cfg.ray_storage)
     if state and not same_config(state["config"], resolved):
         raise ConfigError(f"search {cfg.name!r} already exists in {directory} with a different config; "
                           f"continue it unchanged (only trials may grow and concurrency change), "
                           f"or give a new name (--set name=...)")
     added = check_growth(state["config"], cfg) if state else 0
     directory.mkdir(parents=True, exist_ok=True)
-    sweep_partial_files(directory)  # copies a killed driver left half-written (never read; see atomic_storage)
+    if cfg.ray_storage.local is not None:  # copies a killed driver left half-written (never read; see atomic_storage)
+        sweep_partial_files(cfg.ray_storage.local)
     parent = known_parent(client, state, uri) if state else None
     storage = _optuna_storage(cfg.optuna_url())
     check_study(cfg, storage, state)
@@ -341,7 +343,7 @@ def _run_search(cfg: SearchConfig, uri: str, client, *, address: str | None,
             tune_config = tune.TuneConfig(num_samples=1, max_concurrent_trials=cfg.concurrency,
                                           trial_dirname_creator=lambda t: f"{t.config['optimizer']}_{t.trial_id}")
             _fit(_tuner(cfg, "references", {"optimizer": tune.grid_search(list(cfg.references))},
-                        tune_config, callbacks, restore=bool(state)), directory / "references", len(cfg.references))
+                        tune_config, callbacks, restore=bool(state)), cfg.ray_storage / "references", len(cfg.references))
         references = _reference_results(cfg) if constraints and not complete else {}
         for c in constraints:
             if not complete:
@@ -368,7 +370,7 @@ def _run_search(cfg: SearchConfig, uri: str, client, *, address: str | None,
             # Without `method` in the space every trial's method is train.optimizer's (a constant Ray adds)
             constant = {} if "method" in cfg.space else {"method": cfg.train.optimizer.name}
             _fit(_tuner(cfg, "search", constant, tune_config, callbacks, restore=bool(state), refresh=refresh),
-                 directory / "search", None)
+                 cfg.ray_storage / "search", None)
         _check_done(storage, cfg)
         finish_records(uri, parent, wait=True)  # every trial's record is in MLflow before the parent ends
         retry(lambda: client.set_terminated(parent, status="FINISHED"), "the search run's status", echo=echo)

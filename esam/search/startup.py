@@ -83,7 +83,7 @@ def known_parent(client, state: dict, uri: str) -> str:
 def check_study(cfg: SearchConfig, storage, state: dict) -> None:
     """A resumed search whose Optuna study vanished (emptied or replaced database) is refused."""
     import optuna
-    if not state or ray_state.state_file(cfg.directory / "search") is None:
+    if not state or ray_state.state_file(cfg.ray_storage / "search") is None:
         return
     try:
         names = optuna.study.get_all_study_names(storage)
@@ -99,7 +99,7 @@ def check_study(cfg: SearchConfig, storage, state: dict) -> None:
 def check_ray_states(cfg: SearchConfig) -> None:
     """Ray's saved experiment states must be readable (ConfigError naming the file otherwise)."""
     for experiment in EXPERIMENTS:
-        ray_state.read_trials(cfg.directory / experiment)
+        ray_state.read_trials(cfg.ray_storage / experiment)
 
 
 def _scheduler_stops(cfg: SearchConfig) -> dict[str, int]:
@@ -119,7 +119,7 @@ def _scheduler_stops(cfg: SearchConfig) -> dict[str, int]:
 def _experiments(cfg: SearchConfig, storage) -> list[Experiment]:
     import optuna
     objectives = cfg.objective_pairs
-    exps = [Experiment(cfg.directory / "references", "reference", cfg.train.epochs, objectives)] if cfg.references else []
+    exps = [Experiment(cfg.ray_storage / "references", "reference", cfg.train.epochs, objectives)] if cfg.references else []
     study = None
     if cfg.name in optuna.study.get_all_study_names(storage):
         study = optuna.load_study(study_name=cfg.name, storage=storage)
@@ -128,7 +128,7 @@ def _experiments(cfg: SearchConfig, storage) -> list[Experiment]:
         from esam.search.constraints import OptunaConstraints
         from esam.search.runner import _reference_results
         constraints = OptunaConstraints(cfg.parsed_constraints(), _reference_results(cfg))
-    exps.append(Experiment(cfg.directory / "search", "trial", cfg.train.epochs, objectives, study,
+    exps.append(Experiment(cfg.ray_storage / "search", "trial", cfg.train.epochs, objectives, study,
                            _scheduler_stops(cfg), constraints))
     return exps
 
@@ -163,7 +163,7 @@ def settle_after_stop(cfg: SearchConfig, echo: Callable[[str], None], status: st
 
 
 def _settle(cfg: SearchConfig, status: str) -> None:
-    state = read_state(cfg.directory)
+    state = read_state(cfg.directory, cfg.ray_storage)
     if not state:
         return
     client = tracking.connect(state["tracking_uri"])

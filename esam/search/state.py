@@ -1,4 +1,4 @@
-"""`results_dir/<name>/search.json`: a search's resolved config, MLflow parent run and store.
+"""`<state_dir>/<name>/search.json` (state_dir defaults to results_dir): a search's resolved config, MLflow parent run and store.
 
 It is what makes "run the same command again" continue a search, so a damaged or missing
 file is refused with one line (restore it, or remove the directory) instead of silently
@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 from esam.errors import ConfigError
+from esam.search.results_storage import StoragePath
 
 STATE_FILE = "search.json"
 EXPERIMENTS = ("references", "search")  # the Ray experiments of a search
@@ -21,18 +22,19 @@ def _start_over(directory: Path) -> str:
     return f"restore it, or remove {directory} (and the search's MLflow runs) to start the search over"
 
 
-def has_trials(directory: Path) -> bool:
+def has_trials(ray_storage: StoragePath) -> bool:
     """Whether Ray saved any experiment of this search (its trials would be lost)."""
-    return any((directory / e / "tuner.pkl").exists() or any((directory / e).glob("experiment_state-*.json"))
+    return any((ray_storage / e / "tuner.pkl").exists() or (ray_storage / e).files("experiment_state-*.json")
                for e in EXPERIMENTS)
 
 
-def read_state(directory: Path) -> dict:
+def read_state(directory: Path, ray_storage: StoragePath) -> dict:
     """The saved state; {} for a new search; ConfigError when it is damaged or lost."""
     path = directory / STATE_FILE
     if not path.exists():
-        if has_trials(directory):
-            raise ConfigError(f"{path} is missing, but {directory} holds this search's trials; {_start_over(directory)}")
+        if has_trials(ray_storage):
+            raise ConfigError(f"{path} is missing, but {ray_storage} holds this search's trials; "
+                              f"{_start_over(directory)}")
         return {}
     try:
         state = json.loads(path.read_text())

@@ -18,7 +18,7 @@ from typing import Callable
 from esam.search import tracking
 from esam.search.record_buffer import RecordBuffer, Rejected, backoff, outage_limit_s
 
-SPILL_FILE = "mlflow_pending.jsonl"  # under results_dir/<name>/: what an outage kept from MLflow
+SPILL_FILE = "mlflow_pending.jsonl"  # under <state_dir>/<name>/: what an outage kept from MLflow
 # MLflow's answers that no retry can change (the server is up and says no).
 _FINAL_ERRORS = {"INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST", "RESOURCE_ALREADY_EXISTS",
                  "INVALID_STATE", "BAD_REQUEST", "PERMISSION_DENIED", "UNAUTHENTICATED"}

@@ -1,0 +1,109 @@
+"""Where Ray keeps a search's experiments: a local or shared path, or a URI pyarrow understands.
+
+`results_dir` may be `s3://bucket/prefix` (or `gs://`, `abfs://`, `file://`): Ray then writes its
+experiment states and trial checkpoints there, every node reading and writing the same objects,
+and esam reads and corrects Ray's saved state through the same pyarrow filesystem. A path keeps
+all of it on a filesystem every node mounts. Local files are written through
+esam.search.atomic_storage, so a killed copy never leaves half a file.
+"""
+from __future__ import annotations
+
+import fnmatch
+import posixpath
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from esam.errors import ConfigError
+
+LOCAL_TYPE = "esam-atomic-local"  # the type name of esam.search.atomic_storage's filesystem
+_URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def is_uri(location: str) -> bool:
+    return bool(_URI.match(str(location)))
+
+
+@dataclass(frozen=True)
+class StoragePath:
+    """A file or directory in Ray's storage: a pyarrow filesystem and a path in it."""
+    fs: object  # pyarrow.fs.FileSystem
+    path: str  # inside fs, without a scheme
+    shown: str  # as the user knows it (the path, or the URI), for messages and for Ray
+
+    @classmethod
+    def of(cls, location: str | Path) -> StoragePath:
+        """A local path, or a URI (its filesystem is resolved here: s3:// may ask the store its region)."""
+        import pyarrow.fs as pafs
+
+        from esam.search.atomic_storage import atomic_local_filesystem
+        text = str(location)
+        if not is_uri(text):
+            local = str(Path(text).expanduser().resolve())
+            return cls(atomic_local_filesystem(), local, local)
+        try:
+            fs, path = pafs.FileSystem.from_uri(text)
+        except Exception as err:  # noqa: BLE001 - pyarrow raises ValueError/OSError/ArrowInvalid per scheme
+            raise ConfigError(f"results_dir {text} cannot be opened ({str(err).splitlines()[0][:150]}); give a "
+                              f"path, or a URI pyarrow's filesystems understand (s3://, gs://, abfs://, file://)") from None
+        if isinstance(fs, pafs.LocalFileSystem):
+            fs = atomic_local_filesystem()
+        return cls(fs, path.rstrip("/"), text.rstrip("/"))
+
+    def __truediv__(self, name: str) -> StoragePath:
+        return StoragePath(self.fs, posixpath.join(self.path, name), posixpath.join(self.shown, name))
+
+    def __str__(self) -> str:
+        return self.shown
+
+    @property
+    def local(self) -> Path | None:
+        """The local path, when this is on a local or mounted filesystem."""
+        return Path(self.path) if self.fs.type_name.endswith(LOCAL_TYPE) else None
+
+    @property
+    def name(self) -> str:
+        return posixpath.basename(self.path)
+
+    @property
+    def parent(self) -> StoragePath:
+        return StoragePath(self.fs, posixpath.dirname(self.path), posixpath.dirname(self.shown))
+
+    def files(self, pattern: str) -> list[StoragePath]:
+        """The files directly in this directory whose names match `pattern`, sorted by name."""
+        import pyarrow.fs as pafs
+        infos = self.fs.get_file_info(pafs.FileSelector(self.path, allow_not_found=True))
+        names = sorted(posixpath.basename(i.path) for i in infos if i.type == pafs.FileType.File)
+        return [self / n for n in names if fnmatch.fnmatchcase(n, pattern)]
+
+    def exists(self) -> bool:
+        import pyarrow.fs as pafs
+        return self.fs.get_file_info(self.path).type != pafs.FileType.NotFound
+
+    def read_bytes(self) -> bytes:
+        with self.fs.open_input_stream(self.path) as stream:
+            return stream.read()
+
+    def write_bytes(self, data: bytes) -> None:
+        """Replace the file whole (renamed into place locally; an object store publishes whole objects)."""
+        with self.fs.open_output_stream(self.path) as stream:
+            stream.write(data)
+
+    def delete(self) -> None:
+        self.fs.delete_file(self.path)
+
+
+def storage_path(location: StoragePath | str | Path) -> StoragePath:
+    return location if isinstance(location, StoragePath) else StoragePath.of(location)
+
+
+def check_storage_writable(root: StoragePath) -> None:
+    """Ray's storage takes a file now, before the search creates anything (one line otherwise)."""
+    probe = root / ".esam_write_probe"
+    try:
+        root.fs.create_dir(root.path, recursive=True)
+        probe.write_bytes(b"esam")
+        probe.delete()
+    except Exception as err:  # noqa: BLE001 - OSError locally, pyarrow's errors for object stores
+        raise ConfigError(f"results_dir {root.parent} is not writable ({str(err).splitlines()[0][:150]}); "
+                          f"check the path or the store's credentials on this machine and on every node") from None
