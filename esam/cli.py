@@ -81,7 +81,10 @@ def cmd_search(args) -> int:
     from esam.search.front_summary import front_summary
     print(f"\n{front_summary(outcome.rows, cfg.objective_pairs)}")
     print(f"\nresults: MLflow run {outcome.parent_run_id} at {outcome.tracking_uri}")
-    print(f"         Ray experiments and Optuna study in {outcome.directory}")
+    if str(cfg.ray_storage) == str(outcome.directory):
+        print(f"         Ray experiments and search state in {outcome.directory}")
+    else:
+        print(f"         Ray experiments in {cfg.ray_storage}, search state in {outcome.directory}")
     if outcome.serve_command:
         print(f"browse:  {outcome.serve_command}   then open {outcome.runs_url}")
     else:
