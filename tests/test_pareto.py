@@ -149,3 +149,18 @@ def test_plotly_figure_traces_and_png(tmp_path):
     assert layout["xaxis"]["showgrid"] and layout["annotations"][0]["text"] == "a summary"
     _plot_png(tmp_path / "p.png", rows, front, OBJ2, "a summary")
     assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("methods, label, title", [
+    (("esam", "esam"), "ESAM trials", "ESAM search"),
+    (("looksam", "looksam"), "LookSAM trials", "LookSAM search"),
+    (("looksam", "rst"), "trials", "Method search"),
+])
+def test_the_plot_names_the_trials_by_their_method(methods, label, title):
+    import json
+    from esam.search.pareto_report import front_of, pareto_figure
+    rows = [_noisy(1, 98.0, 0.5, optimizer=methods[0]), _noisy(2, 97.0, 0.4, optimizer=methods[1]),
+            _noisy(3, 96.0, 0.3, optimizer=methods[1])]
+    figure = json.loads(pareto_figure(rows, front_of(rows, OBJ2), OBJ2).to_json())
+    assert [t["name"] for t in figure["data"]] == [label, "Pareto front"]
+    assert figure["layout"]["title"]["text"].startswith(f"{title}: accuracy vs speed")

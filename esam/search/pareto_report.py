@@ -35,7 +35,7 @@ AXIS_TITLES = {
     "relative_cost": "relative cost (SGD = 1, lower is cheaper)",
     "test_loss": "test loss (lower is better)",
 }
-TRACE_NAMES = ("ESAM trials", "Pareto front", "SGD", "SAM")
+TRACE_NAMES = ("ESAM trials", "Pareto front", "SGD", "SAM")  # "LookSAM trials", "trials": see trials_label
 ERROR_BARS = "error bars: ~95% (accuracy ± 2 binomial SE, speed's 95% interval)"
 
 
@@ -152,9 +152,23 @@ def _hover(r: dict) -> str:
                        for k in HOVER_KEYS if k in r and r[k] is not None)
 
 
+def _trials_method(rows: list[dict]) -> str | None:
+    """The trials' one method ("ESAM", "LookSAM", ...); None when the method was searched."""
+    from esam.optim import OPTIMIZERS
+    methods = {r.get("optimizer") or "esam" for r in finished(rows, "trial")} or {"esam"}
+    only = methods.pop() if len(methods) == 1 else None
+    return OPTIMIZERS[only].__name__ if only in OPTIMIZERS else None
+
+
+def trials_label(rows: list[dict]) -> str:
+    """"ESAM trials", "LookSAM trials", ...; "trials" when the method was searched."""
+    method = _trials_method(rows)
+    return f"{method} trials" if method else "trials"
+
+
 def pareto_figure(rows: list[dict], front: list[dict], objectives, summary: str = ""):
     """The interactive plot as a plotly Figure, one trace per group, named as TRACE_NAMES:
-    "ESAM trials" (finished trials off the front), "Pareto front" (labelled with their settings),
+    "ESAM trials" (finished trials off the front, named by their method: trials_label), "Pareto front",
     "SGD", "SAM" (and any other reference by its name); x the second objective, y the first,
     ~95% error bars where the runs recorded their noise, hover text with settings and run id."""
     import plotly.graph_objects as go
@@ -173,7 +187,7 @@ def pareto_figure(rows: list[dict], front: list[dict], objectives, summary: str 
             name=name, x=[r[xm] for r in points], y=[r[ym] for r in points], mode=mode, marker=marker,
             line=line, text=text, textposition="top center", hovertext=[_hover(r) for r in points],
             hoverinfo="text", error_x=_errors(points, xm), error_y=_errors(points, ym)))
-    add("ESAM trials", plotted([r for r in finished(rows, "trial") if r["run_id"] not in on_front]),
+    add(trials_label(rows), plotted([r for r in finished(rows, "trial") if r["run_id"] not in on_front]),
         {"color": "#9a9a9a", "size": 7})
     fpts = sorted(plotted(front), key=lambda r: r[xm])
     add("Pareto front", fpts, {"color": "crimson", "size": 10}, mode="markers+lines+text",
@@ -184,7 +198,7 @@ def pareto_figure(rows: list[dict], front: list[dict], objectives, summary: str 
         label = str(r.get("optimizer") or r.get("name") or "reference").upper()
         add(label, [r], {"symbol": symbol, "color": color, "size": 13, "line": {"width": 1, "color": "white"}},
             mode="markers+text", text=[label])
-    title = "ESAM search: accuracy vs speed"
+    title = f"{_trials_method(rows) or 'Method'} search: accuracy vs speed"
     fig.update_layout(
         title={"text": title + f"<br><sup>{html.escape(ERROR_BARS)}; hover a point for its settings and run id</sup>"},
         xaxis={"title": {"text": axis_title(xm, xmode)}, "showgrid": True, "zeroline": False, "ticks": "outside"},
@@ -227,7 +241,7 @@ def _plot_png(path: Path, rows: list[dict], front: list[dict], objectives, summa
         ax.errorbar([r[xm] for r in points], [r[ym] for r in points], fmt=fmt, label=label, capsize=2, elinewidth=0.8,
                     xerr=[xe["arrayminus"], xe["array"]] if xe else None,
                     yerr=[ye["arrayminus"], ye["array"]] if ye else None, **kw)
-    draw([r for r in finished(rows, "trial") if r["run_id"] not in on_front], "o", "ESAM trials", color="0.6")
+    draw([r for r in finished(rows, "trial") if r["run_id"] not in on_front], "o", trials_label(rows), color="0.6")
     fpts = sorted([r for r in front if _finite(r.get(xm)) and _finite(r.get(ym))], key=lambda r: r[xm])
     draw(fpts, "o-", "Pareto front", color="tab:red")
     for r in fpts:
