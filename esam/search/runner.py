@@ -317,7 +317,9 @@ def _run_search(cfg: SearchConfig, uri: str, client, *, address: str | None,
     # would end it): a signal there waits until the state is written.
     with _SIGNALS[-1].deferred() if _SIGNALS else contextlib.nullcontext():
         parent = tracking.start_parent_run(client, cfg.mlflow.experiment, cfg.name, resolved, parent)
-        write_state(directory, {"config": resolved, "parent_run_id": parent, "tracking_uri": uri})
+        # No password on disk (results_dir is often a shared filesystem): the command brings it each time.
+        write_state(directory, {"config": tracking.shareable(resolved), "parent_run_id": parent,
+                                "tracking_uri": tracking.without_password(uri)})
     objectives, constraints = cfg.objective_pairs, cfg.parsed_constraints()
     echo(f"search {cfg.name}: {cfg.trials} {_trials_noun(cfg)} + references {cfg.references or 'none'}, "
          f"{cfg.concurrency} at a time; MLflow run {parent} at {uri}")

@@ -46,7 +46,8 @@ def same_config(saved: dict, resolved: dict) -> bool:
     def what(c: dict) -> dict:
         kept = {k: v for k, v in c.items() if k not in _MAY_CHANGE}
         return {**kept, "mlflow": {**c.get("mlflow", {}), "tracking_uri": None}}
-    return what(_with_defaults(saved)) == what(resolved)
+    from esam.search.tracking import shareable
+    return what(shareable(_with_defaults(saved))) == what(shareable(resolved))  # search.json keeps no password
 
 
 def check_growth(saved: dict, cfg: SearchConfig) -> int:
@@ -71,6 +72,7 @@ def known_parent(client, state: dict, uri: str) -> str:
     parent, recorded = state["parent_run_id"], state["tracking_uri"]
     if _has_run(client, parent):
         return parent  # the same store, or the same store moved with the working directory
+    uri = tracking.without_password(uri)
     if recorded == uri:
         raise ConfigError(f"the MLflow store {uri} has no run {parent}, which {STATE_FILE} names as this search's "
                           f"run (store replaced?); restore the store, or remove the search's results directory to "
@@ -166,7 +168,7 @@ def _settle(cfg: SearchConfig, status: str) -> None:
     state = read_state(cfg.directory, cfg.ray_storage)
     if not state:
         return
-    client = tracking.connect(state["tracking_uri"])
+    client = tracking.connect(tracking.tracking_uri(cfg.mlflow.tracking_uri))  # search.json keeps no password
     parent = state["parent_run_id"]
     if client.get_run(parent).info.status == "RUNNING":
         client.set_terminated(parent, status=status)

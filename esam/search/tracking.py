@@ -232,7 +232,7 @@ def without_password(url: str | None) -> str | None:
 
 
 def shareable(resolved_config: dict) -> dict:
-    """The search config as MLflow records it: no store password (search.json keeps the real URLs)."""
+    """The search config as MLflow and search.json record it: no store password (the command brings it)."""
     mlflow_section = resolved_config.get("mlflow") or {}
     return {**resolved_config, "optuna_storage": without_password(resolved_config.get("optuna_storage")),
             "mlflow": {**mlflow_section, "tracking_uri": without_password(mlflow_section.get("tracking_uri"))}}
