@@ -45,6 +45,7 @@ def init_ray(address: str | None) -> bool:
     # A failed or retried trial is one progress line (callbacks.Progress), not Ray's traceback per
     # attempt; the traceback stays in the trial's error.txt.
     os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")
-    ray.init(address=None if local else address, include_dashboard=False, log_to_driver=False,
+    # "local", not None: None would join the last cluster `ray start` made on this machine, if any.
+    ray.init(address="local" if local else address, include_dashboard=False, log_to_driver=False,
              logging_level=logging.WARNING, configure_logging=True)
     return True
