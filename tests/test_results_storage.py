@@ -10,8 +10,8 @@ import boto3
 import optuna
 import pytest
 import yaml
-
 from conftest import small_search
+
 from esam.errors import ConfigError
 from esam.search.ray_state import read_trials
 from esam.search.results_storage import StoragePath, check_storage_writable
@@ -39,7 +39,7 @@ def s3_env():
 
 def _search(config, cwd, env) -> str:
     proc = subprocess.run([sys.executable, "-m", "esam.cli", "search", str(config)], cwd=cwd, env={**os.environ, **env},
-                          capture_output=True, text=True, timeout=400)
+                          capture_output=True, text=True, timeout=400, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc.stdout
 

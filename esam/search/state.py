@@ -1,4 +1,6 @@
-"""`<state_dir>/<name>/search.json` (state_dir defaults to results_dir): a search's resolved config, MLflow parent run and store.
+"""`<state_dir>/<name>/search.json`: a search's resolved config, MLflow parent run and store.
+
+state_dir defaults to results_dir.
 
 It is what makes "run the same command again" continue a search, so a damaged or missing
 file is refused with one line (restore it, or remove the directory) instead of silently
