@@ -177,6 +177,7 @@ def test_a_killed_driver_leaves_no_orphan_trial(tmp_path):
 
     rc, out = run(config, tmp_path)
     assert rc == 0, out
+    assert "Token authentication" not in out  # Ray's notice at every local start stays off the terminal
     s = Stores.read(tmp_path, "orphan")
     assert_agree(s, epochs=6, parent_status="FINISHED")
     assert [t.state.name for t in s.optuna] == ["COMPLETE"] * 2

@@ -45,6 +45,8 @@ def init_ray(address: str | None) -> bool:
     # A failed or retried trial is one progress line (callbacks.Progress), not Ray's traceback per
     # attempt; the traceback stays in the trial's error.txt.
     os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")
+    if local:  # Ray 2.60 turns token auth on for a new local Ray and says so on stderr each time: keep it, quietly
+        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     # "local", not None: None would join the last cluster `ray start` made on this machine, if any.
     ray.init(address="local" if local else address, include_dashboard=False, log_to_driver=False,
              logging_level=logging.WARNING, configure_logging=True)
