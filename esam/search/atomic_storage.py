@@ -55,7 +55,7 @@ class AtomicLocalHandler(pafs.FileSystemHandler):
         return (AtomicLocalHandler, ())
 
     def __eq__(self, other):
-        return type(other).__name__ == type(self).__name__
+        return isinstance(other, AtomicLocalHandler)
 
     def __ne__(self, other):
         return not self == other

@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 from esam.errors import ConfigError
+from esam.search import ray_state
 from esam.search.results_storage import StoragePath
 
 STATE_FILE = "search.json"
@@ -26,7 +27,7 @@ def _start_over(directory: Path) -> str:
 
 def has_trials(ray_storage: StoragePath) -> bool:
     """Whether Ray saved any experiment of this search (its trials would be lost)."""
-    return any((ray_storage / e / "tuner.pkl").exists() or (ray_storage / e).files("experiment_state-*.json")
+    return any((ray_storage / e / "tuner.pkl").exists() or ray_state.state_file(ray_storage / e) is not None
                for e in EXPERIMENTS)
 
 
