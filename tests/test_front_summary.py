@@ -56,6 +56,17 @@ def test_nothing_to_compare():
     assert front_summary([row(1, 90.0, 0.5), SGD], OBJ).startswith("SGD (98.33%, 1.000x) dominates the only ESAM trial")
 
 
+def test_the_sentences_name_the_trials_method():
+    rst = [row(1, 98.61, 0.569, optimizer="rst"), row(2, 98.5, 0.599, optimizer="rst")]
+    assert front_summary(rst + [SAM], OBJ) == "Both RST trials beat SAM (98.33%, 0.510x) on both axes."
+    slow = [row(1, 98.0, 0.569, optimizer="rst"), row(2, 97.0, 0.5, optimizer="rst")]
+    assert front_summary([SGD] + slow, OBJ).startswith("SGD (98.33%, 1.000x) dominates every RST trial (2 of 2)")
+    mixed = [rst[0], row(3, 98.7, 0.6, optimizer="looksam")]
+    assert front_summary(mixed + [SAM], OBJ) == "Both trials beat SAM (98.33%, 0.510x) on both axes."
+    failed = row(4, 90.0, 0.5, optimizer="looksam", status="FAILED")
+    assert front_summary([SGD, failed], OBJ).startswith("No LookSAM trial finished")
+
+
 def test_neighbours_within_noise():
     points = [row(1, 98.6, 0.57, se=0.6, ci=0.02), row(2, 97.2, 0.60, se=0.7, ci=0.02),
               row(3, 95.0, 0.80, se=0.5, ci=0.02), row(4, 98.5, 0.56, se=0.6, ci=0.02)]  # 4: dominated by 1

@@ -177,7 +177,7 @@ def test_a_method_search_is_not_called_esam_trials(tmp_path):
             {"run_id": "a", "kind": "trial", "status": "FINISHED", "optimizer": "looksam", "test_acc": 98.0,
              "speed_vs_sgd": 0.8}]
     text = front_summary(rows, [("test_acc", "max"), ("speed_vs_sgd", "max")])
-    assert "ESAM" not in text and "the only trial" in text, text
+    assert "ESAM" not in text and "the only LookSAM trial" in text, text
     assert "ESAM trial" in front_summary([rows[0], {**rows[1], "optimizer": "esam"}],
                                          [("test_acc", "max"), ("speed_vs_sgd", "max")])
     cfg = _config(tmp_path)

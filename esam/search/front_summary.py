@@ -64,17 +64,26 @@ def _of(count: int, total: int) -> str:
     return f"{count} of {total}"
 
 
+def trials_method(trials: list[dict]) -> str | None:
+    """The trials' one method by its class name ("ESAM", "LookSAM", ...); None when they mix methods."""
+    from esam.optim import OPTIMIZERS
+    methods = {t.get("optimizer") or "esam" for t in trials} or {"esam"}
+    only = methods.pop() if len(methods) == 1 else None
+    return OPTIMIZERS[only].__name__ if only in OPTIMIZERS else None
+
+
 def trials_kind(trials: list[dict]) -> str:
-    """"ESAM" for trials that are all ESAM's, else "" (a method search: LookSAM, RST, AE-SAM among them)."""
-    return "ESAM " if all(t.get("optimizer", "esam") == "esam" for t in trials) else ""
+    """The word before "trials": "ESAM ", "RST ", ...; "" for a method search (its trials mix methods)."""
+    method = trials_method(trials)
+    return f"{method} " if method else ""
 
 
-def _trials(n: int, kind: str = "ESAM ") -> str:
+def _trials(n: int, kind: str) -> str:
     return f"{kind}trial" if n == 1 else f"{kind}trials"
 
 
 def reference_sentence(reference: dict, trials: list[dict], front: list[dict], objectives: Sequence[Objective]) -> str:
-    """One sentence: what `reference` dominates among `trials` (finished ESAM trials), or what beats it."""
+    """One sentence: what `reference` dominates among `trials` (the finished trials), or what beats it."""
     name, kind = _name(reference), trials_kind(trials)
     shown = f"{name} ({', '.join(value_text(reference, m) for m, _ in objectives)})"
     n = len(trials)
@@ -117,7 +126,8 @@ def front_summary(rows: list[dict], objectives: Sequence[Objective]) -> str:
                         key=lambda r: (_REFERENCE_ORDER.index(r.get("optimizer")) if r.get("optimizer") in _REFERENCE_ORDER
                                        else len(_REFERENCE_ORDER), str(r.get("optimizer"))))
     if not trials:
-        return "No ESAM trial finished, so there is no front to compare with the references."
+        kind = trials_kind([r for r in rows if r.get("kind") == "trial"])
+        return f"No {kind}trial finished, so there is no front to compare with the references."
     if not references:
         return "No reference (SGD, SAM) finished, so the front is not compared with them."
     front = [trials[i] for i in pareto_front(trials, objectives)]

@@ -16,7 +16,7 @@ import math
 import tempfile
 from pathlib import Path
 
-from esam.search.front_summary import trials_kind, front_summary
+from esam.search.front_summary import front_summary, trials_kind, trials_method
 from esam.search.space import METHOD_KNOBS
 from esam.search.pareto import PICKS, error_band, indistinguishable, pareto_front, pick
 from esam.search.tracking import FEASIBLE_TAG, candidates, finished, search_rows
@@ -152,18 +152,9 @@ def _hover(r: dict) -> str:
                        for k in HOVER_KEYS if k in r and r[k] is not None)
 
 
-def _trials_method(rows: list[dict]) -> str | None:
-    """The trials' one method ("ESAM", "LookSAM", ...); None when the method was searched."""
-    from esam.optim import OPTIMIZERS
-    methods = {r.get("optimizer") or "esam" for r in finished(rows, "trial")} or {"esam"}
-    only = methods.pop() if len(methods) == 1 else None
-    return OPTIMIZERS[only].__name__ if only in OPTIMIZERS else None
-
-
 def trials_label(rows: list[dict]) -> str:
     """"ESAM trials", "LookSAM trials", ...; "trials" when the method was searched."""
-    method = _trials_method(rows)
-    return f"{method} trials" if method else "trials"
+    return f"{trials_kind(finished(rows, 'trial'))}trials"
 
 
 def pareto_figure(rows: list[dict], front: list[dict], objectives, summary: str = ""):
@@ -198,7 +189,7 @@ def pareto_figure(rows: list[dict], front: list[dict], objectives, summary: str 
         label = str(r.get("optimizer") or r.get("name") or "reference").upper()
         add(label, [r], {"symbol": symbol, "color": color, "size": 13, "line": {"width": 1, "color": "white"}},
             mode="markers+text", text=[label])
-    title = f"{_trials_method(rows) or 'Method'} search: accuracy vs speed"
+    title = f"{trials_method(finished(rows, 'trial')) or 'Method'} search: accuracy vs speed"
     fig.update_layout(
         title={"text": title + f"<br><sup>{html.escape(ERROR_BARS)}; hover a point for its settings and run id</sup>"},
         xaxis={"title": {"text": axis_title(xm, xmode)}, "showgrid": True, "zeroline": False, "ticks": "outside"},
