@@ -144,6 +144,7 @@ def test_a_two_worker_trial_reaches_mlflow_and_optuna(tmp_path):
     assert len(trials) == 1 and trials[0].info.status == "FINISHED"
     run = trials[0]
     assert [m.step for m in client.get_metric_history(run.info.run_id, "test_acc")] == [1, 2]  # each epoch once
+    assert run.data.tags["esam.workers"] == "2"
     (results,) = (tmp_path / "esam_results" / "ddp" / "search").glob("esam_*/result.json")
     reported = [json.loads(line) for line in results.read_text().splitlines()]
     assert [r["epoch"] for r in reported] == [1, 2] and all(r["workers"] == 2 for r in reported)  # 2 ranks trained

@@ -10,8 +10,8 @@ from typing import Callable
 
 from ray import tune
 
-from esam.search.tracking import HYPERVOLUME_SERIES, NODE_TAG, STOPPED_EPOCH_TAG, STOPPED_TAG
-from esam.search.trial import NODE_KEY, trial_label
+from esam.search.tracking import HYPERVOLUME_SERIES, NODE_TAG, STOPPED_EPOCH_TAG, STOPPED_TAG, WORKERS_TAG
+from esam.search.trial import NODE_KEY, WORKERS_KEY, trial_label
 from esam.training.metrics import METRICS
 
 # What a child run records per result: train()'s metrics, and for repeated settings their spreads.
@@ -56,7 +56,7 @@ class MlflowTrialRuns(tune.Callback):
     MLflow and never sees its errors (an exception here would abort the experiment). When the
     buffer gives up on an outage, the experiment stops as Ctrl-C stops it and can be continued.
     Each run is tagged `esam.node` with the Ray node its trial runs on (from the results), set again
-    when a retried or resumed trial goes on elsewhere.
+    when a retried or resumed trial goes on elsewhere; a DDP trial's also `esam.workers`, its rank count.
     """
 
     def __init__(self, uri: str, parent_run_id: str, kind: str, name_of: Callable[[dict], str],
@@ -86,6 +86,8 @@ class MlflowTrialRuns(tune.Callback):
         if isinstance(node, str) and nodes.get(trial.trial_id) != node:  # the first result on this node
             nodes[trial.trial_id] = node
             extra["tags"] = {NODE_TAG: node}
+            if isinstance(result.get(WORKERS_KEY), int):  # a DDP trial: its rank count beside its nodes
+                extra["tags"][WORKERS_TAG] = str(result[WORKERS_KEY])
         # A retried or resumed trial reports epochs its run may hold already: the writer keeps the
         # first attempt's points (esam/search/trial_records.py), so every result is passed on.
         self._put(trial, "metrics", step=int(result.get("epoch", 0)), timestamp=int(time.time() * 1000),

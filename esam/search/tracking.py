@@ -27,6 +27,7 @@ STOPPED_TAG = "esam.stopped_early"  # "true" on a trial the scheduler stopped be
 STOPPED_EPOCH_TAG = "esam.stopped_at_epoch"  # the last epoch such a trial trained
 FEASIBLE_TAG = "esam.feasible"  # "true"/"false" on a trial of a search with constraints
 NODE_TAG = "esam.node"  # on a trial: the Ray node it ran on last, "<node IP> <node id, 8 hex digits>"
+WORKERS_TAG = "esam.workers"  # on a DDP trial: how many ranks trained it (resources.workers)
 HYPERVOLUME_SERIES = "front_hypervolume"  # the parent run's series: the front's hypervolume after each ended trial
 NOTE_TAG = "mlflow.note.content"  # a run's description in the MLflow UI (markdown)
 # MLflow 3 opens an experiment on its GenAI overview unless the experiment's kind says otherwise

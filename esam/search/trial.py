@@ -95,6 +95,7 @@ def _resume_copy(checkpoint, target: Path) -> Path | None:
 
 
 NODE_KEY = "node"  # in every result: node_label() of the process that reported it
+WORKERS_KEY = "workers"  # in a DDP trial's results: the ranks that trained it
 
 
 def node_label() -> str:
