@@ -3,13 +3,14 @@ import json
 import math
 import pickle
 import random
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 from ray.tune.schedulers import TrialScheduler
 
 from esam.errors import ConfigError
-from esam.search.moasha import MOASHA, best_first, expected_epochs_per_trial
+from esam.search.moasha import MOASHA, best_first, expected_epochs_per_trial, expected_finishers
 
 OBJ = [("test_acc", "max"), ("speed_vs_sgd", "max")]
 
@@ -238,6 +239,22 @@ def test_expected_epochs_per_trial():
     assert expected_epochs_per_trial(2, 2, 16) == pytest.approx(2 + 2 / 2 + 4 / 4 + 8 / 8)  # = 5
     with pytest.raises(ConfigError):
         expected_epochs_per_trial(4, 2, 4)
+
+
+def test_expected_finishers_and_the_start_line_that_says_them():
+    from esam.search.config import load_search_config
+    from esam.search.runner import _moasha_line
+    assert expected_finishers(24, 25, 3, 200) == pytest.approx(24 / 9)  # rungs 25, 75
+    assert expected_finishers(12, 30, 3, 90) == pytest.approx(4)  # one rung, at 30
+    quickstart = Path(__file__).resolve().parents[1] / "tune_configs" / "quickstart.yaml"
+    two = load_search_config(quickstart, ["scheduler.name=moasha", "scheduler.grace_epochs=2", "trials=24"])
+    assert _moasha_line(two) == ("MO-ASHA: rungs at epochs 2, 6; about 2.7 of 24 trials will train all 12 epochs "
+                                 "and can make the front")
+    thin = load_search_config(quickstart, ["scheduler.name=moasha", "scheduler.grace_epochs=1"])  # rungs 1, 3, 9
+    assert _moasha_line(thin).endswith("about 0.4 of 12 trials will train all 12 epochs and can make the front "
+                                       "(a thin front: raise trials, or grace_epochs for fewer rungs)")
+    one = load_search_config(quickstart, ["scheduler.name=moasha", "scheduler.grace_epochs=6", "trials=6"])
+    assert _moasha_line(one).startswith("MO-ASHA: a rung at epoch 6; about 2 of 6 trials")
 
 
 # --- a small simulated search: 27 trials, 3 workers, rungs at 1, 3, 9 of 12 epochs --------------------------------

@@ -48,7 +48,9 @@ def grown(tmp_path_factory):
 
 
 def test_stopped_trials_are_recorded_as_stopped_and_kept_off_the_front(grown):
-    d, client, parent, first, _, _ = grown
+    d, client, parent, first, second, _ = grown
+    assert "MO-ASHA: a rung at epoch 1; about 2 of 6 trials will train all 3 epochs" in first  # said at start
+    assert "about 2.7 of 8 trials" in second  # and again for the grown search
     runs = _trials(client, parent)
     stopped = [r for r in runs if r.data.tags.get(tracking.STOPPED_TAG) == "true"]
     assert stopped, "MO-ASHA stopped no trial at its rung"

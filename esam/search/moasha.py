@@ -89,6 +89,11 @@ def expected_epochs_per_trial(grace_epochs: int, reduction_factor: float, max_ep
     return bounds[0] + sum((b - a) / reduction_factor ** (i + 1) for i, (a, b) in enumerate(pairwise(bounds)))
 
 
+def expected_finishers(trials: int, grace_epochs: int, reduction_factor: float, max_epochs: int) -> float:
+    """How many of `trials` run all max_epochs (and so can make the front): trials / rf**rungs."""
+    return trials / reduction_factor ** len(rung_epochs(grace_epochs, reduction_factor, max_epochs))
+
+
 def _fronts(points: Sequence[Point], members: Sequence[int]) -> list[list[int]]:
     """Non-dominated sorting of points[members] (larger is better): fronts, best first.
 

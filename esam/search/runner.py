@@ -68,6 +68,20 @@ def _trials_noun(cfg: SearchConfig) -> str:
     return f"{OPTIMIZERS[cfg.train.optimizer.name].__name__} trials"
 
 
+def _moasha_line(cfg: SearchConfig) -> str:
+    """Where MO-ASHA decides, and how many trials it will let finish: only they can make the front."""
+    from esam.search.moasha import expected_finishers, rung_epochs
+    s, epochs = cfg.scheduler, cfg.train.epochs
+    rungs = rung_epochs(s.grace_epochs, s.reduction_factor, epochs)
+    finishers = expected_finishers(cfg.trials, s.grace_epochs, s.reduction_factor, epochs)
+    line = (f"MO-ASHA: {'rungs at epochs' if len(rungs) > 1 else 'a rung at epoch'} {', '.join(map(str, rungs))}; "
+            f"about {round(finishers, 1):g} of {cfg.trials} trials will train all {epochs} epochs "
+            f"and can make the front")
+    if finishers < 2:  # a front of one point says little about the trade-off
+        line += " (a thin front: raise trials, or grace_epochs for fewer rungs)"
+    return line
+
+
 def _sampler(cfg: SearchConfig):
     """The configured Optuna sampler (constraints reach it on each trial: see ReconcilingOptunaSearch)."""
     import optuna
@@ -325,13 +339,15 @@ def _run_search(cfg: SearchConfig, uri: str, client, *, address: str | None,
          f"{cfg.concurrency} at a time; MLflow run {parent} at {uri}")
     if added:
         echo(f"search {cfg.name} grows by {added} trials (trials: {cfg.trials - added} -> {cfg.trials})")
+    if cfg.scheduler.name == "moasha":
+        echo(_moasha_line(cfg))
 
     params_of = functools.partial(trial_params, resolved["train"]["optimizer"])
     open_records(uri, parent, directory, echo)  # trial records an outage kept go first
     reconcile_all(cfg, client, parent, storage, echo)  # after a hard stop the stores may disagree
     complete = bool(state) and _complete(cfg, storage)
     if complete:  # nothing to train: Ray is not even started
-        echo(f"search {cfg.name} is already complete ({cfg.trials} ESAM trials ended); showing its results")
+        echo(f"search {cfg.name} is already complete ({cfg.trials} {_trials_noun(cfg)} ended); showing its results")
     started_ray = False if complete else init_ray(address)
     if _SIGNALS:
         _SIGNALS[-1].reinstall()
