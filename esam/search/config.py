@@ -105,7 +105,7 @@ class SearchConfig:
     space: dict[str, ParamSpace] = field(default_factory=_default_space)  # optimizer field -> its range or choices
     objectives: list[Objective] = field(default_factory=_default_objectives)  # exactly two: accuracy, throughput
     sampler: SamplerConfig = field(default_factory=SamplerConfig)  # Optuna's sampler
-    trials: int = 8  # ESAM trials proposed by Optuna (references not counted)
+    trials: int = 8  # trials proposed by Optuna (references not counted)
     concurrency: int = 2  # trials running at once
     resources: Resources = field(default_factory=Resources)  # per trial
     references: list = field(default_factory=lambda: list(DEFAULT_REFERENCES))  # baselines trained beside: sgd, sam, esam, looksam, rst, aesam
@@ -115,7 +115,7 @@ class SearchConfig:
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)  # where runs are recorded
     max_failures: int = 0  # retries of a crashed trial before it counts as failed
     repeats: int = 1  # trainings per setting, seeds train.seed + 0..repeats-1; objectives are their mean
-    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)  # early stopping of ESAM trials
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)  # early stopping of the proposed trials
     constraints: list = field(default_factory=list)  # e.g. ["speed_vs_sgd >= sam", "test_acc >= sam - 0.5"]
     warm_start: bool = True  # the paper's setting (ESAM: rho 0.05, beta 0.6, gamma 0.5) is the first trial
 
