@@ -74,3 +74,16 @@ def test_an_unwritable_path_uri_is_one_line(tmp_path):
     (tmp_path / "a_file").write_text("not a directory")  # (chmod would not stop root, which CI may be)
     with pytest.raises(ConfigError, match=r"results_dir file://.*/a_file is not writable"):
         check_storage_writable(StoragePath.of(f"file://{tmp_path / 'a_file'}") / "name")
+
+
+def test_a_uris_options_stay_after_its_path():
+    # s3's options (region, endpoint) come after the path: joined names go before them, or Ray
+    # Train's storage (results_dir/<name>/train_runs) would be a different, broken URI
+    options = "region=us-east-1&endpoint_override=127.0.0.1:1&scheme=http"
+    root = StoragePath.of(f"s3://bucket/prefix?{options}")
+    runs = root / "name" / "train_runs"
+    assert (runs.path, runs.shown) == ("bucket/prefix/name/train_runs", f"s3://bucket/prefix/name/train_runs?{options}")
+    assert runs.parent.parent.shown == root.shown and str(root.parent) == f"s3://bucket?{options}"
+    assert str(StoragePath.of("s3://bucket/a?region=x") / "b") == "s3://bucket/a/b?region=x"
+    local = StoragePath.of("/tmp/esam results")
+    assert (str(local / "x"), str(local.parent)) == ("/tmp/esam results/x", "/tmp")

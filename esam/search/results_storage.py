@@ -13,6 +13,7 @@ import posixpath
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 from esam.errors import ConfigError
 
@@ -51,7 +52,8 @@ class StoragePath:
         return cls(fs, path.rstrip("/"), text.rstrip("/"))
 
     def __truediv__(self, name: str) -> StoragePath:
-        return StoragePath(self.fs, posixpath.join(self.path, name), posixpath.join(self.shown, name))
+        joined = _in_path(self.shown, lambda p: posixpath.join(p, name))
+        return StoragePath(self.fs, posixpath.join(self.path, name), joined)
 
     def __str__(self) -> str:
         return self.shown
@@ -67,7 +69,7 @@ class StoragePath:
 
     @property
     def parent(self) -> StoragePath:
-        return StoragePath(self.fs, posixpath.dirname(self.path), posixpath.dirname(self.shown))
+        return StoragePath(self.fs, posixpath.dirname(self.path), _in_path(self.shown, posixpath.dirname))
 
     def files(self, pattern: str) -> list[StoragePath]:
         """The files directly in this directory whose names match `pattern`, sorted by name."""
@@ -91,6 +93,14 @@ class StoragePath:
 
     def delete(self) -> None:
         self.fs.delete_file(self.path)
+
+
+def _in_path(shown: str, change) -> str:
+    """`shown` with `change` applied to its path: a URI's options stay after it (s3://b/p/x?region=...)."""
+    if not is_uri(shown):
+        return change(shown)
+    parts = urlsplit(shown)
+    return urlunsplit(parts._replace(path=change(parts.path).rstrip("/")))
 
 
 def storage_path(location: StoragePath | str | Path) -> StoragePath:
