@@ -87,3 +87,13 @@ def test_a_uris_options_stay_after_its_path():
     assert str(StoragePath.of("s3://bucket/a?region=x") / "b") == "s3://bucket/a/b?region=x"
     local = StoragePath.of("/tmp/esam results")
     assert (str(local / "x"), str(local.parent)) == ("/tmp/esam results/x", "/tmp")
+
+
+def test_a_password_in_a_results_dir_uri_reaches_ray_but_no_message_or_record():
+    from esam.search.tracking import shareable
+    root = StoragePath.of("s3://AKID:s3cr3t@bucket/searches?region=us-east-1&endpoint_override=127.0.0.1:1&scheme=http")
+    trials = root / "name" / "train_runs"
+    assert trials.shown.startswith("s3://AKID:s3cr3t@bucket/searches/name/train_runs?")  # what Ray Train is given
+    assert "s3cr3t" not in f"{trials} {root.parent}" and str(trials).startswith("s3://AKID:***@bucket/")
+    recorded = shareable({"results_dir": root.shown, "optuna_storage": None, "mlflow": {}})
+    assert recorded["results_dir"].startswith("s3://AKID:***@bucket/searches?")

@@ -30,7 +30,7 @@ class StoragePath:
     """A file or directory in Ray's storage: a pyarrow filesystem and a path in it."""
     fs: object  # pyarrow.fs.FileSystem
     path: str  # inside fs, without a scheme
-    shown: str  # as the user knows it (the path, or the URI), for messages and for Ray
+    shown: str  # as the user gave it (the path, or the URI), for Ray; str() masks a password for messages
 
     @classmethod
     def of(cls, location: str | Path) -> StoragePath:
@@ -56,7 +56,9 @@ class StoragePath:
         return StoragePath(self.fs, posixpath.join(self.path, name), joined)
 
     def __str__(self) -> str:
-        return self.shown
+        """For messages and records: a password in the URI (s3://key:secret@bucket) shown as ***."""
+        from esam.search.tracking import without_password
+        return without_password(self.shown)
 
     @property
     def local(self) -> Path | None:

@@ -167,7 +167,7 @@ def _tuner(cfg: SearchConfig, experiment: str, param_space: dict, tune_config, c
         trainable = tune.with_resources(
             tune.with_parameters(run_ddp_trial, base_train=to_dict(cfg.train), threads=threads, repeats=cfg.repeats,
                                  workers=cfg.resources.workers, cpu=cfg.resources.cpu, gpu=cfg.resources.gpu,
-                                 storage=str(cfg.ray_storage / "train_runs")),
+                                 storage=(cfg.ray_storage / "train_runs").shown),
             {"cpu": DRIVER_CPU})
     else:
         trainable = tune.with_resources(

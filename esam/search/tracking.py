@@ -227,15 +227,16 @@ def fixed_params(resolved_config: dict) -> dict:
 
 def without_password(url: str | None) -> str | None:
     """A database or server URL as it may be shown or recorded: its password replaced by ***."""
-    if not url or "@" not in url:
+    if not url or "@" not in str(url):  # a local results_dir may be a Path
         return url
-    return re.sub(r"^([A-Za-z][\w+.-]*://[^:/@]*:)[^@]*@", r"\1***@", url)
+    return re.sub(r"^([A-Za-z][\w+.-]*://[^:/@]*:)[^@]*@", r"\1***@", str(url))
 
 
 def shareable(resolved_config: dict) -> dict:
     """The search config as MLflow and search.json record it: no store password (the command brings it)."""
     mlflow_section = resolved_config.get("mlflow") or {}
     return {**resolved_config, "optuna_storage": without_password(resolved_config.get("optuna_storage")),
+            "results_dir": without_password(resolved_config.get("results_dir")),
             "mlflow": {**mlflow_section, "tracking_uri": without_password(mlflow_section.get("tracking_uri"))}}
 
 
