@@ -28,7 +28,15 @@ from ray import tune
 
 from esam.config import train_config_from_dict
 from esam.search.scratch import trial_scratch
-from esam.search.trial import NODE_KEY, REPEATS_FILE, WORKERS_KEY, _resume_copy, mean_over_repeats, node_label, trial_overrides
+from esam.search.trial import (
+    NODE_KEY,
+    REPEATS_FILE,
+    WORKERS_KEY,
+    _resume_copy,
+    mean_over_repeats,
+    node_label,
+    trial_overrides,
+)
 from esam.training.trainer import train
 
 DRIVER_CPU = 0.01  # the Tune trial's own share: its driver only waits; the workers reserve their own
