@@ -97,3 +97,17 @@ def test_a_password_in_a_results_dir_uri_reaches_ray_but_no_message_or_record():
     assert "s3cr3t" not in f"{trials} {root.parent}" and str(trials).startswith("s3://AKID:***@bucket/")
     recorded = shareable({"results_dir": root.shown, "optuna_storage": None, "mlflow": {}})
     assert recorded["results_dir"].startswith("s3://AKID:***@bucket/searches?")
+
+
+def test_a_store_that_does_not_answer_is_one_line_not_a_hang(monkeypatch):
+    # gs:// with no network (CI has none) waits minutes in the client's retries; with credentials and
+    # a network it fails fast instead: either way one line, within the probe's time
+    import time
+
+    from esam.search import results_storage
+    monkeypatch.setattr(results_storage, "PROBE_TIMEOUT_S", 3.0)
+    start = time.monotonic()
+    said = r"^results_dir gs://esam-no-such-bucket-4f2a/x (did not answer within 3 s|is not writable)"
+    with pytest.raises(ConfigError, match=said):
+        check_storage_writable(StoragePath.of("gs://esam-no-such-bucket-4f2a/x") / "name")
+    assert time.monotonic() - start < 10

@@ -11,6 +11,7 @@ from __future__ import annotations
 import fnmatch
 import posixpath
 import re
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -19,6 +20,7 @@ from esam.errors import ConfigError
 
 LOCAL_TYPE = "esam-atomic-local"  # the type name of esam.search.atomic_storage's filesystem
 _URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+PROBE_TIMEOUT_S = 60.0  # how long the first write to an object store may take before the search gives up
 
 
 def is_uri(location: str) -> bool:
@@ -112,10 +114,45 @@ def storage_path(location: StoragePath | str | Path) -> StoragePath:
 def check_storage_writable(root: StoragePath) -> None:
     """Ray's storage takes a file now, before the search creates anything (one line otherwise)."""
     probe = root / ".esam_write_probe"
-    try:
+
+    def write_and_delete() -> None:
         root.fs.create_dir(root.path, recursive=True)
         probe.write_bytes(b"esam")
         probe.delete()
+
+    try:
+        if root.local:
+            write_and_delete()
+        else:
+            _within(PROBE_TIMEOUT_S, write_and_delete)
+    except TimeoutError:
+        raise ConfigError(f"results_dir {root.parent} did not answer within {PROBE_TIMEOUT_S:g} s; check the "
+                          f"network and the store's credentials on this machine and on every node") from None
     except Exception as err:  # noqa: BLE001 - OSError locally, pyarrow's errors for object stores
         raise ConfigError(f"results_dir {root.parent} is not writable ({str(err).splitlines()[0][:150]}); "
                           f"check the path or the store's credentials on this machine and on every node") from None
+
+
+def _within(seconds: float, work) -> None:
+    """Run `work` and return or raise as it does; TimeoutError if it is still running after `seconds`.
+
+    An object store's client can wait minutes on an unreachable endpoint or a credentials lookup
+    (gs:// with no network retries silently): the search says so instead. The thread is a daemon, so
+    a request still hanging does not keep the command from exiting.
+    """
+    outcome: list = []
+
+    def run() -> None:
+        try:
+            work()
+            outcome.append(None)
+        except BaseException as err:  # noqa: BLE001 - handed to the caller as it was
+            outcome.append(err)
+
+    thread = threading.Thread(target=run, name="esam-storage-probe", daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if not outcome:
+        raise TimeoutError
+    if outcome[0] is not None:
+        raise outcome[0]
