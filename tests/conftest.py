@@ -33,12 +33,13 @@ def pytest_configure(config):
 # --- a small search: the quickstart, shrunk -----------------------------------------------------------------------
 
 def small_search(directory: Path, name: str, *, trials: int = 2, concurrency: int = 1, references=("sgd",),
-                 epochs: int = 1, train_limit: int = 256, test_limit: int = 128, seed: int = 0, **top) -> Path:
-    """The quickstart config made small (random sampler, 1 probe pair), written to directory/<name>.yaml."""
+                 epochs: int = 1, train_limit: int = 256, test_limit: int = 128, seed: int = 0, sampler: str = "random",
+                 **top) -> Path:
+    """The quickstart config made small (random sampler unless named, 1 probe pair), written to directory/<name>.yaml."""
     from esam.cli import default_search_config
     config = yaml.safe_load(default_search_config().read_text())
     config.update(name=name, trials=trials, concurrency=concurrency, references=list(references),
-                  sampler={"name": "random", "seed": seed}, **top)
+                  sampler={"name": sampler, "seed": seed}, **top)
     config["train"].update(epochs=epochs, probe_steps=1)
     config["train"]["data"].update(train_limit=train_limit, test_limit=test_limit)
     path = Path(directory) / f"{name}.yaml"

@@ -15,7 +15,8 @@ from optuna.exceptions import StorageInternalError
 from sqlalchemy import exc
 
 from esam.search import storage_outage
-from esam.search.optuna_searcher import RAY_TRIAL_ATTR, ReconcilingOptunaSearch
+from esam.search.optuna_searcher import RAY_TRIAL_ATTR, EsamSearcher
+from esam.search.samplers import SamplerSpec
 from esam.search.storage_outage import RetryingStorage, StorageOutage, is_outage, outage_is_a_stop
 
 WHERE = "postgresql://esam:***@127.0.0.1:5432/optuna"
@@ -195,20 +196,20 @@ def test_the_searcher_asks_ray_to_stop_instead_of_raising_into_its_loop(monkeypa
     try:
         flaky = Flaky(optuna.storages.InMemoryStorage())
         storage, _, lines = patient(flaky, limit=5.0)
-        searcher = ReconcilingOptunaSearch(
-            space={"rho": optuna.distributions.FloatDistribution(0.01, 1.0)}, metric=["test_acc", "speed_vs_sgd"],
-            mode=["max", "max"], storage=storage, study_name="s", max_trials=3)
+        searcher = EsamSearcher(
+            {"rho": optuna.distributions.FloatDistribution(0.01, 1.0)}, [("test_acc", "max"), ("speed_vs_sgd", "max")],
+            "s", SamplerSpec("random"), max_trials=3).attach(storage)
         params = searcher.suggest("a")
         assert params["_number"] == 0 and stops == []
         flaky.failures = 10 ** 6
         searcher.on_trial_complete("a", {"test_acc": 90.0, "speed_vs_sgd": 0.6, "epoch": 3})
         assert stops == [1]  # the limit passed here; later calls fail at once and ask again
-        assert searcher.suggest("b") is None and "b" not in searcher._ot_trials
+        assert searcher.suggest("b") is None
         searcher.on_trial_result("a", {"test_acc": 50.0, "speed_vs_sgd": 0.5, "epoch": 1})
         assert len(stops) == 2 and sum(line.startswith("warning") for line in lines) == 1
         flaky.failures = 0
         # The tell that could not be made leaves the trial RUNNING: the next run's reconciliation tells it.
-        [trial] = searcher._ot_study.get_trials()
+        [trial] = searcher.study.get_trials()
         assert trial.state.name == "RUNNING" and trial.user_attrs[RAY_TRIAL_ATTR] == "a"
     finally:
         signal.signal(signal.SIGUSR1, old)

@@ -67,8 +67,9 @@ class MlflowTrialRuns(tune.Callback):
         self._stopping = False
         self._nodes: dict[str, str] = {}  # trial id -> the node its results last came from
 
-    def __getstate__(self):  # Ray pickles callbacks with the experiment; a stop request is per run
-        return {**self.__dict__, "_stopping": False, "_nodes": {}}
+    def __getstate__(self):  # Ray pickles callbacks with the experiment: no password; a stop request is per run
+        from esam.search.tracking import without_password
+        return {**self.__dict__, "uri": without_password(self.uri), "_stopping": False, "_nodes": {}}
 
     def _put(self, trial, op: str, **fields) -> None:
         from esam.search.trial_records import open_records
@@ -204,6 +205,10 @@ class FrontProgress(tune.Callback):
                  constraints: list = (), references: dict | None = None):
         self.uri, self.parent_run_id, self.objectives = uri, parent_run_id, objectives
         self.full_epochs, self.constraints, self.references = full_epochs, list(constraints), references or {}
+
+    def __getstate__(self):  # Ray pickles callbacks with the experiment: no password
+        from esam.search.tracking import without_password
+        return {**self.__dict__, "uri": without_password(self.uri)}
 
     def _point(self, trial) -> dict | None:
         from esam.search.constraints import is_feasible

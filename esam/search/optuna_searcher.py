@@ -1,60 +1,56 @@
-"""Ray's OptunaSearch, made to agree with Ray and MLflow after any stop.
+"""The search's Ray Tune searcher: Optuna's study asked and told through its public API.
 
-- A crashed trial is told to Optuna as FAIL (Ray passes its last epoch as a result, which
-  Optuna would record as a finished trial with truncated metrics and put on the front).
-- Each Optuna trial carries its Ray trial id (user attr `ray_trial_id`), so the three stores
-  can be matched at start-up.
-- An Optuna trial left RUNNING by a killed driver, whose Ray trial was never saved (an orphan),
-  is handed to the next Ray trial instead of asking Optuna for a new one: no fifth trial for
-  four, no second trial with the same settings. The study decides how many ESAM trials exist:
-  once it holds `max_trials`, Ray gets no new one even if its lagging snapshot asks.
+Built on Ray's public `Searcher` interface (`suggest`, `on_trial_result`, `on_trial_complete`,
+`save`, `restore`, `set_max_concurrency`) and Optuna's ask-and-tell (`study.ask`, `study.tell`,
+`study.get_trials`, `Trial.set_user_attr`, `Trial.set_constraint`): no private attribute of
+either library, so a new release breaks nothing here silently.
+
+What Ray pickles is a spec. Ray pickles the searcher with its experiment (`tuner.pkl`); the
+searcher pickles only its settings (space, objectives, study name, the sampler's spec): never
+the study, its storage (a PostgreSQL URL holds a password) or a live sampler (Optuna 5.1.0's
+NSGA-II holds a lock that cannot be pickled). The driver opens the study (`attach`) each time
+the search runs, so the study is the searcher's state: `restore` reads nothing from Ray's files.
+
+Behaviour the three stores rely on:
+- Each Optuna trial carries its Ray trial id (user attr `ray_trial_id`), so the stores can be
+  matched at start-up.
+- An Optuna trial left RUNNING by a killed driver whose Ray trial was never saved (an orphan) is
+  handed to the next Ray trial with its own parameters (those it lacks, when the driver died
+  while Optuna drew them, are drawn now): no fifth trial for four, and never a Ray trial without
+  the searched fields. The study decides how many trials exist: once it holds `max_trials`, Ray
+  gets no new one.
 - It limits concurrency itself (Ray's ConcurrencyLimiter is bypassed): live trials are those
-  Optuna holds RUNNING, so a trial the start-up reconciliation ended frees its slot (the
-  limiter's pickled count would keep it forever and the search would wait for nothing).
-- A restored searcher opens the study where the search lives now (`storage_url`), not where
-  its pickle says: a moved results directory keeps its study.
+  Optuna holds RUNNING, so a trial the start-up reconciliation ended frees its slot.
 - No wasted trials: a proposal whose searched values equal a finished (COMPLETE) trial's, as the
-  study stores them (floats compared to 12 significant digits, so float noise cannot hide a
-  repeat), is not trained. The Ray trial still exists and reports the original's final metrics
-  at once (esam/search/trial.py), so Optuna is told the same values for it, MLflow records it as
-  a reuse (tag `esam.reused_from`: the original's run id) and the three stores stay matched by
-  the usual ray_trial_id. Asking the sampler for another point instead was rejected: on a small
-  or categorical space it can loop for ever, it hides from Optuna (and from the study's history)
-  what the sampler proposed, and NSGA-II would keep breeding the same child; telling it the known
-  values moves it on at no cost. The reuse counts against `trials` (the budget is proposals). A
-  duplicate of a trial still running, or one that failed, is trained.
-- A trial the scheduler stopped early (its last result is before the last epoch) is told to
-  Optuna as PRUNED, with no values: Optuna 5 has no multi-objective pruning, but a PRUNED trial
-  is never on the study's front (`best_trials` and NSGA-II's population take COMPLETE trials
-  only; TPE ranks pruned trials below the complete ones), so its truncated accuracy cannot pose
-  as a result. Its metrics at the stop are kept as user attrs `partial_result` and
-  `stopped_at_epoch`. Telling the truncated values as COMPLETE (the default of Ray's searcher)
-  would put them on the sampler's front; FAIL would be a lie and discard the information.
-- Under `constraints:`, each ending trial's violations go to Optuna by name before its values
-  (`Trial.set_constraint`), so the sampler steers away from infeasible settings.
-- A continued search may grow: `limits` (trials, concurrency, epochs), set by the running
-  search, override what the restored pickle holds.
-- The database may go away for a while (a PostgreSQL restart): the study's storage waits it out
-  (esam/search/storage_outage.py), Ray's loop waiting meanwhile. Past the outage limit the
-  searcher asks Ray to stop, as Ctrl-C does, instead of raising into Ray's loop (which would end
-  it without saving the experiment): the search ends as stopped, and a trial whose end Optuna
-  could not be told is told by the next run's start-up reconciliation. A trial Optuna created for
-  a proposal Ray never got stays RUNNING, unclaimed: the next run hands it on as an orphan.
-- The study names its objectives (`set_metric_names`: optuna-dashboard shows test_acc, not 0),
-  and each trial carries its MLflow run id (user attr `mlflow_run_id`, from the driver's record
-  writer once it created the run; absent when MLflow was away all the trial long) and its final
-  metrics (user attr `result`, what a reuse reports).
-
-Defined at module level so that a restored experiment unpickles this code, not a frozen copy.
+  study stores them (floats compared to 12 significant digits), is not trained. The Ray trial
+  still exists and reports the original's final metrics at once (esam/search/trial.py), so Optuna
+  is told the same values, MLflow records it as a reuse (tag `esam.reused_from`) and the stores
+  stay matched. Asking the sampler again instead could loop for ever on a small space and would
+  hide the proposal from the study. The reuse counts against `trials`.
+- A trial the scheduler stopped early (its last result is before the last epoch) is told as
+  PRUNED, with no values: a PRUNED trial is never on the study's front, so its truncated
+  accuracy cannot pose as a result. Its metrics at the stop are kept as user attrs
+  `partial_result` and `stopped_at_epoch`.
+- Under `constraints:`, each ending trial's violations go to Optuna before its values, so the
+  sampler steers away from infeasible settings.
+- The database may go away for a while: the study's storage waits it out
+  (esam/search/storage_outage.py). Past the outage limit the searcher asks Ray to stop, as Ctrl-C
+  does, instead of raising into Ray's loop (which would end it without saving the experiment).
+- The study names its objectives (optuna-dashboard shows test_acc, not 0), and each trial
+  carries its MLflow run id (user attr `mlflow_run_id`) and its final metrics (user attr `result`,
+  what a reuse reports).
 """
 from __future__ import annotations
 
 import contextlib
+import json
 import signal
 import warnings
+from typing import Callable
 
 from ray.tune.search import Searcher
-from ray.tune.search.optuna import OptunaSearch
+
+from esam.search.samplers import SamplerSpec
 
 RAY_TRIAL_ATTR = "ray_trial_id"
 RUN_ATTR = "mlflow_run_id"  # the trial's MLflow child run
@@ -105,76 +101,150 @@ def final_metrics(result: dict) -> dict:
             if k in keep and isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
-class ReconcilingOptunaSearch(OptunaSearch):
-    storage_url: str | None = None  # set by the running search: where its study lives now
-    records_key: tuple[str, str] | None = None  # (tracking URI, parent run id) of the running search
-    limits: tuple[int, int, int] | None = None  # (trials, concurrency, epochs) of the running search
-    constraints = None  # the running search's esam.search.constraints.OptunaConstraints, if any
+def draw(trial, distributions: dict) -> dict:
+    """Each field of `distributions` on `trial` through Optuna's public suggest calls.
 
-    def __init__(self, *args, max_trials: int | None = None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.max_trials = max_trials
-        self.max_concurrent: int | None = None
-        self._name_metrics()
+    A field the trial holds already keeps its value (Optuna returns it), so an orphan whose
+    driver died while Optuna drew its fields keeps the ones it has and gets the rest.
+    """
+    from optuna.distributions import CategoricalDistribution, IntDistribution
+    for name, d in distributions.items():
+        if isinstance(d, CategoricalDistribution):
+            trial.suggest_categorical(name, d.choices)
+        elif isinstance(d, IntDistribution):
+            trial.suggest_int(name, d.low, d.high, step=d.step, log=d.log)
+        else:
+            trial.suggest_float(name, d.low, d.high, step=d.step, log=d.log)
+    return dict(trial.params)
 
-    def _name_metrics(self) -> None:
-        if self._ot_study is None or not isinstance(self._metric, list):
-            return
+
+def open_trial(study, storage, number: int):
+    """Trial `number` of `study` (opened on `storage`), to write to: public storage calls only."""
+    import optuna
+    trial_id = storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(study.study_name),
+                                                               number)
+    return optuna.trial.Trial(study, trial_id)
+
+
+class EsamSearcher(Searcher):
+    """Optuna proposes; Ray trains; the study is the record (see the module's docstring).
+
+    `space`: {field: Optuna distribution}, or a callable drawing a conditional space on a trial
+    (esam.search.space.DefineByRun). `objectives`: [(metric, "max" | "min"), ...].
+    """
+
+    _SPEC = ("_metric", "_mode", "space", "study_name", "sampler", "max_trials", "max_concurrent", "epochs")
+
+    def __init__(self, space, objectives: list[tuple[str, str]], study_name: str, sampler: SamplerSpec,
+                 max_trials: int, max_concurrent: int | None = None, epochs: int = 0, constraints=None):
+        super().__init__(metric=[m for m, _ in objectives], mode=[d for _, d in objectives])
+        self.space, self.study_name, self.sampler = space, study_name, sampler
+        self.max_trials, self.max_concurrent, self.epochs = max_trials, max_concurrent, epochs
+        self.constraints = constraints  # esam.search.constraints.OptunaConstraints, or None
+        self._detach()
+
+    def _detach(self) -> None:
+        self.study = self._storage = None
+        self._trials: dict = {}  # Ray trial id -> the live Optuna trial it trains
+        self._told: set[str] = set()
+        self._attached_runs: set[str] = set()
+        self._run_id_of: Callable[[str, float], str | None] | None = None
+
+    # What Ray pickles with its experiment: the settings, no live object and no store URL.
+    def __getstate__(self) -> dict:
+        return {k: self.__dict__[k] for k in self._SPEC}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.constraints = None
+        self._detach()
+
+    def attach(self, storage, saved_ray_trials=(), run_id_of: Callable[[str, float], str | None] | None = None):
+        """Open (or create) the study on `storage` with a sampler built here, and take up the trials
+        Ray saved (`saved_ray_trials`: their ids); the study's other RUNNING trials are orphans.
+
+        `run_id_of(ray_trial_id, wait_s)`: the trial's MLflow run id once the driver's record writer
+        created it (None until then)."""
+        import optuna
+        directions = ["maximize" if d == "max" else "minimize" for d in self._mode]
+        self.study = optuna.create_study(study_name=self.study_name, storage=storage, directions=directions,
+                                         sampler=self.sampler.build(), load_if_exists=True)
+        self._storage, self._run_id_of = storage, run_id_of
+        saved = set(saved_ray_trials)
+        for frozen in self.study.get_trials(deepcopy=False):
+            rid = frozen.user_attrs.get(RAY_TRIAL_ATTR)
+            if rid in saved:
+                self._trials[rid] = self._live_trial(frozen.number)
         with warnings.catch_warnings(), contextlib.suppress(Exception):  # experimental in Optuna; cosmetic
             warnings.simplefilter("ignore")
-            if self._ot_study.metric_names != list(self._metric):
-                self._ot_study.set_metric_names(list(self._metric))
+            if self.study.metric_names != list(self._metric):
+                self.study.set_metric_names(list(self._metric))
+        return self
+
+    def _live_trial(self, number: int):
+        return open_trial(self.study, self._storage, number)
+
+    def set_search_properties(self, metric, mode, config, **spec) -> bool:
+        return True  # the space is the searcher's own; Ray's param_space holds constants only
 
     def set_max_concurrency(self, max_concurrent: int) -> bool:
         self.max_concurrent = max_concurrent
         return True
 
-    def _live(self) -> int:
-        import optuna
-        running = {t._trial_id for t in self._ot_study.get_trials(deepcopy=False,
-                                                                  states=(optuna.trial.TrialState.RUNNING,))}
-        return sum(t._trial_id in running for t in self._ot_trials.values())
+    def _require_study(self) -> None:
+        if self.study is None:
+            raise RuntimeError("EsamSearcher is not attached to its study (the driver calls attach() before Ray runs)")
 
-    def suggest(self, trial_id: str):
-        new = trial_id not in self._ot_trials
-        with _stop_on_outage():
-            return self._suggest(trial_id, new)
-        if new:  # Ray got no trial: an Optuna trial made for it is an orphan for the next run
-            self._ot_trials.pop(trial_id, None)
+    def _states(self, *names: str) -> list:
+        import optuna
+        return self.study.get_trials(deepcopy=False, states=tuple(optuna.trial.TrialState[n] for n in names))
+
+    def _live(self) -> int:
+        running = {t.number for t in self._states("RUNNING")}
+        return sum(t.number in running for t in self._trials.values())
+
+    def _proposed(self) -> int:
+        """Trials the study has given out: a WAITING one (the warm start, enqueued) is still to come."""
+        import optuna
+        return sum(t.state != optuna.trial.TrialState.WAITING for t in self.study.get_trials(deepcopy=False))
+
+    def _next_orphan(self):
+        taken = {t.number for t in self._trials.values()}
+        for frozen in self._states("RUNNING"):
+            if frozen.number not in taken:
+                return self._live_trial(frozen.number)
         return None
 
-    def _suggest(self, trial_id: str, new: bool):
-        if new and self._ot_study is not None:
-            if self.max_concurrent is not None and self._live() >= self.max_concurrent:
-                return None  # Ray asks again when a trial ends
-            orphan = self._next_orphan()
-            if orphan is not None:
-                self._ot_trials[trial_id] = orphan
-            elif self.max_trials is not None and self._proposed() >= self.max_trials:
-                return Searcher.FINISHED
-        params = super().suggest(trial_id)
-        if trial_id not in self._ot_trials or not isinstance(params, dict):
-            return params
-        ot_trial = self._ot_trials[trial_id]
-        if new:
-            ot_trial.set_user_attr(RAY_TRIAL_ATTR, trial_id)
-        return self._noted(ot_trial, params, new)
+    def suggest(self, trial_id: str):
+        self._require_study()
+        with _stop_on_outage():
+            return self._suggest(trial_id)
+        return None  # the database stayed away: Ray is asked to stop; an Optuna trial made here is an orphan
 
-    def _noted(self, ot_trial, params: dict, new: bool) -> dict:
-        """`params` with the searcher's notes: the trial number, and the trial it reuses if any."""
-        reuse = self._ot_study._storage.get_trial(ot_trial._trial_id).user_attrs.get(REUSE_ATTR)
-        if reuse is None and new:
-            reuse = self._duplicate_of(params, ot_trial.number)
-            if reuse is not None:
-                ot_trial.set_user_attr(REUSE_ATTR, reuse)
-        return {**params, "_number": ot_trial.number, **({"_reuse": reuse} if reuse else {})}
+    def _suggest(self, trial_id: str):
+        if self.max_concurrent is not None and self._live() >= self.max_concurrent:
+            return None  # Ray asks again when a trial ends
+        trial = self._next_orphan()
+        if trial is None:
+            if self._proposed() >= self.max_trials:
+                return Searcher.FINISHED
+            trial = self.study.ask(self.space if isinstance(self.space, dict) else None)
+        params = draw(trial, self.space) if isinstance(self.space, dict) else self._draw_conditional(trial)
+        trial.set_user_attr(RAY_TRIAL_ATTR, trial_id)
+        self._trials[trial_id] = trial
+        reuse = trial.user_attrs.get(REUSE_ATTR) or self._duplicate_of(params, trial.number)
+        if reuse is not None:
+            trial.set_user_attr(REUSE_ATTR, reuse)
+        return {**params, "_number": trial.number, **({"_reuse": reuse} if reuse else {})}
+
+    def _draw_conditional(self, trial) -> dict:
+        self.space(trial)
+        return dict(trial.params)
 
     def _duplicate_of(self, params: dict, number: int) -> dict | None:
         """The finished trial with the same searched values (the earliest not itself a reuse), or None."""
-        import optuna
         key = setting_key(params)
-        same = [t for t in self._ot_study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-                if t.number != number and setting_key(t.params) == key]
+        same = [t for t in self._states("COMPLETE") if t.number != number and setting_key(t.params) == key]
         if not same:
             return None
         same.sort(key=lambda t: (REUSE_ATTR in t.user_attrs, t.number))
@@ -190,74 +260,56 @@ class ReconcilingOptunaSearch(OptunaSearch):
         At the trial's end (`wait_s`) the writer gets that long to catch up: a reuse ends
         before the writer thread has created its run.
         """
-        attached = self.__dict__.setdefault("_attached", set())
-        ot_trial = self._ot_trials.get(trial_id)
-        if trial_id in attached or ot_trial is None or type(self).records_key is None:
+        trial = self._trials.get(trial_id)
+        if trial_id in self._attached_runs or trial is None or self._run_id_of is None:
             return
-        from esam.search.trial_records import _open
-        buffer = _open.get(type(self).records_key)
-        runs = getattr(getattr(buffer, "write", None), "_runs", {})
-        if trial_id not in runs and wait_s and buffer is not None:
-            buffer.drain(wait_s)
-        run_id = runs.get(trial_id)
+        run_id = self._run_id_of(trial_id, wait_s)
         if run_id:
             with contextlib.suppress(Exception):  # a trial the reconciliation already ended
-                ot_trial.set_user_attr(RUN_ATTR, run_id)
-                attached.add(trial_id)
+                trial.set_user_attr(RUN_ATTR, run_id)
+                self._attached_runs.add(trial_id)
 
-    def on_trial_result(self, trial_id: str, result: dict):
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
         with _stop_on_outage():
             self._attach_run(trial_id)
-            super().on_trial_result(trial_id, result)
-
-    def _proposed(self) -> int:
-        """Trials the study has given out: a WAITING one (the warm start, enqueued) is still to come."""
-        import optuna
-        return sum(t.state != optuna.trial.TrialState.WAITING for t in self._ot_study.get_trials(deepcopy=False))
-
-    def _next_orphan(self):
-        import optuna
-        known = set(self._ot_trials)
-        for frozen in self._ot_study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-            if frozen.user_attrs.get(RAY_TRIAL_ATTR) not in known:
-                return optuna.trial.Trial(self._ot_study, frozen._trial_id)
-        return None
 
     def _stopped_early(self, result: dict | None) -> bool:
-        epochs = (type(self).limits or (0, 0, 0))[2]
-        return bool(result) and epochs > 0 and int(result.get("epoch") or 0) < epochs
+        return bool(result) and self.epochs > 0 and int(result.get("epoch") or 0) < self.epochs
 
-    def on_trial_complete(self, trial_id, result=None, error=False):
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         with _stop_on_outage():  # past the outage limit the trial stays RUNNING in Optuna: the next run tells it
             self._complete(trial_id, result, error)
 
-    def _complete(self, trial_id, result, error):
-        stopped = not error and self._stopped_early(result)
-        if trial_id in self._ot_trials and trial_id not in self._completed_trials:
-            self._attach_run(trial_id, wait_s=3.0)
-            ot_trial = self._ot_trials[trial_id]
-            with contextlib.suppress(Exception):  # a trial the reconciliation already ended
-                if stopped:
-                    ot_trial.set_user_attr(PARTIAL_ATTR, final_metrics(result))
-                    ot_trial.set_user_attr(STOPPED_ATTR, int(result.get("epoch") or 0))
-                elif result and not error:
-                    ot_trial.set_user_attr(RESULT_ATTR, final_metrics(result))
-                if result and not error and type(self).constraints is not None:  # before tell: the sampler reads them
-                    type(self).constraints.set_on(ot_trial, result)
-        super().on_trial_complete(trial_id, None if error or stopped else result, error)
-
-    def restore(self, checkpoint_path: str):
+    def _complete(self, trial_id: str, result: dict | None, error: bool) -> None:
         import optuna
-        super().restore(checkpoint_path)
-        if type(self).limits is not None:  # a search that grows, or runs more trials at once
-            self.max_trials, self.max_concurrent = type(self).limits[0], type(self).limits[1]
-        url = type(self).storage_url
-        if url and self._ot_study is not None:
-            from esam.search.runner import ENGINE_KWARGS
-            from esam.search.storage_outage import open_rdb
-            self._storage = open_rdb(url, ENGINE_KWARGS)
-            self._ot_study = optuna.load_study(study_name=self._ot_study.study_name, storage=self._storage,
-                                               sampler=self._ot_study.sampler, pruner=self._ot_study.pruner)
-            self._ot_trials = {rid: optuna.trial.Trial(self._ot_study, t._trial_id)
-                               for rid, t in self._ot_trials.items()}
-        self._name_metrics()
+        trial = self._trials.get(trial_id)
+        if trial is None or trial_id in self._told:
+            return
+        self._attach_run(trial_id, wait_s=3.0)
+        stopped = not error and self._stopped_early(result)
+        with contextlib.suppress(Exception):  # a trial the reconciliation already ended
+            if stopped:
+                trial.set_user_attr(PARTIAL_ATTR, final_metrics(result))
+                trial.set_user_attr(STOPPED_ATTR, int(result.get("epoch") or 0))
+            elif result and not error:
+                trial.set_user_attr(RESULT_ATTR, final_metrics(result))
+            if result and not error and self.constraints is not None:  # before tell: the sampler reads them
+                self.constraints.set_on(trial, result)
+        S = optuna.trial.TrialState
+        values = None
+        if result and not error and not stopped and all(isinstance(result.get(m), (int, float)) for m in self._metric):
+            values = [float(result[m]) for m in self._metric]
+        state = S.COMPLETE if values is not None else S.PRUNED if stopped else S.FAIL
+        with warnings.catch_warnings():  # a nan objective makes the trial FAIL, with Optuna's warning
+            warnings.simplefilter("ignore")
+            self.study.tell(trial, values, state=state, skip_if_finished=True)
+        self._told.add(trial_id)
+
+    def save(self, checkpoint_path: str) -> None:
+        """Ray's searcher checkpoint: a note, not a state (the study is the state; see `attach`)."""
+        with open(checkpoint_path, "w") as f:
+            json.dump({"study": self.study_name, "state": "in the Optuna study"}, f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        """Nothing is read from Ray's files (they are not trusted to hold code); `attach` did the work."""
+        self._require_study()

@@ -21,7 +21,7 @@ from pathlib import Path
 from esam.search import ray_state
 from esam.search import tracking
 from esam.errors import ConfigError
-from esam.search.optuna_searcher import RAY_TRIAL_ATTR, RESULT_ATTR, RUN_ATTR, final_metrics
+from esam.search.optuna_searcher import RAY_TRIAL_ATTR, RESULT_ATTR, RUN_ATTR, final_metrics, open_trial
 from esam.search.results_storage import StoragePath
 
 FINISHED, STOPPED, FAILED = "finished", "stopped", "failed"
@@ -40,6 +40,7 @@ class Experiment:
     study: object = None  # the Optuna study (ESAM trials only)
     stopped: dict = field(default_factory=dict)  # trial id -> epoch: the scheduler's stop decisions
     constraints: object = None  # esam.search.constraints.OptunaConstraints of a constrained search
+    storage: object = None  # the Optuna storage the study was opened on
 
 
 def _mlflow_verdict(run) -> str:
@@ -128,7 +129,7 @@ class _Reconciler:
         state = optuna.trial.TrialState.COMPLETE if values else optuna.trial.TrialState.FAIL
         if verdict == STOPPED:
             state = optuna.trial.TrialState.PRUNED
-        trial_notes = optuna.trial.Trial(self.exp.study, optuna_trial._trial_id)
+        trial_notes = open_trial(self.exp.study, self.exp.storage, optuna_trial.number)
         if values and self.exp.constraints is not None and not optuna_trial.constraints:  # as the searcher would
             self.exp.constraints.set_on(trial_notes, run.data.metrics if run is not None else trial.last_result)
         if run is not None:  # the notes the searcher could not make (the driver killed, or its database away)

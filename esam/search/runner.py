@@ -22,6 +22,7 @@ from esam.errors import ConfigError, EsamError
 from esam.optim import OPTIMIZERS
 from esam.search.atomic_storage import sweep_partial_files
 from esam.search.results_storage import StoragePath, check_storage_writable
+from esam.search.samplers import SamplerSpec
 from esam.search.local_ray import init_ray
 from esam.search.pareto_report import format_table, tag_front_and_write_artifacts
 from esam.search.config import SearchConfig
@@ -82,18 +83,11 @@ def _moasha_line(cfg: SearchConfig) -> str:
     return line
 
 
-def _sampler(cfg: SearchConfig):
-    """The configured Optuna sampler (constraints reach it on each trial: see ReconcilingOptunaSearch)."""
-    import optuna
+def sampler_spec(cfg: SearchConfig) -> SamplerSpec:
+    """The configured Optuna sampler, as a spec the searcher keeps (built where the study is opened)."""
     s = cfg.sampler
-    if s.name == "nsga2":
-        kwargs = {"population_size": s.population_size} if s.population_size else {}
-        return optuna.samplers.NSGAIISampler(seed=s.seed, **kwargs)
-    if s.name == "tpe":
-        return optuna.samplers.TPESampler(seed=s.seed)
-    if s.name == "gp":
-        return optuna.samplers.GPSampler(seed=s.seed)
-    return optuna.samplers.RandomSampler(seed=s.seed)  # random search ignores constraints
+    options = {"population_size": s.population_size} if s.name == "nsga2" and s.population_size else {}
+    return SamplerSpec(s.name, s.seed, options)
 
 
 def _warm_start(cfg: SearchConfig, storage) -> list[dict]:
@@ -125,18 +119,17 @@ def _reference_results(cfg: SearchConfig) -> dict[str, dict]:
             if t.status == "TERMINATED" and t.epoch >= cfg.train.epochs}
 
 
-def _grow(tuner, cfg: SearchConfig, scheduler, callbacks) -> None:
-    """A restored search experiment with this command's trials, concurrency, scheduler and callbacks.
+def _grow(tuner, cfg: SearchConfig, searcher, scheduler, callbacks) -> None:
+    """A restored search experiment with this command's searcher, trials, concurrency, scheduler and callbacks.
 
     Ray keeps the sample count in its saved search state and the rest in tuner.pkl; a search
     that grows (more `trials`) continues the same experiment with the extra trials.
     """
     import ray.cloudpickle as cloudpickle
-    internal = tuner._local_tuner  # Ray offers no public way to change a restored experiment's TuneConfig
-    internal._tune_config.num_samples = cfg.trials
-    internal._tune_config.max_concurrent_trials = cfg.concurrency
-    internal._tune_config.scheduler = scheduler
-    internal._run_config.callbacks = callbacks
+
+    from esam.search.compat import replace_restored_settings
+    replace_restored_settings(tuner, search_alg=searcher, scheduler=scheduler, num_samples=cfg.trials,
+                              max_concurrent_trials=cfg.concurrency, callbacks=callbacks)
     for path in (cfg.ray_storage / "search").files("search_gen_state-*.json"):
         state = cloudpickle.loads(path.read_bytes())
         if state.get("total_samples") != cfg.trials:
@@ -305,8 +298,8 @@ def _run_search(cfg: SearchConfig, uri: str, client, *, address: str | None,
 
     from esam.search.callbacks import FrontProgress, MlflowTrialRuns, Progress
     from esam.search.constraints import OptunaConstraints
-    from esam.search.optuna_searcher import ReconcilingOptunaSearch
-    from esam.search.trial_records import finish_records, open_records, retry
+    from esam.search.optuna_searcher import EsamSearcher
+    from esam.search.trial_records import finish_records, open_records, retry, run_id_of
     from esam.search.trial import trial_label, trial_params
 
     import optuna
@@ -367,15 +360,15 @@ def _run_search(cfg: SearchConfig, uri: str, client, *, address: str | None,
             if not complete:
                 c.bound(references)  # a constraint on a reference that did not finish: one line, now
         warm = _warm_start(cfg, storage)  # before the searcher creates the study
-        searcher = ReconcilingOptunaSearch(
-            space=optuna_space(cfg.space, cfg.train.optimizer), metric=[m for m, _ in objectives], mode=[d for _, d in objectives],
-            sampler=_sampler(cfg), study_name=cfg.name, storage=storage, max_trials=cfg.trials)
+        searcher = EsamSearcher(
+            optuna_space(cfg.space, cfg.train.optimizer), objectives, cfg.name, sampler_spec(cfg),
+            max_trials=cfg.trials, max_concurrent=cfg.concurrency, epochs=cfg.train.epochs,
+            constraints=OptunaConstraints(constraints, references) if constraints else None)
+        saved = (ray_state.read_trials(cfg.ray_storage / "search") or []) if state else []
+        searcher.attach(storage, saved_ray_trials={t.trial_id for t in saved},
+                        run_id_of=functools.partial(run_id_of, uri, parent))
         for point in warm:  # Optuna samples the searched fields the point leaves out (Ray's own would refuse)
-            searcher._ot_study.enqueue_trial(point, skip_if_exists=True)
-        ReconcilingOptunaSearch.storage_url = cfg.optuna_url()
-        ReconcilingOptunaSearch.records_key = (uri, parent)
-        ReconcilingOptunaSearch.limits = (cfg.trials, cfg.concurrency, cfg.train.epochs)
-        ReconcilingOptunaSearch.constraints = OptunaConstraints(constraints, references) if constraints else None
+            searcher.study.enqueue_trial(point, skip_if_exists=True)
         scheduler = _scheduler(cfg)
         tune_config = tune.TuneConfig(search_alg=searcher, num_samples=cfg.trials, scheduler=scheduler,
                                       max_concurrent_trials=cfg.concurrency,
@@ -384,7 +377,7 @@ def _run_search(cfg: SearchConfig, uri: str, client, *, address: str | None,
                      Progress(_progress_label(cfg), cfg.trials, objectives, echo, full_epochs=cfg.train.epochs),
                      FrontProgress(uri, parent, objectives, cfg.train.epochs, constraints, references)]
         if not complete:
-            refresh = functools.partial(_grow, cfg=cfg, scheduler=scheduler, callbacks=callbacks)
+            refresh = functools.partial(_grow, cfg=cfg, searcher=searcher, scheduler=scheduler, callbacks=callbacks)
             # Without `method` in the space every trial's method is train.optimizer's (a constant Ray adds)
             constant = {} if "method" in cfg.space else {"method": cfg.train.optimizer.name}
             _fit(_tuner(cfg, "search", constant, tune_config, callbacks, restore=bool(state), refresh=refresh),

@@ -131,7 +131,7 @@ def _experiments(cfg: SearchConfig, storage) -> list[Experiment]:
         from esam.search.runner import _reference_results
         constraints = OptunaConstraints(cfg.parsed_constraints(), _reference_results(cfg))
     exps.append(Experiment(cfg.ray_storage / "search", "trial", cfg.train.epochs, objectives, study,
-                           _scheduler_stops(cfg), constraints))
+                           _scheduler_stops(cfg), constraints, storage))
     return exps
 
 

@@ -37,6 +37,10 @@ class TrialRunWriter:
         self._runs: dict[str, str] = {}
         self._last_step: dict[str, int] = {}  # run id -> the last epoch MLflow holds for it
 
+    def run_of(self, trial_id: str) -> str | None:
+        """The MLflow run this writer created or found for a Ray trial, if any yet."""
+        return self._runs.get(trial_id)
+
     @property
     def client(self):
         if self._client is None:
@@ -105,6 +109,16 @@ def open_records(uri: str, parent_run_id: str, directory: Path | None = None,
             finish_records(uri, parent_run_id, wait=True)
             _open[key] = RecordBuffer(TrialRunWriter(uri, parent_run_id), where=uri, spill=spill, echo=echo)
     return _open[key]
+
+
+def run_id_of(uri: str, parent_run_id: str, trial_id: str, wait_s: float = 0.0) -> str | None:
+    """A trial's MLflow run id, once the search's record writer created it; `wait_s`: how long it may catch up."""
+    buffer = _open.get((uri, parent_run_id))
+    if buffer is None:
+        return None
+    if buffer.write.run_of(trial_id) is None and wait_s:
+        buffer.drain(wait_s)
+    return buffer.write.run_of(trial_id)
 
 
 def finish_records(uri: str, parent_run_id: str, wait: bool) -> None:
