@@ -69,3 +69,44 @@ def test_the_failure_table_names_tests_that_exist():
     for path in (ROOT.parent / "tests").glob("test_*.py"):
         defined |= set(re.findall(r"^def (test_[a-z0-9_]+)", path.read_text(), re.M))
     assert len(named) >= 15 and named <= defined, sorted(named - defined)
+
+
+LIBRARIES = ("ray", "optuna", "mlflow")
+
+
+def _own_private_names() -> set[str]:
+    """Every `_name` esam defines itself (functions, classes, attributes it assigns, module globals)."""
+    names = set()
+    for path in ROOT.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                names.add(node.name)
+            elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store):
+                names.add(node.attr)
+            elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+                names.add(node.id)
+            elif isinstance(node, ast.arg):
+                names.add(node.arg)
+            elif isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.isidentifier():
+                names.add(node.value)  # __getstate__'s key lists, getattr names
+    return {n for n in names if n.startswith("_")}
+
+
+NAMEDTUPLE_API = {"_replace", "_asdict", "_fields", "_make"}  # public, though they start with "_"
+
+
+def test_private_names_of_ray_optuna_and_mlflow_are_used_in_compat_only():
+    """The search side (the only code using these libraries) reaches no private name of theirs but in compat.py."""
+    own, found = _own_private_names() | NAMEDTUPLE_API, []
+    for path in sorted([ROOT / "cli.py", *(ROOT / "search").rglob("*.py")]):
+        if path.name == "compat.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in LIBRARIES:
+                private = [a.name for a in node.names if a.name.startswith("_")]
+                if private or any(part.startswith("_") for part in node.module.split(".")):
+                    found.append(f"{path.relative_to(ROOT)}:{node.lineno} from {node.module} import {private}")
+            elif isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__"):
+                if node.attr not in own:
+                    found.append(f"{path.relative_to(ROOT)}:{node.lineno} .{node.attr}")
+    assert not found, "private names of a library outside esam/search/compat.py: " + "; ".join(found)
