@@ -5,6 +5,7 @@ User mistakes (EsamError) end in one line on stderr and exit status 2, never a t
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from importlib import resources
 from pathlib import Path
@@ -216,6 +217,22 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as err:  # SearchStopped carries the signal: 130 for SIGINT, 143 for SIGTERM
         print(f"esam: stopped ({err})" if str(err) else "esam: interrupted", file=sys.stderr)
         return getattr(err, "exit_code", 130)
+    except Exception as err:  # noqa: BLE001 - a bug, or a library that changed: one line, the traceback in a file
+        if os.environ.get("ESAM_TRACEBACK"):
+            raise
+        print(f"esam: error: unexpected {type(err).__name__}: {str(err).strip().splitlines()[0][:200] if str(err).strip() else ''}"
+              f"; the traceback is in {_crash_log()} (ESAM_TRACEBACK=1 prints it here)", file=sys.stderr)
+        return 1
+
+
+def _crash_log() -> str:
+    """Write the current exception's traceback to a file in the temp directory; its path."""
+    import tempfile
+    import traceback
+    fd, path = tempfile.mkstemp(prefix="esam-crash-", suffix=".log")
+    with os.fdopen(fd, "w") as f:
+        traceback.print_exc(file=f)
+    return path
 
 
 if __name__ == "__main__":

@@ -101,3 +101,33 @@ def test_the_study_caps_the_trials_and_tells_every_ending(tmp_path):
     assert searcher.suggest("c") == "FINISHED"
     states = {t.number: t.state.name for t in searcher.study.get_trials()}
     assert states == {a["_number"]: "COMPLETE", b["_number"]: "PRUNED"}
+
+
+def test_an_unpicklable_part_is_refused_in_one_line_before_ray_writes(tmp_path):
+    import threading
+
+    from ray import tune
+
+    from esam.errors import ConfigError
+    from esam.search.runner import _check_picklable
+
+    class Locked:  # as Optuna 5.1.0's NSGA-II sampler was
+        def __init__(self):
+            self.lock = threading.Lock()
+    with pytest.raises(ConfigError, match="callback Locked cannot be pickled for Ray"):
+        _check_picklable(tune.TuneConfig(), [Locked()])
+    _check_picklable(tune.TuneConfig(search_alg=_searcher("nsga2", _storage(tmp_path))), [])
+
+
+def test_an_unexpected_error_is_one_line_with_the_traceback_in_a_file(monkeypatch, capsys):
+    from esam import cli
+
+    def broken(args):
+        raise TypeError("cannot pickle '_thread.lock' object")
+    monkeypatch.delenv("ESAM_TRACEBACK", raising=False)
+    monkeypatch.setattr(cli, "cmd_export", broken)
+    assert cli.main(["export", "x", "--out", "x.yaml"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "unexpected TypeError: cannot pickle" in err
+    log = err.split("the traceback is in ")[1].split(" ")[0]
+    assert "Traceback" in open(log).read()

@@ -179,12 +179,28 @@ def _tuner(cfg: SearchConfig, experiment: str, param_space: dict, tune_config, c
             raise ConfigError(f"Ray's experiment {path} cannot be restored ({type(err).__name__}: "
                               f"{str(err).strip()[:150]}); restore it, or remove {path} to run its trials "
                               f"again") from None
+    _check_picklable(tune_config, callbacks)  # Ray pickles them into tuner.pkl: fail before it writes anything
     run_config = tune.RunConfig(
         name=experiment, storage_path=root.path, storage_filesystem=root.fs, callbacks=callbacks,
         verbose=0,
         failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1))
     return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config)
+
+
+def _check_picklable(tune_config, callbacks) -> None:
+    """What Ray pickles with a new experiment pickles; else one line naming it, before tuner.pkl is written.
+
+    (Optuna 5.1.0's NSGA-II sampler, held by a searcher, once failed here halfway through Ray's write.)"""
+    from ray import cloudpickle
+    parts = {"searcher": tune_config.search_alg, "scheduler": tune_config.scheduler,
+             **{f"callback {type(c).__name__}": c for c in callbacks}}
+    for what, obj in parts.items():
+        try:
+            cloudpickle.dumps(obj)
+        except Exception as err:  # noqa: BLE001 - any pickling failure is the same refusal
+            raise ConfigError(f"the search's {what} cannot be pickled for Ray ({type(err).__name__}: "
+                              f"{str(err)[:150]}); Ray's experiment was not started; the same command tries again") from None
 
 
 _SIGNALS: list[StopSignals] = []  # the running search's signal catcher (one search per process)
