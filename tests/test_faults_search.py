@@ -203,7 +203,6 @@ DAMAGE = {  # what is damaged (a file below results_dir/<name>), how much of it 
     "search.json deleted": ("search.json", None, ["search.json", "missing"]),
     "optuna.db emptied": ("optuna.db", 0.0, ["optuna.db", "no study"]),
     "mlflow.db cut": ("../../mlflow.db", 0.5, ["mlflow.db"]),
-    "Ray state cut": ("search/experiment_state-*.json", 0.5, ["experiment_state", "unreadable"]),
 }
 
 

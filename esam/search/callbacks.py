@@ -10,7 +10,8 @@ from typing import Callable
 
 from ray import tune
 
-from esam.search.tracking import HYPERVOLUME_SERIES, NODE_TAG, STOPPED_EPOCH_TAG, STOPPED_TAG, WORKERS_TAG
+from esam.search.tracking import (HYPERVOLUME_SERIES, NODE_TAG, REFERENCE_TAG, STOPPED_EPOCH_TAG, STOPPED_TAG,
+                                  WORKERS_TAG)
 from esam.search.trial import NODE_KEY, WORKERS_KEY, trial_label
 from esam.training.metrics import METRICS
 
@@ -29,6 +30,17 @@ def trial_tags(trial_config: dict) -> dict:
         tags[REUSED_TAG] = str(reuse.get("run_id") or "")
         tags["esam.reused_trial_number"] = str(reuse.get("number", ""))
     return tags
+
+
+def same_trial(trial_config: dict) -> dict:
+    """Tags naming a trial across Ray trial ids: its Optuna trial number, or its reference's optimizer.
+
+    An unfinished trial goes on in a later run under a new Ray id; its MLflow run is found by these."""
+    if "_number" in trial_config:
+        return {"optuna_trial_number": str(trial_config["_number"])}
+    if "optimizer" in trial_config:
+        return {REFERENCE_TAG: str(trial_config["optimizer"])}
+    return {}
 
 
 def stopped_at(trial, full_epochs: int) -> int | None:
@@ -77,7 +89,7 @@ class MlflowTrialRuns(tune.Callback):
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self._put(trial, "start", name=self.name_of(trial.config), kind=self.kind,
-                  params=self.params_of(trial.config), tags=trial_tags(trial.config))
+                  params=self.params_of(trial.config), tags=trial_tags(trial.config), same=same_trial(trial.config))
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         metrics = {k: float(result[k]) for k in LOGGED
@@ -128,7 +140,7 @@ def duration(seconds: float) -> str:
 class Progress(tune.Callback):
     """One line per finished or failed trial: counts, time, and the best values so far.
 
-    Counts come from the trials' states (also those finished before a resume); the callback runs
+    Counts come from the trials' states, plus those an earlier run ended; the callback runs
     before Ray updates the ending trial's state, so that trial is counted by hand. Time: elapsed
     since this command started the experiment, and an estimate of what is left: the trials still
     to end times this run's mean time per ended trial (concurrency included). A reuse, which
@@ -136,9 +148,11 @@ class Progress(tune.Callback):
     """
 
     def __init__(self, label: str, total: int, objectives: list[tuple[str, str]], echo: Callable[[str], None] = print,
-                 full_epochs: int = 0):
+                 full_epochs: int = 0, ended_before: int = 0, failed_before: int = 0):
         self.label, self.total, self.objectives, self.echo = label, total, objectives, echo
         self.full_epochs = full_epochs
+        # Trials an earlier run of the search ended: this run's Ray experiment does not hold them.
+        self.ended_before, self.failed_before = ended_before, failed_before
         self.best: dict[str, float] = {}
         self.started = time.monotonic()
         self.trained = 0  # trials ended in this run that did train
@@ -151,8 +165,8 @@ class Progress(tune.Callback):
 
     def _line(self, trials, trial, failed_now: bool, what: str) -> str:
         others = [t for t in trials if t is not trial]
-        failed = sum(t.status == "ERROR" for t in others) + failed_now
-        ended = sum(t.status in ("TERMINATED", "ERROR") for t in others) + 1
+        failed = sum(t.status == "ERROR" for t in others) + failed_now + self.failed_before
+        ended = sum(t.status in ("TERMINATED", "ERROR") for t in others) + 1 + self.ended_before
         running = sum(t.status == "RUNNING" for t in others)
         best = ", ".join(f"best {m} {v:.4g}" for m, v in self.best.items())
         if "_reuse" not in trial.config:
@@ -202,9 +216,12 @@ class FrontProgress(tune.Callback):
     """
 
     def __init__(self, uri: str, parent_run_id: str, objectives: list[tuple[str, str]], full_epochs: int,
-                 constraints: list = (), references: dict | None = None):
+                 constraints: list = (), references: dict | None = None, earlier: list[dict] = (),
+                 ended_before: int = 0):
         self.uri, self.parent_run_id, self.objectives = uri, parent_run_id, objectives
         self.full_epochs, self.constraints, self.references = full_epochs, list(constraints), references or {}
+        # What an earlier run of the search ended: the final metrics of its front candidates, and how many ended.
+        self.earlier, self.ended_before = list(earlier), ended_before
 
     def __getstate__(self):  # Ray pickles callbacks with the experiment: no password
         from esam.search.tracking import without_password
@@ -220,14 +237,16 @@ class FrontProgress(tune.Callback):
         return result
 
     def _log(self, trials, trial, failed: bool) -> None:
+        from esam.search.constraints import is_feasible
         from esam.search.hypervolume import hypervolume
         from esam.search.trial_records import open_records
         # Ray updates the ending trial's status after its callbacks: it is counted by hand
         others = [t for t in trials if t is not trial]
         finished = [t for t in others if t.status == "TERMINATED"] + ([] if failed else [trial])
         points = [p for t in finished if (p := self._point(t)) is not None]
+        points += [p for p in self.earlier if not self.constraints or is_feasible(self.constraints, p, self.references)]
         area, _ = hypervolume(points, self.objectives)
-        step = sum(t.status in ("TERMINATED", "ERROR") for t in others) + 1
+        step = sum(t.status in ("TERMINATED", "ERROR") for t in others) + 1 + self.ended_before
         open_records(self.uri, self.parent_run_id).put(
             {"op": "search_metrics", "trial_id": "", "step": step, "timestamp": int(time.time() * 1000),
              "metrics": {HYPERVOLUME_SERIES: area}})

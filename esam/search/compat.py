@@ -1,41 +1,88 @@
-"""The only place esam touches a library's private attributes, each checked on the version named.
+"""The only place esam touches a library's private names, each checked on the version named.
 
 Everything else uses public APIs (tests/test_layout.py checks that no other module does this).
-`check()` fails with the library and version when an attribute moves; tests/test_compat.py runs it.
+`check()` fails with the library and version when a name moves; tests/test_compat.py runs it.
 """
 from __future__ import annotations
 
 RAY_CHECKED = "2.60.0"
+# What Ray Tune copies from the driver's environment into every trial's runtime env that is a credential
+CREDENTIAL_VARIABLES = frozenset({"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SECURITY_TOKEN",
+                                  "AWS_SESSION_TOKEN"})
 
 
-def replace_restored_settings(tuner, *, search_alg, scheduler, num_samples: int, max_concurrent_trials: int,
-                              callbacks: list) -> None:
-    """Give a restored Ray experiment this command's searcher, scheduler, sample count, concurrency and callbacks.
+def keep_credentials_out_of_trial_envs() -> None:
+    """Ray Tune gives no trial actor the driver's AWS keys as runtime-env variables.
 
-    Ray 2.60: `Tuner.restore` takes no TuneConfig or RunConfig; the restored experiment keeps the
-    ones pickled in its `tuner.pkl`, held by `Tuner._local_tuner` (`_tune_config`, `_run_config`).
-    A continued search must run with a searcher attached to its study (the pickled one holds only
-    its settings), its current trial budget and concurrency, and callbacks writing to its parent run.
+    Ray 2.60: `ray.tune.execution.class_cache.ENV_VARS_TO_PROPAGATE` names them, and each node's
+    runtime env agent logs every runtime env it creates in plain text (session_*/logs/
+    runtime_env_agent.log). A local Ray's workers have the keys without it (they inherit the
+    driver's environment through the raylet); a cluster's nodes need their own.
     """
-    internal = tuner._local_tuner
-    internal._tune_config.search_alg = search_alg
-    internal._tune_config.scheduler = scheduler
-    internal._tune_config.num_samples = num_samples
-    internal._tune_config.max_concurrent_trials = max_concurrent_trials
-    internal._run_config.callbacks = callbacks
+    from ray.tune.execution import class_cache
+    class_cache.ENV_VARS_TO_PROPAGATE = frozenset(class_cache.ENV_VARS_TO_PROPAGATE) - CREDENTIAL_VARIABLES
+
+
+def cluster_mode_off() -> None:
+    """If Ray's constants were imported already, the value they read of RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER
+    (which esam sets to 0 for a loopback-only local Ray) is set too (`ray._private.ray_constants`)."""
+    import sys
+    constants = sys.modules.get("ray._private.ray_constants")
+    if constants is not None:
+        constants.ENABLE_RAY_CLUSTER = False
+
+
+# Ray 2.60 has no public call that asks a cluster whether it takes this driver's token: ray.init
+# retries for 20 s, printing a C++ warning each second, then raises a bare ConnectionError.
+
+def gcs_address(address: str | None) -> str:
+    """The GCS host:port `ray.init(address)` joins, as Ray resolves it (for None and "auto", after
+    Ray's own pick-up of a token file, which ray.init does first too)."""
+    from ray._private import services
+    from ray._private.authentication.authentication_token_setup import maybe_enable_token_auth_if_token_available
+    if address in (None, "auto"):
+        maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+    return services.canonicalize_bootstrap_address(address)
+
+
+def token_state() -> str:
+    """off (token auth not on in this process) | missing (on, no token) | set."""
+    from ray._raylet import AuthenticationMode, AuthenticationTokenLoader, get_authentication_mode
+    if get_authentication_mode() != AuthenticationMode.TOKEN:
+        return "off"
+    return "set" if AuthenticationTokenLoader.instance().has_token(ignore_auth_mode=True) else "missing"
+
+
+def ask_gcs(gcs: str) -> None:
+    """One call to the GCS at `gcs` with this driver's token; raises Ray's error when refused.
+
+    Token mode with no token at all aborts the process in Ray's C++ client: Ray's own check raises first."""
+    from ray._private.authentication.authentication_token_setup import ensure_token_if_auth_enabled
+    from ray._raylet import GcsClient
+    ensure_token_if_auth_enabled(None, create_token_if_missing=False)
+    GcsClient(address=gcs)
 
 
 def check() -> None:
-    """Raise RuntimeError naming Ray's version when an attribute used above is gone."""
+    """Raise RuntimeError naming Ray's version when a name used above is gone."""
+    import importlib
+
     import ray
-    from ray import tune
-    tuner = tune.Tuner(lambda config: None)
-    internal = getattr(tuner, "_local_tuner", None)
-    missing = [name for name in ("_tune_config", "_run_config") if not hasattr(internal, name)]
-    missing += [f"TuneConfig.{a}" for a in ("search_alg", "scheduler", "num_samples", "max_concurrent_trials")
-                if internal is not None and hasattr(internal, "_tune_config")
-                and not hasattr(internal._tune_config, a)]
-    if internal is None or missing:
-        raise RuntimeError(f"ray {ray.__version__}: Tuner._local_tuner{' ' + ', '.join(missing) if missing else ''} "
-                           f"is gone (esam.search.compat was checked on ray {RAY_CHECKED}); "
-                           f"update replace_restored_settings")
+    wanted = {"ray.tune.execution.class_cache": ["ENV_VARS_TO_PROPAGATE"],
+              "ray._private.ray_constants": ["ENABLE_RAY_CLUSTER"],
+              "ray._private.services": ["canonicalize_bootstrap_address"],
+              "ray._private.authentication.authentication_token_setup": [
+                  "maybe_enable_token_auth_if_token_available", "ensure_token_if_auth_enabled"],
+              "ray._raylet": ["AuthenticationMode", "AuthenticationTokenLoader", "get_authentication_mode",
+                              "GcsClient"]}
+    missing = []
+    for module, names in wanted.items():
+        try:
+            found = importlib.import_module(module)
+        except ImportError:
+            missing.append(module)
+            continue
+        missing += [f"{module}.{n}" for n in names if not hasattr(found, n)]
+    if missing:
+        raise RuntimeError(f"ray {ray.__version__}: {', '.join(missing)} gone (esam.search.compat was checked on "
+                           f"ray {RAY_CHECKED}); update esam/search/compat.py")

@@ -27,6 +27,7 @@ from pathlib import Path
 from ray import tune
 
 from esam.config import train_config_from_dict
+from esam.search.checkpoints import PROGRESS_FILE
 from esam.search.scratch import trial_scratch
 from esam.search.trial import (
     NODE_KEY,
@@ -35,6 +36,7 @@ from esam.search.trial import (
     _resume_copy,
     mean_over_repeats,
     node_label,
+    resume_checkpoint,
     trial_overrides,
 )
 from esam.training.trainer import train
@@ -144,8 +146,8 @@ def run_ddp_trial(trial_config: dict, base_train: dict, threads: int | None, rep
     results = Queue(maxsize=1, actor_options={"num_cpus": 0})  # rank 0 waits while the driver reports
     with trial_scratch() as tmp:
         resume = None
-        checkpoint = tune.get_checkpoint()
-        if checkpoint is not None:  # a restored trial continues from its last epoch, on every rank
+        checkpoint = resume_checkpoint(trial_config)
+        if checkpoint is not None:  # a retried or continued trial goes on from its last epoch, on every rank
             local = _resume_copy(checkpoint, tmp / "resume")
             resume = _put(_files(local)) if local is not None else None
         per_worker = {"CPU": cpu, **({"GPU": gpu} if gpu else {})}
@@ -175,6 +177,8 @@ def run_ddp_trial(trial_config: dict, base_train: dict, threads: int | None, rep
                 break  # the trainer ended and rank 0 sent everything it had
             files = item["files"]
             checkpoint_dir = _write(files, saved) if files else None
+            if checkpoint_dir:  # its epoch, for a later run's choice of checkpoint (esam/search/checkpoints.py)
+                (Path(checkpoint_dir) / PROGRESS_FILE).write_text(json.dumps({"epoch": int(item["metrics"].get("epoch") or 0)}))
             tune.report(item["metrics"],
                         checkpoint=tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None)
         fitting.join()

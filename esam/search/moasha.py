@@ -239,7 +239,9 @@ class MOASHA(FIFOScheduler):
             return TrialScheduler.CONTINUE  # no epoch, no rung to compare at
         config = getattr(trial, "config", None) or {}
         protected = isinstance(config, dict) and "optimizer" in config  # a reference trial (sgd, sam, ...)
-        decision = self.record(trial.trial_id, epoch, result, protected=protected)
+        # Keyed by the Optuna trial number: a trial that goes on in a later run has a new Ray id.
+        key = f"#{config['_number']}" if isinstance(config, dict) and "_number" in config else trial.trial_id
+        decision = self.record(key, epoch, result, protected=protected)
         return TrialScheduler.STOP if decision == "stop" else TrialScheduler.CONTINUE
 
     def debug_string(self) -> str:

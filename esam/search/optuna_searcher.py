@@ -52,7 +52,8 @@ from ray.tune.search import Searcher
 
 from esam.search.samplers import SamplerSpec
 
-RAY_TRIAL_ATTR = "ray_trial_id"
+RAY_TRIAL_ATTR = "ray_trial_id"  # the Ray trial training it now (or last)
+RAY_TRIALS_ATTR = "ray_trial_ids"  # every Ray trial that trained it, oldest first: where its checkpoints are
 RUN_ATTR = "mlflow_run_id"  # the trial's MLflow child run
 RESULT_ATTR = "result"  # the trial's final metrics
 REUSE_ATTR = "reused_from"  # {"number", "run_id", "metrics"} of the finished trial this proposal repeats
@@ -149,6 +150,7 @@ class EsamSearcher(Searcher):
         self._told: set[str] = set()
         self._attached_runs: set[str] = set()
         self._run_id_of: Callable[[str, float], str | None] | None = None
+        self._resume_of: Callable[[int, list[str]], str | None] | None = None
 
     # What Ray pickles with its experiment: the settings, no live object and no store URL.
     def __getstate__(self) -> dict:
@@ -159,17 +161,23 @@ class EsamSearcher(Searcher):
         self.constraints = None
         self._detach()
 
-    def attach(self, storage, saved_ray_trials=(), run_id_of: Callable[[str, float], str | None] | None = None):
+    def attach(self, storage, saved_ray_trials=(), run_id_of: Callable[[str, float], str | None] | None = None,
+               resume_of: Callable[[int, list[str]], str | None] | None = None):
         """Open (or create) the study on `storage` with a sampler built here, and take up the trials
-        Ray saved (`saved_ray_trials`: their ids); the study's other RUNNING trials are orphans.
+        Ray runs already (`saved_ray_trials`: their ids); the study's other RUNNING trials are orphans,
+        handed to the next Ray trials with their own parameters.
 
         `run_id_of(ray_trial_id, wait_s)`: the trial's MLflow run id once the driver's record writer
-        created it (None until then)."""
+        created it (None until then). `resume_of(number, ray_trial_ids)`: where Optuna trial `number`
+        goes on from, the newest checkpoint those Ray trials saved (esam/search/checkpoints.py)."""
         import optuna
         directions = ["maximize" if d == "max" else "minimize" for d in self._mode]
+        held = 0  # trials the study holds already: a continued search's sampler draws new points
+        if self.study_name in optuna.get_all_study_names(storage):
+            held = len(optuna.load_study(study_name=self.study_name, storage=storage).get_trials(deepcopy=False))
         self.study = optuna.create_study(study_name=self.study_name, storage=storage, directions=directions,
-                                         sampler=self.sampler.build(), load_if_exists=True)
-        self._storage, self._run_id_of = storage, run_id_of
+                                         sampler=self.sampler.build(offset=held), load_if_exists=True)
+        self._storage, self._run_id_of, self._resume_of = storage, run_id_of, resume_of
         saved = set(saved_ray_trials)
         for frozen in self.study.get_trials(deepcopy=False):
             rid = frozen.user_attrs.get(RAY_TRIAL_ATTR)
@@ -225,17 +233,30 @@ class EsamSearcher(Searcher):
         if self.max_concurrent is not None and self._live() >= self.max_concurrent:
             return None  # Ray asks again when a trial ends
         trial = self._next_orphan()
+        resume = self._resume(trial) if trial is not None else None
         if trial is None:
             if self._proposed() >= self.max_trials:
                 return Searcher.FINISHED
             trial = self.study.ask(self.space if isinstance(self.space, dict) else None)
         params = draw(trial, self.space) if isinstance(self.space, dict) else self._draw_conditional(trial)
+        history = list(trial.user_attrs.get(RAY_TRIALS_ATTR) or [])
+        trial.set_user_attr(RAY_TRIALS_ATTR, [*history, trial_id])
         trial.set_user_attr(RAY_TRIAL_ATTR, trial_id)
         self._trials[trial_id] = trial
         reuse = trial.user_attrs.get(REUSE_ATTR) or self._duplicate_of(params, trial.number)
         if reuse is not None:
             trial.set_user_attr(REUSE_ATTR, reuse)
-        return {**params, "_number": trial.number, **({"_reuse": reuse} if reuse else {})}
+        notes = {"_number": trial.number, **({"_reuse": reuse} if reuse else {}),
+                 **({"_resume": resume} if resume and not reuse else {})}
+        return {**params, **notes}
+
+    def _resume(self, trial) -> str | None:
+        """Where an orphan goes on from: the newest checkpoint of the Ray trials that trained it."""
+        if self._resume_of is None:
+            return None
+        attrs = trial.user_attrs
+        ids = list(attrs.get(RAY_TRIALS_ATTR) or []) + ([attrs[RAY_TRIAL_ATTR]] if RAY_TRIAL_ATTR in attrs else [])
+        return self._resume_of(trial.number, ids) if ids else None
 
     def _draw_conditional(self, trial) -> dict:
         self.space(trial)

@@ -1,8 +1,8 @@
-"""Ray Tune's saved experiment state (`<experiment>/experiment_state-*.json`): read and correct it.
+"""Ray Tune's saved experiment state (`<experiment>/experiment_state-*.json`), read as plain JSON.
 
-Ray writes this snapshot periodically, so after a hard stop it can lag behind what the driver
-already recorded (a trial that ended is saved RUNNING and would run again). The reconciler
-corrects trial statuses here before `Tuner.restore` reads the file.
+A search never restores Ray's experiments (it goes on from its records: esam/search/runner.py);
+this reads the JSON snapshot as data, never through Ray's decoder (which unpickles), to tell
+whether a search left Ray experiments behind, and for tests.
 """
 from __future__ import annotations
 
@@ -67,17 +67,3 @@ def read_trials(experiment_dir: StoragePath | Path) -> list[SavedTrial] | None:
         return [_trial(entry) for entry in doc["trial_data"]]
     except (ValueError, KeyError, TypeError) as err:
         raise _unreadable(path, f"{type(err).__name__}: {str(err)[:120]}") from None
-
-
-def set_statuses(experiment_dir: StoragePath | Path, statuses: dict[str, str]) -> None:
-    """Rewrite the newest snapshot with new statuses for some trials (whole: see results_storage)."""
-    path = state_file(experiment_dir)
-    if path is None or not statuses:
-        return
-    doc = _load(path)
-    for entry in doc["trial_data"]:
-        state = json.loads(entry[0])
-        if state["trial_id"] in statuses:
-            state["status"] = statuses[state["trial_id"]]
-            entry[0] = json.dumps(state)
-    path.write_bytes(json.dumps(doc).encode())

@@ -2,8 +2,11 @@
 
 Two Ray experiments live under `results_dir/<name>/`: `references` (SGD and SAM with the same
 training config, never shown to Optuna) and `search` (Optuna's ESAM trials, both objectives).
-Running the same command again continues both: Ray restores its experiments (checkpointed
-trials resume from their last epoch) and Optuna's study lives in an RDB storage.
+Running the same command again continues the search from its records, not from Ray's files:
+the Optuna study says which trials ended and which go on (with their own parameters), MLflow
+says which references ended, and each unfinished trial goes on from the newest checkpoint it
+saved (esam/search/checkpoints.py). Every run is a new Ray experiment in the same folders; Ray's
+saved experiments (pickles that could hold code) are never restored or read.
 """
 from __future__ import annotations
 
@@ -15,22 +18,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from esam.search import ray_state
 from esam.search import tracking
 from esam.config import to_dict
 from esam.errors import ConfigError, EsamError
 from esam.optim import OPTIMIZERS
 from esam.search.atomic_storage import sweep_partial_files
+from esam.search.checkpoints import newest_checkpoint
 from esam.search.results_storage import StoragePath, check_storage_writable
 from esam.search.samplers import SamplerSpec
-from esam.search.local_ray import init_ray
+from esam.search.local_ray import check_ray_token, init_ray
 from esam.search.pareto_report import format_table, tag_front_and_write_artifacts
 from esam.search.config import SearchConfig
 from esam.search.space import optuna_space, paper_point
 from esam.search.lock import SearchLock
 from esam.search.state import check_writable, read_state, storage_error_line, write_state
-from esam.search.startup import (check_growth, check_ray_states, check_study, known_parent, reconcile_all,
-                                 same_config, settle_after_stop)
+from esam.search.startup import (check_growth, check_study, known_parent, reconcile_all, same_config,
+                                 settle_after_stop)
 from esam.search.stop_signals import StopSignals
 from esam.search.store_lock import store_creation_lock
 
@@ -112,29 +115,76 @@ def _scheduler(cfg: SearchConfig):
                   max_epochs=cfg.train.epochs, rungs_file=cfg.directory / RUNGS_FILE)
 
 
-def _reference_results(cfg: SearchConfig) -> dict[str, dict]:
-    """{sgd|sam: final metrics} of the references that ran all their epochs (Ray's saved results)."""
-    saved = ray_state.read_trials(cfg.ray_storage / "references") or []
-    return {t.config.get("optimizer"): t.last_result for t in saved
-            if t.status == "TERMINATED" and t.epoch >= cfg.train.epochs}
+def _reference_runs(client, parent: str) -> dict[str, object]:
+    """{optimizer: its MLflow run} of the search's references (the newest run of each)."""
+    runs = {}
+    for r in tracking.trial_runs(client, parent):
+        if r.data.tags.get(tracking.KIND_TAG) == "reference":
+            runs[r.data.tags.get(tracking.REFERENCE_TAG) or r.info.run_name] = r
+    return runs
 
 
-def _grow(tuner, cfg: SearchConfig, searcher, scheduler, callbacks) -> None:
-    """A restored search experiment with this command's searcher, trials, concurrency, scheduler and callbacks.
+def _references_left(cfg: SearchConfig, client, parent: str) -> list[str]:
+    """The references no earlier run finished or failed (a failed reference is final, as a failed trial is)."""
+    runs = _reference_runs(client, parent)
+    return [r for r in cfg.references if r not in runs or runs[r].info.status not in ("FINISHED", "FAILED")]
 
-    Ray keeps the sample count in its saved search state and the rest in tuner.pkl; a search
-    that grows (more `trials`) continues the same experiment with the extra trials.
-    """
-    import ray.cloudpickle as cloudpickle
 
-    from esam.search.compat import replace_restored_settings
-    replace_restored_settings(tuner, search_alg=searcher, scheduler=scheduler, num_samples=cfg.trials,
-                              max_concurrent_trials=cfg.concurrency, callbacks=callbacks)
-    for path in (cfg.ray_storage / "search").files("search_gen_state-*.json"):
-        state = cloudpickle.loads(path.read_bytes())
-        if state.get("total_samples") != cfg.trials:
-            state["total_samples"], state["finished"] = cfg.trials, False
-            path.write_bytes(cloudpickle.dumps(state))
+def _reference_results(cfg: SearchConfig, client, parent: str) -> dict[str, dict]:
+    """{sgd|sam: final metrics} of the references that ran all their epochs (their MLflow runs)."""
+    return {name: dict(r.data.metrics) for name, r in _reference_runs(client, parent).items()
+            if r.info.status == "FINISHED" and r.data.metrics.get("epoch", 0) >= cfg.train.epochs}
+
+
+def _recorded_epochs(client, parent: str, same: dict) -> int:
+    """The last epoch the MLflow run of a trial (found by `same`: see callbacks.same_trial) holds; 0 if none."""
+    run_id = tracking.find_child(client, parent, same)
+    return tracking.last_logged_step(client, run_id, "test_acc") if run_id else 0
+
+
+def _newest_of_trials(experiment: StoragePath, client, parent: str, number: int,
+                      ray_trial_ids: list[str]) -> str | None:
+    """Where Optuna trial `number` goes on from: the newest checkpoint its Ray trials (`ray_trial_ids`)
+    saved in `experiment`, no newer than the last epoch its MLflow run holds."""
+    names = {f"esam_{i}" for i in ray_trial_ids}
+    up_to = _recorded_epochs(client, parent, {"optuna_trial_number": str(number)})
+    return newest_checkpoint(experiment, names.__contains__, up_to) if up_to else None
+
+
+def _run_references(cfg: SearchConfig, uri: str, client, parent: str, params_of, objectives, echo) -> None:
+    """The references no earlier run ended, each from its newest checkpoint; a stop if any is left unfinished."""
+    from ray import tune
+
+    from esam.search.callbacks import MlflowTrialRuns, Progress
+    from esam.search.trial import trial_label
+    left = _references_left(cfg, client, parent)
+    if not left:
+        return
+    experiment = cfg.ray_storage / "references"
+    resume = {r: c for r in left if (up_to := _recorded_epochs(client, parent, {tracking.REFERENCE_TAG: r}))
+              and (c := newest_checkpoint(experiment, lambda n, r=r: n.startswith(f"{r}_"), up_to))}
+    callbacks = [MlflowTrialRuns(uri, parent, "reference", trial_label, params_of),
+                 Progress("references", len(cfg.references), objectives, echo,
+                          ended_before=len(cfg.references) - len(left))]
+    tune_config = tune.TuneConfig(num_samples=1, max_concurrent_trials=cfg.concurrency,
+                                  trial_dirname_creator=lambda t: f"{t.config['optimizer']}_{t.trial_id}")
+    space = {"optimizer": tune.grid_search(left), **({"_resume": resume} if resume else {})}
+    results = _fit(_tuner(cfg, "references", space, tune_config, callbacks))
+    ended = [r for r in results if r.error is not None or (r.metrics or {}).get("epoch", 0) >= cfg.train.epochs]
+    if len(ended) < len(left):  # Ray stopped them (an MLflow outage, a stop request): the next run goes on
+        raise KeyboardInterrupt
+
+
+def _ended_before(study) -> list:
+    """The study's trials that ended before this run (COMPLETE, FAIL or PRUNED)."""
+    return study.get_trials(deepcopy=False, states=_ended_states())
+
+
+def _front_points(trials: list) -> list[dict]:
+    """The final metrics of finished trials that can be on the front (no reuse, not stopped early)."""
+    from esam.search.optuna_searcher import RESULT_ATTR, REUSE_ATTR
+    return [t.user_attrs[RESULT_ATTR] for t in trials
+            if t.state.name == "COMPLETE" and RESULT_ATTR in t.user_attrs and REUSE_ATTR not in t.user_attrs]
 
 
 def _optuna_storage(url: str):
@@ -148,8 +198,7 @@ def _optuna_storage(url: str):
                           f"{str(err).splitlines()[0][:200]}") from None
 
 
-def _tuner(cfg: SearchConfig, experiment: str, param_space: dict, tune_config, callbacks, restore: bool,
-           refresh: Callable | None = None):
+def _tuner(cfg: SearchConfig, experiment: str, param_space: dict, tune_config, callbacks):
     from ray import tune
 
     from esam.search.trial import run_trial
@@ -167,24 +216,13 @@ def _tuner(cfg: SearchConfig, experiment: str, param_space: dict, tune_config, c
             tune.with_parameters(run_trial, base_train=to_dict(cfg.train), threads=threads, repeats=cfg.repeats),
             {"cpu": cfg.resources.cpu, "gpu": cfg.resources.gpu})
     root = cfg.ray_storage  # through its filesystem, a driver killed while Ray copies its state leaves the old copy
-    path = root / experiment
-    if restore and tune.Tuner.can_restore(path.path, storage_filesystem=root.fs):
-        try:
-            tuner = tune.Tuner.restore(path.path, trainable, resume_unfinished=True, resume_errored=False,
-                                       restart_errored=False, storage_filesystem=root.fs)
-            if refresh is not None:
-                refresh(tuner)
-            return tuner
-        except Exception as err:  # noqa: BLE001 - a damaged tuner.pkl or state: say which, no traceback
-            raise ConfigError(f"Ray's experiment {path} cannot be restored ({type(err).__name__}: "
-                              f"{str(err).strip()[:150]}); restore it, or remove {path} to run its trials "
-                              f"again") from None
     _check_picklable(tune_config, callbacks)  # Ray pickles them into tuner.pkl: fail before it writes anything
     run_config = tune.RunConfig(
         name=experiment, storage_path=root.path, storage_filesystem=root.fs, callbacks=callbacks,
         verbose=0,
         failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=1))
+        # Two: a trial goes on from a checkpoint no newer than what MLflow recorded (esam/search/checkpoints.py)
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=2))
     return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config)
 
 
@@ -206,18 +244,9 @@ def _check_picklable(tune_config, callbacks) -> None:
 _SIGNALS: list[StopSignals] = []  # the running search's signal catcher (one search per process)
 
 
-def _fit(tuner, directory: StoragePath, expected: int | None) -> None:
-    """Run an experiment; a signal during it, or trials left unfinished, count as a stop.
-
-    Ray's returned trials call a stopped trial TERMINATED like a finished one; its final snapshot,
-    written before it stops them, does not. `expected` None: as many as Ray made (the study
-    counts ESAM trials, see _check_done).
-    """
-    _SIGNALS[-1].fit(tuner) if _SIGNALS else tuner.fit()
-    saved = ray_state.read_trials(directory) or []
-    ended = sum(t.status in ray_state.TERMINAL for t in saved)
-    if ended < len(saved) or ended < (expected or 0):
-        raise KeyboardInterrupt
+def _fit(tuner):
+    """Run an experiment, stoppable by SIGINT and SIGTERM (a signal during it raises SearchStopped)."""
+    return _SIGNALS[-1].fit(tuner) if _SIGNALS else tuner.fit()
 
 
 def _ended_states() -> tuple:
@@ -241,22 +270,14 @@ def _check_done(storage, cfg: SearchConfig) -> None:
         raise KeyboardInterrupt
 
 
-def _complete(cfg: SearchConfig, storage) -> bool:
-    """The search ended before: its study holds `trials` ended trials, and Ray saved every trial ended."""
+def _complete(cfg: SearchConfig, storage, client, parent: str) -> bool:
+    """The search ended before: its study holds `trials` ended trials, and every reference ended."""
     import optuna
     if cfg.name not in optuna.study.get_all_study_names(storage):
         return False
     study = optuna.load_study(study_name=cfg.name, storage=storage)
     ended = study.get_trials(deepcopy=False, states=_ended_states())
-    if len(ended) < cfg.trials:
-        return False
-    for experiment, expected in (("references", len(cfg.references)), ("search", cfg.trials)):
-        if experiment == "references" and not expected:
-            continue
-        saved = ray_state.read_trials(cfg.ray_storage / experiment) or []
-        if len(saved) < expected or any(t.status not in ray_state.TERMINAL for t in saved):
-            return False
-    return True
+    return len(ended) >= cfg.trials and not _references_left(cfg, client, parent)
 
 
 def _check_local_data(cfg: SearchConfig, address: str | None) -> None:
@@ -282,6 +303,7 @@ def run_search(cfg: SearchConfig, *, address: str | None = None, echo: Callable[
     # Everything that can be wrong is checked before the first trial starts, and before
     # anything is created in results_dir.
     _check_local_data(cfg, address)
+    check_ray_token(address)  # a cluster refusing this driver's token: one line, before anything is written
     uri = tracking.tracking_uri(cfg.mlflow.tracking_uri)
     client = tracking.connect(uri)
     directory = cfg.directory
@@ -334,8 +356,7 @@ def _run_search(cfg: SearchConfig, uri: str, client, *, address: str | None,
         sweep_partial_files(cfg.ray_storage.local)
     parent = known_parent(client, state, uri) if state else None
     storage = _optuna_storage(cfg.optuna_url())
-    check_study(cfg, storage, state)
-    check_ray_states(cfg)  # all refusals before the parent run is reopened: a refused run changes nothing
+    check_study(cfg, storage, state, client, parent)  # all refusals before the parent run is reopened: a refused run changes nothing
     # A stop between the two would leave a RUNNING parent that search.json does not name (nothing
     # would end it): a signal there waits until the state is written.
     with _SIGNALS[-1].deferred() if _SIGNALS else contextlib.nullcontext():
@@ -354,10 +375,13 @@ def _run_search(cfg: SearchConfig, uri: str, client, *, address: str | None,
     params_of = functools.partial(trial_params, resolved["train"]["optimizer"])
     open_records(uri, parent, directory, echo)  # trial records an outage kept go first
     reconcile_all(cfg, client, parent, storage, echo)  # after a hard stop the stores may disagree
-    complete = bool(state) and _complete(cfg, storage)
+    complete = bool(state) and _complete(cfg, storage, client, parent)
     if complete:  # nothing to train: Ray is not even started
         echo(f"search {cfg.name} is already complete ({cfg.trials} {_trials_noun(cfg)} ended); showing its results")
     started_ray = False if complete else init_ray(address)
+    if not complete:  # no AWS key in a trial's runtime env, which Ray logs: workers inherit it or have their own
+        from esam.search.compat import keep_credentials_out_of_trial_envs
+        keep_credentials_out_of_trial_envs()
     if _SIGNALS:
         _SIGNALS[-1].reinstall()
     status = "FAILED"
@@ -365,13 +389,8 @@ def _run_search(cfg: SearchConfig, uri: str, client, *, address: str | None,
         if complete:
             pass
         elif cfg.references:
-            callbacks = [MlflowTrialRuns(uri, parent, "reference", trial_label, params_of),
-                         Progress("references", len(cfg.references), objectives, echo)]
-            tune_config = tune.TuneConfig(num_samples=1, max_concurrent_trials=cfg.concurrency,
-                                          trial_dirname_creator=lambda t: f"{t.config['optimizer']}_{t.trial_id}")
-            _fit(_tuner(cfg, "references", {"optimizer": tune.grid_search(list(cfg.references))},
-                        tune_config, callbacks, restore=bool(state)), cfg.ray_storage / "references", len(cfg.references))
-        references = _reference_results(cfg) if constraints and not complete else {}
+            _run_references(cfg, uri, client, parent, params_of, objectives, echo)
+        references = _reference_results(cfg, client, parent) if constraints and not complete else {}
         for c in constraints:
             if not complete:
                 c.bound(references)  # a constraint on a reference that did not finish: one line, now
@@ -380,24 +399,24 @@ def _run_search(cfg: SearchConfig, uri: str, client, *, address: str | None,
             optuna_space(cfg.space, cfg.train.optimizer), objectives, cfg.name, sampler_spec(cfg),
             max_trials=cfg.trials, max_concurrent=cfg.concurrency, epochs=cfg.train.epochs,
             constraints=OptunaConstraints(constraints, references) if constraints else None)
-        saved = (ray_state.read_trials(cfg.ray_storage / "search") or []) if state else []
-        searcher.attach(storage, saved_ray_trials={t.trial_id for t in saved},
-                        run_id_of=functools.partial(run_id_of, uri, parent))
+        searcher.attach(storage, run_id_of=functools.partial(run_id_of, uri, parent),
+                        resume_of=functools.partial(_newest_of_trials, cfg.ray_storage / "search", client, parent))
         for point in warm:  # Optuna samples the searched fields the point leaves out (Ray's own would refuse)
             searcher.study.enqueue_trial(point, skip_if_exists=True)
         scheduler = _scheduler(cfg)
         tune_config = tune.TuneConfig(search_alg=searcher, num_samples=cfg.trials, scheduler=scheduler,
                                       max_concurrent_trials=cfg.concurrency,
                                       trial_dirname_creator=lambda t: f"esam_{t.trial_id}")
+        before = _ended_before(searcher.study)
         callbacks = [MlflowTrialRuns(uri, parent, "trial", trial_label, params_of, full_epochs=cfg.train.epochs),
-                     Progress(_progress_label(cfg), cfg.trials, objectives, echo, full_epochs=cfg.train.epochs),
-                     FrontProgress(uri, parent, objectives, cfg.train.epochs, constraints, references)]
+                     Progress(_progress_label(cfg), cfg.trials, objectives, echo, full_epochs=cfg.train.epochs,
+                              ended_before=len(before), failed_before=sum(t.state.name == "FAIL" for t in before)),
+                     FrontProgress(uri, parent, objectives, cfg.train.epochs, constraints, references,
+                                   earlier=_front_points(before), ended_before=len(before))]
         if not complete:
-            refresh = functools.partial(_grow, cfg=cfg, searcher=searcher, scheduler=scheduler, callbacks=callbacks)
             # Without `method` in the space every trial's method is train.optimizer's (a constant Ray adds)
             constant = {} if "method" in cfg.space else {"method": cfg.train.optimizer.name}
-            _fit(_tuner(cfg, "search", constant, tune_config, callbacks, restore=bool(state), refresh=refresh),
-                 cfg.ray_storage / "search", None)
+            _fit(_tuner(cfg, "search", constant, tune_config, callbacks))
         _check_done(storage, cfg)
         finish_records(uri, parent, wait=True)  # every trial's record is in MLflow before the parent ends
         retry(lambda: client.set_terminated(parent, status="FINISHED"), "the search run's status", echo=echo)

@@ -18,11 +18,14 @@ class SamplerSpec:
     seed: int = 0  # the same search proposes the same trials
     options: dict = field(default_factory=dict)  # keyword arguments of the sampler (nsga2: population_size)
 
-    def build(self):
-        """The Optuna sampler this spec names (random search ignores constraints)."""
+    def build(self, offset: int = 0):
+        """The Optuna sampler this spec names (random search ignores constraints), seeded `seed + offset`.
+
+        A continued search passes the number of trials its study holds: a sampler seeded as at the
+        start would draw the same points again, each a duplicate of a finished trial."""
         import optuna
         samplers = {"nsga2": optuna.samplers.NSGAIISampler, "tpe": optuna.samplers.TPESampler,
                     "gp": optuna.samplers.GPSampler, "random": optuna.samplers.RandomSampler}
         if self.name not in samplers:
             raise ValueError(f"sampler {self.name!r} is not one of {', '.join(SAMPLERS)}")
-        return samplers[self.name](seed=self.seed, **self.options)
+        return samplers[self.name](seed=(self.seed + offset) % 2**32, **self.options)

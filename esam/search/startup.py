@@ -1,20 +1,19 @@
 """What a search checks and repairs before its first trial, and settles after any stop.
 
 Before: the recorded parent run must be in this MLflow store, the Optuna study must still
-hold the trials Ray saved, and the three stores are reconciled (esam/reconcile.py). After a
+hold the trials MLflow recorded, and the two are reconciled (esam/search/reconcile.py). After a
 stop: the parent is left KILLED (FAILED on an error) and no child run stays RUNNING.
 """
 from __future__ import annotations
 
 import contextlib
-from typing import Callable
+from collections.abc import Callable
 
-from esam.search import ray_state
-from esam.search import tracking
 from esam.errors import ConfigError
-from esam.search.reconcile import Experiment, reconcile, summary
+from esam.search import tracking
 from esam.search.config import SearchConfig
-from esam.search.state import EXPERIMENTS, STATE_FILE, read_state
+from esam.search.reconcile import Experiment, reconcile, summary
+from esam.search.state import STATE_FILE, read_state
 
 
 def _with_defaults(saved: dict) -> dict:
@@ -82,10 +81,11 @@ def known_parent(client, state: dict, uri: str) -> str:
                       f"--set mlflow.tracking_uri=<the store holding run {parent}>")
 
 
-def check_study(cfg: SearchConfig, storage, state: dict) -> None:
+def check_study(cfg: SearchConfig, storage, state: dict, client, parent: str | None) -> None:
     """A resumed search whose Optuna study vanished (emptied or replaced database) is refused."""
     import optuna
-    if not state or ray_state.state_file(cfg.ray_storage / "search") is None:
+    if not state or parent is None or not any(r.data.tags.get(tracking.KIND_TAG) == "trial"
+                                              for r in tracking.trial_runs(client, parent)):
         return
     try:
         names = optuna.study.get_all_study_names(storage)
@@ -93,19 +93,13 @@ def check_study(cfg: SearchConfig, storage, state: dict) -> None:
         raise ConfigError(f"the Optuna storage {cfg.optuna_url()} is unreadable ({str(err).splitlines()[0][:150]}); "
                           f"restore it, or remove {cfg.directory} to start the search over") from None
     if cfg.name not in names:
-        raise ConfigError(f"the Optuna storage {cfg.optuna_url()} has no study {cfg.name!r}, yet Ray saved its "
+        raise ConfigError(f"the Optuna storage {cfg.optuna_url()} has no study {cfg.name!r}, yet MLflow holds its "
                           f"trials (database emptied or replaced?); restore it, or remove {cfg.directory} to start "
                           f"the search over")
 
 
-def check_ray_states(cfg: SearchConfig) -> None:
-    """Ray's saved experiment states must be readable (ConfigError naming the file otherwise)."""
-    for experiment in EXPERIMENTS:
-        ray_state.read_trials(cfg.ray_storage / experiment)
-
-
-def _scheduler_stops(cfg: SearchConfig) -> dict[str, int]:
-    """{trial id: epoch} of the trials MO-ASHA stopped, from its rung records (none without it)."""
+def _scheduler_stops(cfg: SearchConfig) -> dict[int, int]:
+    """{Optuna trial number: epoch} of the trials MO-ASHA stopped, from its rung records (none without it)."""
     if cfg.scheduler.name != "moasha":
         return {}
     from esam.search.moasha import MOASHA
@@ -115,13 +109,13 @@ def _scheduler_stops(cfg: SearchConfig) -> dict[str, int]:
         return {}
     scheduler = MOASHA(cfg.objective_pairs, cfg.scheduler.grace_epochs, cfg.scheduler.reduction_factor,
                        cfg.train.epochs, rungs_file=path)
-    return dict(scheduler.stopped)
+    return {int(key[1:]): epoch for key, epoch in scheduler.stopped.items() if key.startswith("#") and key[1:].isdigit()}
 
 
-def _experiments(cfg: SearchConfig, storage) -> list[Experiment]:
+def _experiments(cfg: SearchConfig, client, parent: str, storage) -> list[Experiment]:
     import optuna
     objectives = cfg.objective_pairs
-    exps = [Experiment(cfg.ray_storage / "references", "reference", cfg.train.epochs, objectives)] if cfg.references else []
+    exps = [Experiment("reference", objectives)] if cfg.references else []
     study = None
     if cfg.name in optuna.study.get_all_study_names(storage):
         study = optuna.load_study(study_name=cfg.name, storage=storage)
@@ -129,16 +123,15 @@ def _experiments(cfg: SearchConfig, storage) -> list[Experiment]:
     if cfg.constraints:
         from esam.search.constraints import OptunaConstraints
         from esam.search.runner import _reference_results
-        constraints = OptunaConstraints(cfg.parsed_constraints(), _reference_results(cfg))
-    exps.append(Experiment(cfg.ray_storage / "search", "trial", cfg.train.epochs, objectives, study,
-                           _scheduler_stops(cfg), constraints, storage))
+        constraints = OptunaConstraints(cfg.parsed_constraints(), _reference_results(cfg, client, parent))
+    exps.append(Experiment("trial", objectives, study, _scheduler_stops(cfg), constraints, storage))
     return exps
 
 
-def _reconcile(cfg: SearchConfig, client, parent: str, storage, stopping: bool) -> str:
+def _reconcile(cfg: SearchConfig, client, parent: str, storage) -> str:
     total: dict[str, int] = {}
-    for exp in _experiments(cfg, storage):
-        for what, n in reconcile(exp, client, parent, stopping).items():
+    for exp in _experiments(cfg, client, parent, storage):
+        for what, n in reconcile(exp, client, parent).items():
             total[what] = total.get(what, 0) + n
     return summary(total)
 
@@ -146,7 +139,7 @@ def _reconcile(cfg: SearchConfig, client, parent: str, storage, stopping: bool) 
 def reconcile_all(cfg: SearchConfig, client, parent: str, storage, echo: Callable[[str], None]) -> None:
     """Bring Ray's snapshot, the study and the MLflow runs to one account; say what changed, in one line."""
     try:
-        line = _reconcile(cfg, client, parent, storage, stopping=False)
+        line = _reconcile(cfg, client, parent, storage)
     except ConfigError:
         raise
     except Exception as err:  # noqa: BLE001 - a damaged store: one line that names it
@@ -173,4 +166,4 @@ def _settle(cfg: SearchConfig, status: str) -> None:
     if client.get_run(parent).info.status == "RUNNING":
         client.set_terminated(parent, status=status)
     from esam.search.runner import _optuna_storage
-    _reconcile(cfg, client, parent, _optuna_storage(cfg.optuna_url()), stopping=True)
+    _reconcile(cfg, client, parent, _optuna_storage(cfg.optuna_url()))

@@ -22,6 +22,7 @@ from esam.search.store_lock import store_creation_lock
 PARENT_TAG = "mlflow.parentRunId"
 SEARCH_TAG = "esam.search"
 KIND_TAG = "esam.kind"  # search (parent), trial (Optuna's ESAM trials), reference (sgd/sam)
+REFERENCE_TAG = "esam.reference"  # on a reference run: its optimizer (sgd, sam), the same across Ray trial ids
 REUSED_TAG = "esam.reused_from"  # on a trial that repeated a finished trial's settings: that trial's run id
 STOPPED_TAG = "esam.stopped_early"  # "true" on a trial the scheduler stopped before its last epoch
 STOPPED_EPOCH_TAG = "esam.stopped_at_epoch"  # the last epoch such a trial trained
@@ -265,25 +266,40 @@ def find_trial_run(client, parent_run_id: str, trial_id: str) -> str | None:
 
 
 def start_trial_run(client, parent_run_id: str, name: str, kind: str, params: dict, trial_id: str,
-                    tags: dict | None = None) -> str:
+                    tags: dict | None = None, same: dict | None = None) -> str:
     """A child run nested under the search's parent (the UI groups by mlflow.parentRunId).
 
-    Idempotent: a run already tagged with `trial_id` (a resumed trial, or a retry whose first
-    answer was lost) is reopened, never duplicated.
+    Idempotent: a run already tagged with `trial_id` (a retry whose first answer was lost) is
+    reopened, never duplicated; so is the run of the same trial under an earlier Ray trial id (a
+    trial an earlier run did not finish), found by the tags in `same` (its Optuna trial number, or
+    its reference's name) and re-tagged with the new id.
     """
     run_id = find_trial_run(client, parent_run_id, trial_id)
+    if run_id is None and same:
+        run_id = find_child(client, parent_run_id, same)
+        if run_id is not None:
+            client.set_tag(run_id, "trial_id", trial_id)
     if run_id is None:
         parent = client.get_run(parent_run_id)
         run_id = client.create_run(parent.info.experiment_id, run_name=name,
                                    tags={PARENT_TAG: parent_run_id, SEARCH_TAG: parent.data.tags.get(SEARCH_TAG, ""),
                                          KIND_TAG: kind, "trial_id": trial_id, **provenance(),
-                                         **(tags or {})}).info.run_id
+                                         **(same or {}), **(tags or {})}).info.run_id
     else:
         client.update_run(run_id, status="RUNNING")
         for key, value in (tags or {}).items():
             client.set_tag(run_id, key, value)
     _log_params(client, run_id, params)  # same values again are accepted: safe to repeat
     return run_id
+
+
+def find_child(client, parent_run_id: str, tags: dict) -> str | None:
+    """The earliest child run of `parent_run_id` carrying all of `tags`, or None."""
+    parent = client.get_run(parent_run_id)
+    where = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+    runs = client.search_runs([parent.info.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}' and {where}",
+                              order_by=["attributes.start_time ASC"], max_results=1)
+    return runs[0].info.run_id if runs else None
 
 
 def log_epoch(client, run_id: str, metrics: dict, step: int, timestamp_ms: int | None = None,

@@ -23,6 +23,7 @@ from pathlib import Path
 from ray import tune
 
 from esam.config import train_config_from_dict
+from esam.search.checkpoints import PROGRESS_FILE
 from esam.search.scratch import trial_scratch
 from esam.search.space import BASE_FIELDS, used_fields
 from esam.training.checkpoint import CHECKPOINT_FILE
@@ -109,9 +110,25 @@ def node_label() -> str:
 
 
 def _report(metrics: dict, saved: Path | None) -> None:
-    """One epoch's result to Tune, with the node that trained it and the epoch's checkpoint."""
+    """One epoch's result to Tune, with the node that trained it and the epoch's checkpoint.
+
+    The checkpoint says its epoch (PROGRESS_FILE): a later run picks the newest without loading it."""
+    if saved:
+        (Path(saved) / PROGRESS_FILE).write_text(json.dumps({"epoch": int(metrics.get("epoch") or 0)}))
     tune.report({**metrics, NODE_KEY: node_label()},
                 checkpoint=tune.Checkpoint.from_directory(saved) if saved else None)
+
+
+def resume_checkpoint(trial_config: dict):
+    """The checkpoint a trial goes on from: Ray's (a retry in this run), else the driver's `_resume` note
+    (a trial an earlier run did not finish; for references a note per optimizer), else None."""
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        return checkpoint
+    note = trial_config.get("_resume")
+    if isinstance(note, dict):
+        note = note.get(method_of(trial_config))
+    return tune.Checkpoint(note) if isinstance(note, str) and note else None
 
 
 REPEATS_FILE = "repeats.json"  # in a repeated trial's checkpoints: the final metrics of its earlier repeats
@@ -144,8 +161,8 @@ def run_trial(trial_config: dict, base_train: dict, threads: int | None, repeats
 
     with trial_scratch() as tmp:
         resume_from = None
-        checkpoint = tune.get_checkpoint()
-        if checkpoint is not None:  # a restored trial continues from its last epoch
+        checkpoint = resume_checkpoint(trial_config)
+        if checkpoint is not None:  # a retried or continued trial goes on from its last epoch
             resume_from = _resume_copy(checkpoint, tmp / "resume")
         if repeats <= 1:
             train(config, _report, checkpoint_dir=tmp / "checkpoint", resume_from=resume_from)

@@ -67,7 +67,7 @@ class TrialRunWriter:
             self._last_step.pop(self._runs.get(trial_id, ""), None)  # a reopened run is read again
             self._runs[trial_id] = tracking.start_trial_run(self.client, self.parent_run_id, record["name"],
                                                             record["kind"], record["params"], trial_id,
-                                                            record.get("tags"))
+                                                            record.get("tags"), record.get("same"))
             return
         run_id = self._runs.get(trial_id) or tracking.find_trial_run(self.client, self.parent_run_id, trial_id)
         if run_id is None:
