@@ -75,7 +75,7 @@ def _assert_ended_well(root: Path, name: str, optuna_url: str, server, out: str)
     """The end state of a search of TRIALS trials; returns {trial id: the IP in its run's esam.node tag}."""
     s = read_stores(root / "shared", name, optuna_url, server.url)
     assert_agree(s, epochs=EPOCHS, parent_status="FINISHED")  # one run per trial, every epoch once, stores agree
-    assert len(s.ray["search"]) == TRIALS and s.statuses("trial") == ["FINISHED"] * TRIALS, out
+    assert len(s.optuna) == TRIALS and s.statuses("trial") == ["FINISHED"] * TRIALS, out
     assert_values_agree(optuna.load_study(study_name=name, storage=optuna_url), MlflowClient(server.url), TRIALS)
     front = json.loads(served_artifact(server.url, s.parents[0], "pareto/pareto.json"))
     assert front["front"], front

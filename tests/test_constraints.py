@@ -150,21 +150,21 @@ def test_the_warm_start_is_the_papers_setting_inside_the_space(tmp_path):
 def test_a_trial_the_reconciliation_completes_gets_its_constraints(tmp_path):
     """After a hard stop the start-up reconciliation tells Optuna a finished trial's values; its
     violations go with them, as the searcher would have sent them."""
-    from types import SimpleNamespace
-
     from mlflow.tracking import MlflowClient
 
     from esam.search.reconcile import FINISHED, Experiment, _Reconciler
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     parent = client.create_run(client.create_experiment("x")).info.run_id
-    study = optuna.create_study(directions=["maximize", "maximize"],
-                                storage=f"sqlite:///{tmp_path / 'optuna.db'}", study_name="c")
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'optuna.db'}")
+    study = optuna.create_study(directions=["maximize", "maximize"], storage=storage, study_name="c")
     study.ask({"rho": optuna.distributions.FloatDistribution(0.01, 0.5)})  # left RUNNING by a killed driver
     constraints = parse_all(["speed_vs_sgd >= sam"], OBJECTIVE_METRICS, ["sgd", "sam"])
-    exp = Experiment(tmp_path / "search", "trial", 3, [("test_acc", "max"), ("speed_vs_sgd", "max")], study,
-                     constraints=OptunaConstraints(constraints, REFS))
-    saved = SimpleNamespace(last_result={"test_acc": 95.0, "speed_vs_sgd": 0.4, "epoch": 3})
-    _Reconciler(exp, client, parent)._tell_optuna(study.trials[0], FINISHED, None, saved)
+    exp = Experiment("trial", [("test_acc", "max"), ("speed_vs_sgd", "max")], study,
+                     constraints=OptunaConstraints(constraints, REFS), storage=storage)
+    trial_run = client.create_run(client.get_run(parent).info.experiment_id).info.run_id  # MLflow saw it finish
+    for key, value in {"test_acc": 95.0, "speed_vs_sgd": 0.4, "epoch": 3}.items():
+        client.log_metric(trial_run, key, value)
+    _Reconciler(exp, client, parent)._tell_optuna(study.trials[0], FINISHED, client.get_run(trial_run))
     trial = study.trials[0]
     assert trial.state == optuna.trial.TrialState.COMPLETE and trial.values == [95.0, 0.4]
     assert trial.constraints == pytest.approx({"speed_vs_sgd >= sam": 0.5 - 0.4})  # infeasible: SAM ran at 0.5

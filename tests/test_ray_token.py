@@ -74,6 +74,7 @@ def test_a_refused_token_is_one_line(head, tmp_path):
         assert not any(n in out for n in NOISE), (name, out)
         if name.startswith("cli"):
             assert line.startswith("esam: error: ") and out.count(REFUSED) == 1, out
+            assert not (tmp_path / "esam_results").exists() and not (tmp_path / "mlflow.db").exists()  # nothing written
     assert not (home / ".ray").exists()  # the check made no token of its own
 
 

@@ -119,9 +119,11 @@ def test_an_unpicklable_part_is_refused_in_one_line_before_ray_writes(tmp_path):
     _check_picklable(tune.TuneConfig(search_alg=_searcher("nsga2", _storage(tmp_path))), [])
 
 
-def test_an_unexpected_error_is_one_line_with_the_traceback_in_a_file(monkeypatch, capsys):
-    from esam import cli
+def test_an_unexpected_error_is_one_line_with_the_traceback_in_a_file(monkeypatch, capsys, tmp_path):
+    import tempfile
 
+    from esam import cli
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the crash log goes here, not to /tmp
     def broken(args):
         raise TypeError("cannot pickle '_thread.lock' object")
     monkeypatch.delenv("ESAM_TRACEBACK", raising=False)

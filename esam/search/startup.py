@@ -147,7 +147,7 @@ def reconcile_all(cfg: SearchConfig, client, parent: str, storage, echo: Callabl
                           f"{str(err).strip().splitlines()[0][:150] if str(err).strip() else ''}); check "
                           f"{cfg.directory} and the MLflow store") from None
     if line:
-        echo(f"search {cfg.name}: reconciled Ray, Optuna and MLflow: {line}")
+        echo(f"search {cfg.name}: reconciled Optuna and MLflow: {line}")
 
 
 def settle_after_stop(cfg: SearchConfig, echo: Callable[[str], None], status: str) -> None:
