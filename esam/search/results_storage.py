@@ -2,7 +2,7 @@
 
 `results_dir` may be `s3://bucket/prefix` (or `gs://`, `abfs://`, `file://`): Ray then writes its
 experiment states and trial checkpoints there, every node reading and writing the same objects,
-and esam reads and corrects Ray's saved state through the same pyarrow filesystem. A path keeps
+and esam finds the trials' checkpoints through the same pyarrow filesystem. A path keeps
 all of it on a filesystem every node mounts. Local files are written through
 esam.search.atomic_storage, so a killed copy never leaves half a file.
 
