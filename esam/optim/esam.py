@@ -54,7 +54,7 @@ class ESAM(SAM):
     seed or generator (a CPU torch.Generator) for SWP; with neither, the seed is torch.initial_seed().
     swp_patterns: None (the paper: a fresh draw every step) or N, a pool of N patterns drawn once
     (each tensor still kept with probability beta) from which every step picks one uniformly: a
-    step then has at most N shapes, so CUDA graphs (esam.graphs) or torch.compile can capture each.
+    step then has at most N shapes, so CUDA graphs (esam.training.cuda_graphs) or torch.compile can capture each.
     The closure gets the selected indices as a LongTensor on the batch's device, sorted ascending;
     with a channels_last batch it should restore the format after indexing (see plain.py).
     Under torch.compile every new SWP pattern of requires_grad is a recompile.

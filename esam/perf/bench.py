@@ -15,7 +15,7 @@ with its distribution-free 95% interval (esam.training.speed_estimate; below 6 r
 own copy of the same initial model with SGD(lr 0.05, momentum 0.9, wd 5e-4) as the base.
 Under --compile, ESAM's SWP flips requires_grad, and each new pattern is a recompile (up to
 dynamo's recompile limit, then eager): ESAM's compiled numbers include that.
-Under --cuda-graphs every method replays its passes as CUDA graphs (esam.graphs); ESAM's ascent
+Under --cuda-graphs every method replays its passes as CUDA graphs (esam.training.cuda_graphs); ESAM's ascent
 is graphed only when --swp-patterns N lets its SWP patterns repeat. Untimed steps come first, until
 no new pass has been captured for 10 + 4N steps, so that captures stay out of the timing.
 "host ops/step" counts the ATen operators a step dispatches (esam.dispatch_count), averaged over

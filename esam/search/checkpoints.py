@@ -19,6 +19,12 @@ from esam.search.results_storage import StoragePath
 PROGRESS_FILE = "esam_progress.json"  # {"epoch": n}, in each checkpoint the trainable saves
 
 
+def mark_epoch(checkpoint_dir, metrics: dict) -> None:
+    """Write the epoch of `metrics` beside a checkpoint the trainable is about to hand to Ray."""
+    from pathlib import Path
+    (Path(checkpoint_dir) / PROGRESS_FILE).write_text(json.dumps({"epoch": int(metrics.get("epoch") or 0)}))
+
+
 def _entries(fs, path: str) -> list:
     import pyarrow.fs as pafs
     try:

@@ -27,7 +27,7 @@ from pathlib import Path
 from ray import tune
 
 from esam.config import train_config_from_dict
-from esam.search.checkpoints import PROGRESS_FILE
+from esam.search.checkpoints import mark_epoch
 from esam.search.scratch import trial_scratch
 from esam.search.trial import (
     NODE_KEY,
@@ -178,7 +178,7 @@ def run_ddp_trial(trial_config: dict, base_train: dict, threads: int | None, rep
             files = item["files"]
             checkpoint_dir = _write(files, saved) if files else None
             if checkpoint_dir:  # its epoch, for a later run's choice of checkpoint (esam/search/checkpoints.py)
-                (Path(checkpoint_dir) / PROGRESS_FILE).write_text(json.dumps({"epoch": int(item["metrics"].get("epoch") or 0)}))
+                mark_epoch(checkpoint_dir, item["metrics"])
             tune.report(item["metrics"],
                         checkpoint=tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None)
         fitting.join()

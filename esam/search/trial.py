@@ -23,7 +23,7 @@ from pathlib import Path
 from ray import tune
 
 from esam.config import train_config_from_dict
-from esam.search.checkpoints import PROGRESS_FILE
+from esam.search.checkpoints import mark_epoch
 from esam.search.scratch import trial_scratch
 from esam.search.space import BASE_FIELDS, used_fields
 from esam.training.checkpoint import CHECKPOINT_FILE
@@ -112,9 +112,9 @@ def node_label() -> str:
 def _report(metrics: dict, saved: Path | None) -> None:
     """One epoch's result to Tune, with the node that trained it and the epoch's checkpoint.
 
-    The checkpoint says its epoch (PROGRESS_FILE): a later run picks the newest without loading it."""
+    The checkpoint says its epoch (esam.search.checkpoints.mark_epoch): a later run picks the newest without loading it."""
     if saved:
-        (Path(saved) / PROGRESS_FILE).write_text(json.dumps({"epoch": int(metrics.get("epoch") or 0)}))
+        mark_epoch(saved, metrics)
     tune.report({**metrics, NODE_KEY: node_label()},
                 checkpoint=tune.Checkpoint.from_directory(saved) if saved else None)
 
