@@ -1,13 +1,14 @@
-"""`esam train | search | pareto | export | bench`: the command line.
+"""`esam train | search | pareto | export | ls | configs | bench`: the command line.
 
 User mistakes (EsamError) end in one line on stderr and exit status 2, never a traceback.
+Importing this module loads no torch, Ray, Optuna or MLflow (each takes seconds): every command
+imports what it needs when it runs, so `esam --help` and a mistyped command answer at once.
 """
 from __future__ import annotations
 
 import argparse
 import os
 import sys
-from importlib import resources
 from pathlib import Path
 
 from esam.errors import ConfigError, EsamError
@@ -17,13 +18,16 @@ DEFAULT_SEARCH = "quickstart.yaml"
 
 def default_search_config() -> Path:
     """tune_configs/quickstart.yaml, found from a checkout or from the installed package."""
-    try:
-        packaged = resources.files("esam.tune_configs") / DEFAULT_SEARCH
-        if packaged.is_file():
-            return Path(str(packaged))
-    except ModuleNotFoundError:
-        pass
-    return Path(__file__).resolve().parent.parent / "tune_configs" / DEFAULT_SEARCH
+    from esam.shipped_configs import shipped_config
+    return shipped_config(DEFAULT_SEARCH)
+
+
+def search_by_name(args) -> int:
+    """`esam search NAME` runs a shipped config from any directory; a path that exists wins over a name."""
+    from esam.shipped_configs import resolve
+    if args.config:
+        args.config = resolve(args.config)
+    return cmd_search(args)
 
 
 def _speed(m: dict) -> str:
@@ -93,6 +97,7 @@ def cmd_search(args) -> int:
     from esam.search.tracking import without_password
     print(f"optuna:  optuna-dashboard {without_password(cfg.optuna_url())}")
     print(f"export:  esam export {cfg.name} --pick knee --out esam_{cfg.name}_knee.yaml")
+    print(f"\n{outcome.ended}")  # 0 whenever every trial ended; the failures are counted here
     return 0
 
 
@@ -161,6 +166,41 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_ls(args) -> int:
+    from esam.search import tracking
+    from esam.search.listing import format_table, search_table
+
+    client = _client(args)
+    missing = tracking.experiment_hint(client, args.experiment)
+    if missing:  # a mistyped --experiment is an error; an experiment without searches is an empty list
+        raise ConfigError(f"--experiment {args.experiment!r}: no such experiment at {client.tracking_uri} {missing}")
+    rows = search_table(client, args.experiment)
+    print(format_table(rows) if rows else f"no search recorded in MLflow experiment {args.experiment!r}")
+    return 0
+
+
+def cmd_configs(args) -> int:
+    from esam.shipped_configs import header_line, shipped_configs, shipped_dir
+
+    configs = shipped_configs()
+    width = max(map(len, configs), default=0)
+    for name, path in configs.items():
+        print(f"{name.ljust(width)}  {header_line(path)}")
+    print(f"\n{len(configs)} configs in {shipped_dir()}; run one with `esam search NAME`, copy one to change it")
+    return 0
+
+
+def cmd_ui(args) -> int:
+    from esam.search.ui import serve
+    return serve(args.tracking_uri, args.experiment, args.search, host=args.host, port=args.port,
+                 browser=not args.no_browser, optuna=args.optuna)
+
+
+def _run_bench(args) -> int:
+    from esam.perf import bench  # torch: loaded only when the bench runs
+    return bench.run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="esam", description="Tune Efficient SAM: accuracy vs throughput.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -181,21 +221,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("search", help="run or continue a search (default: tune_configs/quickstart.yaml)")
-    p.add_argument("config", nargs="?", help="YAML search config")
+    p.add_argument("config", nargs="?", help="YAML search config, or a shipped config's name (esam configs)")
     overrides(p, "trials=4 or --set train.optimizer.lr=0.1 (training fields sit under train.)")
     p.add_argument("--address", help="Ray cluster to join (default: $RAY_ADDRESS, else a local Ray)")
-    p.set_defaults(func=cmd_search)
+    p.set_defaults(func=search_by_name)
 
     p = sub.add_parser("pareto", help="print a search's Pareto front and rewrite its artifacts")
     p.add_argument("search", nargs="?", help="search name or parent run id (default: the newest search)")
     store(p)
     p.set_defaults(func=cmd_pareto)
 
-    from esam.perf import bench
+    from esam.perf import bench_options  # bench.py's options without bench.py's torch
     p = sub.add_parser("bench", help="time SGD, SAM and ESAM steps interleaved (esam bench --quick: a CPU smoke run)",
-                       description=bench.__doc__.splitlines()[0])
-    bench.add_arguments(p)
-    p.set_defaults(func=bench.run)
+                       description=bench_options.DESCRIPTION)
+    bench_options.add_arguments(p)
+    p.set_defaults(func=_run_bench)
 
     p = sub.add_parser("export", help="write one front point as a runnable config (ESAM or the method the search found)")
     p.add_argument("search", nargs="?", help="search name or parent run id (default: the newest search)")
@@ -204,6 +244,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output YAML file")
     store(p)
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("ls", help="list the searches in an MLflow store: trials, front, hypervolume, state, plot")
+    store(p)
+    p.set_defaults(func=cmd_ls)
+
+    p = sub.add_parser("configs", help="list the shipped search configs (esam search NAME runs one)")
+    p.set_defaults(func=cmd_configs)
+
+    p = sub.add_parser("ui", help="serve a search's MLflow store and open its runs in MLflow's Model training mode")
+    p.add_argument("search", nargs="?", help="search name or parent run id (default: the newest search)")
+    store(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to serve on (default: 127.0.0.1)")
+    p.add_argument("--port", type=int, default=5000, help="port to serve on (default: 5000; 0: any free port)")
+    p.add_argument("--no-browser", action="store_true", help="print the page to open, do not open a browser")
+    p.add_argument("--optuna", action="store_true", help="also serve optuna-dashboard (when installed) on the next port")
+    p.set_defaults(func=cmd_ui)
     return parser
 
 

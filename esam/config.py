@@ -21,6 +21,7 @@ from esam.models import MODELS
 from esam.optim import OPTIMIZERS
 from esam.optim.cost import SCORES, SHARPNESS
 from esam.optim.sam import BN_UPDATES
+from esam.suggestions import did_you_mean
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,9 @@ class DataConfig:
     synthetic_classes: int = 10  # synthetic: number of classes
     num_workers: int = 4  # DataLoader workers for datasets too large for device memory
     cache_dir: str | None = None  # decoded uint8 tensors are cached here; None: ~/.cache/esam
+    label_noise: float = 0.0  # probability that a training label is replaced (0: clean; test labels stay clean)
+    label_noise_kind: str = "symmetric"  # symmetric: by a class drawn uniformly over all K | pairflip: by (c+1) mod K
+    label_noise_seed: int = 0  # which labels are replaced, and by what: the same in every trial and repeat
 
     def __post_init__(self) -> None:
         # The paper's CIFAR augmentation would erase an 8x8 digit: each dataset fills what is left unset.
@@ -52,6 +56,7 @@ class DataConfig:
 
 _AUGMENTATION_DEFAULTS = {"digits": (1, False, 0)}  # dataset -> (crop_padding, flip, cutout)
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
+LABEL_NOISE_KINDS = ("symmetric", "pairflip")  # esam.data.label_noise
 
 
 @dataclass(frozen=True)
@@ -157,7 +162,8 @@ def from_dict(cls: type, values: dict, prefix: str = "") -> Any:
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted((k for k in values if k not in names), key=str)  # YAML keys may be ints or null
     if unknown:
-        raise ConfigError(f"unknown key {prefix}{brief(unknown[0], quote=False)} (valid: {', '.join(sorted(names))})")
+        raise ConfigError(f"unknown key {prefix}{brief(unknown[0], quote=False)} (valid: {', '.join(sorted(names))})"
+                          + did_you_mean(unknown[0], names, prefix))
     return cls(**{k: _convert(v, hints[k], prefix + k) for k, v in values.items()})
 
 
@@ -301,6 +307,7 @@ _CHOICES = {
     "optimizer.bn_update": BN_UPDATES,
     "optimizer.sharpness": SHARPNESS,
     "compile_mode": COMPILE_MODES,
+    "data.label_noise_kind": LABEL_NOISE_KINDS,
 }
 
 
@@ -324,7 +331,8 @@ def validate(config: TrainConfig) -> TrainConfig:
         if get(path) not in choices:
             if path == "precision" and get(path) == "fp16":
                 raise ConfigError("precision: fp16 needs a GradScaler, which SAM/ESAM steps do not support; use bf16")
-            raise ConfigError(f"{path}: unknown value {brief(get(path))} (valid: {', '.join(choices)})")
+            raise ConfigError(f"{path}: unknown value {brief(get(path))} (valid: {', '.join(choices)})"
+                              + did_you_mean(get(path), choices, quote=True))
     _check_registered(config)
     positive = ["epochs", "batch_size", "eval_batch_size", "data.synthetic_size", "data.synthetic_classes"]
     for path in positive:
@@ -350,12 +358,15 @@ def validate(config: TrainConfig) -> TrainConfig:
     for path in ("label_smoothing", "data.cutout_prob"):
         if not 0.0 <= get(path) <= 1.0:
             raise ConfigError(f"{path} must be in [0, 1], got {brief(get(path))}")
+    if not 0.0 <= config.data.label_noise < 1.0:  # 1 would replace every label: nothing true left to learn
+        raise ConfigError(f"data.label_noise must be in [0, 1), got {brief(config.data.label_noise)}")
     for path in ("data.train_limit", "data.test_limit", "data.image_size", "threads", "optimizer.max_grad_norm",
                  "optimizer.swp_patterns"):
         if get(path) is not None and get(path) <= 0:
             raise ConfigError(f"{path} must be positive or null, got {brief(get(path))}")
-    if not 0 <= config.seed <= MAX_SEED:
-        raise ConfigError(f"seed must be in [0, {MAX_SEED}], got {brief(config.seed)}")
+    for path in ("seed", "data.label_noise_seed"):
+        if not 0 <= get(path) <= MAX_SEED:
+            raise ConfigError(f"{path} must be in [0, {MAX_SEED}], got {brief(get(path))}")
     if config.cuda_graphs and config.compile:
         raise ConfigError("cuda_graphs and compile are both true: choose one")
     if config.cuda_graphs and config.device == "cpu":

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Callable, TypeVar
 
 from esam.errors import ConfigError
+from esam.suggestions import did_you_mean
 
 T = TypeVar("T")
 
@@ -34,7 +35,8 @@ class Registry(dict):
         if not isinstance(name, str) or name not in self:
             shown = repr(name) if len(repr(name)) <= 60 else repr(name)[:57] + "..."
             prefix = f"{where}: " if where else ""
-            raise ConfigError(f"{prefix}unknown {self.kind} {shown} (valid: {', '.join(sorted(self))})")
+            raise ConfigError(f"{prefix}unknown {self.kind} {shown} (valid: {', '.join(sorted(self))})"
+                              + did_you_mean(name, self, quote=True))
 
     def lookup(self, name: str, where: str = "") -> object:
         self.check(name, where)

@@ -261,6 +261,8 @@ def _search_file(tmp_path, **changes) -> Path:
     ({"train": {"optimizer": {"lr": float("nan")}}}, "train: optimizer.lr must be a finite number"),
     ({"train": {"seed": -3}}, "train: seed must be in"),
     ({"name": "it's"}, "name must be letters"),
+    ({"name": "n" * 300}, "name must be at most 100 characters (it names files), got 300"),
+    ({"retry_failed": -1}, "retry_failed must be an integer >= 0, got -1"),
     ({"mlflow": {"tracking_uri": "ftp://example.org/db", "experiment": "esam"}}, "'ftp://example.org/db' (mlflow.tracking_uri) is not supported"),
     ({"mlflow": {"tracking_uri": "file:///proc/self/mlruns", "experiment": "esam"}}, "is not supported; use sqlite:///PATH"),
     ({"mlflow": {"tracking_uri": "mlruns", "experiment": "esam"}}, "is not supported"),
@@ -349,7 +351,9 @@ def recorded(tmp_path_factory) -> Path:
     for i, (acc, speed) in enumerate([(90.0, 0.9), (92.0, 0.7), (85.0, 0.6)]):
         run = client.create_run(exp, run_name=f"t{i}", tags={tracking.PARENT_TAG: parent.info.run_id,
                                                               tracking.SEARCH_TAG: "demo", tracking.KIND_TAG: "trial"})
-        for key, value in {"rho": 0.05 + i / 100, "beta": 0.6, "gamma": 0.5, "score": "loss_rise"}.items():
+        # rho as a sampler draws it, with more digits than any measurement could tell apart
+        drawn = {"rho": 0.05 + i / 100 + 1.2345678e-5, "beta": 0.6, "gamma": 0.5, "score": "loss_rise"}
+        for key, value in drawn.items():
             client.log_param(run.info.run_id, key, json.dumps(value) if key != "score" else value)
         for key, value in {"test_acc": acc, "speed_vs_sgd": speed, "images_per_s": 1000 * speed}.items():
             client.log_metric(run.info.run_id, key, value)
@@ -369,6 +373,16 @@ def test_export_reads_an_existing_store(tmp_path, capsys, recorded):
     assert code == 0, capsys.readouterr().err
     exported = yaml.safe_load((tmp_path / "o" / "x.yaml").read_text())
     assert exported["exported"]["metrics"]["test_acc"] == 92.0
+    # ESAM's own knobs and the base SGD's, nothing of LookSAM, RST, AE-SAM (nor their sharpness step)
+    assert set(exported["optimizer"]) == {"name", "lr", "momentum", "weight_decay", "nesterov", "max_grad_norm", "rho",
+                                          "adaptive", "bn_update", "beta", "gamma", "score", "swp_patterns"}
+    assert exported["optimizer"]["rho"] == 0.06001  # 0.0600123457 to 4 significant digits
+    config = load_train_config(tmp_path / "o" / "x.yaml")  # what `esam train` reads
+    assert (config.optimizer.name, config.optimizer.rho, config.optimizer.beta) == ("esam", 0.06001, 0.6)
+    from esam.optim import ESAM
+    model = torch.nn.Linear(2, 2)
+    opt = ESAM.from_config(model.parameters(), torch.optim.SGD(model.parameters(), lr=0.1), tmp_path / "o" / "x.yaml")
+    assert (opt.defaults["rho"], opt.beta, opt.gamma) == (0.06001, 0.6, 0.5)
 
 
 @pytest.mark.parametrize("name", ["it's", "a' or '1'='1", "x\ny"])

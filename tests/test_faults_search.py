@@ -128,8 +128,10 @@ def _worker_pid(root: Path, name: str) -> int | None:
     return None
 
 
-def test_a_killed_worker_stays_failed_in_every_store(tmp_path):
-    """Worker SIGKILLed, the driver killed before Ray saved the failure, then the same command."""
+def test_a_killed_worker_stays_failed_in_every_store_and_is_retried(tmp_path):
+    """Worker SIGKILLed, the driver killed before Ray saved the failure, then the same command:
+    the failed trial stays failed in every store, and a new trial trains its setting again
+    (a lost worker is not the setting's failure; retry_failed: 1)."""
     config = write_config(tmp_path, "worker", trials=2, epochs=25, references=(), concurrency=1)
     # Ray saves its state rarely here, so its snapshot still says RUNNING when the driver dies.
     proc = start(config, tmp_path, {"TUNE_GLOBAL_CHECKPOINT_S": "600"})
@@ -145,7 +147,10 @@ def test_a_killed_worker_stays_failed_in_every_store(tmp_path):
     assert_agree(s, epochs=25, parent_status="FINISHED")
     again = next(r for r in s.runs if r.info.run_id == failed.info.run_id)
     assert again.info.status == "FAILED" and again.data.tags.get("error")
-    assert sorted(t.state.name for t in s.optuna) == ["COMPLETE", "FAIL"]
+    assert sorted(t.state.name for t in s.optuna) == ["COMPLETE", "COMPLETE", "FAIL"]
+    lost = next(t for t in s.optuna if t.state.name == "FAIL")
+    retry = next(t for t in s.optuna if t.user_attrs.get("retry_of") == lost.number)
+    assert retry.state.name == "COMPLETE" and retry.params == lost.params
 
 
 def test_a_finished_trial_saved_running_is_not_rerun_even_without_its_checkpoint(tmp_path):
@@ -219,8 +224,10 @@ def test_damaged_state_is_one_line_naming_the_file(finished_search, tmp_path, da
         target.unlink()
     else:
         target.write_bytes(original[:int(len(original) * keep)])
+    damaged = target.read_bytes() if target.exists() else None
     rc, out = run(root / "done.yaml", root, timeout=120)
     _assert_one_line_error(rc, out, *words)
+    assert (target.read_bytes() if target.exists() else None) == damaged, "written before the refusal"
     target.write_bytes(original)
     after = Stores.read(root, "done")
     assert [p.info.run_id for p in after.parents] == [p.info.run_id for p in before.parents]

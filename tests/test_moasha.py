@@ -40,10 +40,10 @@ def test_dominated_trials_stop_and_non_dominated_ones_continue_as_the_rung_grows
     decisions = arrive(s, [
         ("a", v(90, 0.5)),   # n=1: the first arrival always continues
         ("b", v(80, 0.4)),   # n=2: dominated by a, position 1, not < 1
-        ("c", v(85, 0.7)),   # n=3: on a's front; both ends of it (infinite crowding), after a: position 1 < 1.5
+        ("c", v(85, 0.7)),   # n=3: on a's front; the net starts from a (more accurate): position 1 < 1.5
         ("d", v(70, 0.3)),   # n=4: dominated by everyone, position 3
         ("e", v(95, 0.9)),   # n=5: dominates everyone, position 0
-        ("f", v(92, 0.6)),   # n=6: dominated only by e; its front {c, f}, after c: position 2 < 3
+        ("f", v(92, 0.6)),   # n=6: dominated only by e; its front {c, f}, before c (more accurate): position 1 < 3
         ("g", v(89, 0.45)),  # n=7: dominated by e, f and a (fronts e | c, f | a | g ...): position 4, not < 3.5
     ])
     assert decisions == ["continue", "stop", "continue", "stop", "continue", "continue", "stop"]
@@ -64,14 +64,15 @@ def test_min_mode_turns_the_axis():
 def test_identical_values_keep_their_order_of_arrival():
     s = scheduler(rf=1.5)  # positions < n / 1.5 continue: n=2: 0, 1; n=3: 0, 1; n=4: 0, 1, 2
     decisions = arrive(s, [(t, v(90, 0.5)) for t in "abcd"])
-    # identical points share one crowding distance, so a third copy is not an end point of the front
+    # identical points are at distance 0 from each other: only their arrival tells them apart
     assert decisions == ["continue", "continue", "stop", "stop"]
 
 
-def test_crowding_distance_decides_inside_a_front():
+def test_the_epsilon_net_decides_inside_a_front():
     # one front, its ends a (100, 0) and b (0, 1); c sits near a, d in the middle of the gap
     ends = [("a", v(100, 0.0)), ("b", v(0, 1.0))]
-    # crowding at n=4 (spans 100 and 1): d = 98/100 + 0.98/1 = 1.96, c = 50/100 + 0.5/1 = 1.0
+    # scaled by the spans 100 and 1: a first (most accurate), then b (farthest from a, 1.41), then d
+    # (0.71 from a and from b) before c (0.03 from a)
     s = scheduler(rf=1.5)
     assert arrive(s, ends + [("c", v(98, 0.02)), ("d", v(50, 0.5))]) == ["continue", "continue", "stop", "continue"]
     # d arrived last but ranks before c: position 2 < 4 / 1.5; by arrival alone it would be 3
@@ -80,6 +81,27 @@ def test_crowding_distance_decides_inside_a_front():
     # the same four with the crowded point arriving last: it ranks last, and is stopped
     s = scheduler(rf=1.5)
     assert arrive(s, ends + [("d", v(50, 0.5)), ("c", v(98, 0.02))]) == ["continue", "continue", "stop", "stop"]
+
+
+def test_a_newcomer_with_the_best_accuracy_so_far_is_kept():
+    """Both ends of a two-objective front used to be tied (infinite crowding distance) and went by arrival,
+    so B and C, each the most accurate so far, were stopped behind the old, fast end point A. The
+    epsilon-net starts from the most accurate member: B, C and D continue, as one-objective ASHA on
+    accuracy would keep B and C; A, which came first, continued and goes on (decisions are final)."""
+    s = scheduler(rf=3)  # a trial continues iff its position < n / 3
+    decisions = arrive(s, [
+        ("A", v(90, 0.90)),  # n=1: the first arrival
+        ("B", v(95, 0.50)),  # n=2: front {A, B}; B most accurate: position 0 < 0.67 (was 1: stopped)
+        ("C", v(96, 0.55)),  # n=3: C dominates B; front {A, C}, C first: position 0 < 1 (was 1: stopped)
+        ("D", v(97, 0.56)),  # n=4: D dominates B and C; front {A, D}, D first: position 0 < 1.33
+    ])
+    assert decisions == ["continue"] * 4 and s.stopped == {}
+    points = [tuple(values) for values in s.rung_values(1).values()]
+    assert best_first(points) == [3, 0, 2, 1]  # D, then A (the other end), then the dominated C, then B
+    # the fast end is kept the same way when it is the newcomer: it comes right after the accurate end
+    s = scheduler(rf=3)
+    assert arrive(s, [("B", v(95, 0.50)), ("C", v(96, 0.55)), ("A", v(90, 0.90))]) == ["continue", "continue", "stop"]
+    assert best_first([(95, 0.50), (96, 0.55), (90, 0.90)]) == [1, 2, 0]  # A second: 1 < 3 / 3 fails
 
 
 def test_nan_and_missing_values_rank_last():
@@ -173,7 +195,7 @@ def test_a_resumed_scheduler_keeps_its_records_and_decides_like_an_uninterrupted
     assert not list(path.parent.glob("*.tmp"))
 
     resumed = scheduler(rf=2, rungs_file=path)
-    assert resumed.stopped == first.stopped == {"b": 1, "c": 1, "d": 1}
+    assert resumed.stopped == first.stopped == {"b": 1, "c": 1}  # d, the most accurate so far, went on
     assert list(resumed.rung_values(1)) == ["a", "b", "c", "d"] and resumed.rung_values(2) == {"a": [92, 0.6]}
     assert resumed.record("b", 1, v(99, 0.99)) == "stop" and resumed.record("a", 1, v(0, 0)) == "continue"
     uninterrupted = scheduler(rf=2)
@@ -195,7 +217,7 @@ def test_pickled_scheduler_reloads_its_rungs_file(tmp_path):
     as_created = pickle.dumps(s)
     arrive(s, ARRIVALS)
     restored = pickle.loads(as_created)
-    assert restored.stopped == s.stopped == {"b": 1, "c": 1, "d": 1, "e": 1}
+    assert restored.stopped == s.stopped == {"b": 1, "c": 1, "e": 1}
     assert json.dumps(restored.rung_values(1)) == json.dumps(s.rung_values(1))  # NaN included
     assert pickle.loads(pickle.dumps(scheduler(rf=2))).milestones == [1, 2]  # no file: as pickled
 
@@ -297,7 +319,8 @@ def random_order_continues(n: float, rf: float = 3) -> float:
     return sum(math.ceil(k / rf) / k for k in range(1, whole + 1)) + (n - whole) * math.ceil((whole + 1) / rf) / (whole + 1)
 
 
-def random_search(seed):
+def random_search(seed, accuracy_only=False):
+    """`accuracy_only`: the same curves and arrival times with one speed for all, i.e. one-objective ASHA."""
     rng = random.Random(seed)
     final = {t: (rng.uniform(80, 99), rng.uniform(0.3, 0.9)) for t in range(27)}
     rate = {t: rng.uniform(0.3, 3.0) for t in range(27)}
@@ -305,26 +328,37 @@ def random_search(seed):
 
     def curve(t, e):  # accuracy saturates at its own rate; speed is measured with noise at every epoch
         acc, speed = final[t]
-        return v(acc * (1 - math.exp(-rate[t] * e)), speed * noise.uniform(0.95, 1.05))
+        return v(acc * (1 - math.exp(-rate[t] * e)), 0.5 if accuracy_only else speed * noise.uniform(0.95, 1.05))
 
     return simulate(curve, seed=seed + 2)
+
+
+def cumulative_stops(s):
+    stopped = [sum(1 for m in s.stopped.values() if m == milestone) for milestone in s.milestones]
+    return [sum(stopped[:k + 1]) for k in range(len(stopped))]
 
 
 def test_simulation_stops_about_one_minus_one_over_rf_at_each_rung():
     runs = [random_search(seed) for seed in range(0, 60, 3)]
     cumulative = []
     for s, arrivals in runs:
-        stopped = [sum(1 for m in s.stopped.values() if m == milestone) for milestone in s.milestones]
-        cumulative.append([sum(stopped[:k + 1]) for k in range(3)])
+        cumulative.append(cumulative_stops(s))
         assert [len(o) for o in arrivals.values()] == [27, 27 - cumulative[-1][0], 27 - cumulative[-1][1]]
         assert len(s.rung_values(9)) == 27 - cumulative[-1][1] and cumulative[-1][2] <= 26  # the first one goes on
     mean = [sum(c[k] for c in cumulative) / len(cumulative) for k in range(3)]
     # Synchronous halving would stop 18, 24 and 26 of 27 (27 * (1 - 3**-k)). Deciding on arrival lets
     # more on, as ASHA does: in random order a rung of n lets random_order_continues(n) on (10.6 of 27,
-    # then 4.8 of those, 2.6 of those): it stops about 16.4, 22.2 and 24.4 cumulatively.
+    # then 4.8 of those, 2.6 of those): it stops about 16.4, 22.2 and 24.4 cumulatively. The first
+    # rung's arrivals come in random order, so its figure holds there; at later rungs the early
+    # arrivals are the ones the first rung let on most easily, so later arrivals rank better than
+    # random order would, and ASHA itself stops fewer (about 21.4 and 23.0 over 200 of these searches).
     expected, reaching = [], 27.0
     for _ in range(3):
         reaching = random_order_continues(reaching)
         expected.append(27 - reaching)
     assert expected == pytest.approx([16.4, 22.2, 24.4], abs=0.1)
-    assert mean == pytest.approx(expected, abs=1.5), (mean, cumulative)
+    assert mean[0] == pytest.approx(expected[0], abs=1.5), (mean, cumulative)
+    # every rung: as many stops as one-objective ASHA on the same curves and arrival times (accuracy alone)
+    one = [cumulative_stops(random_search(seed, accuracy_only=True)[0]) for seed in range(0, 60, 3)]
+    one_mean = [sum(c[k] for c in one) / len(one) for k in range(3)]
+    assert mean == pytest.approx(one_mean, abs=1.0), (mean, one_mean)

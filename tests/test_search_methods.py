@@ -148,7 +148,28 @@ def test_a_method_search_records_each_trials_method_and_exports_a_reloadable_con
     assert config.optimizer.name == method
     model = torch.nn.Linear(3, 2)
     opt = OPTIMIZERS[method].from_config(model.parameters(), torch.optim.SGD(model.parameters(), lr=0.1), exported)
-    assert type(opt) is OPTIMIZERS[method] and opt.defaults["rho"] == pytest.approx(float(chosen.data.params["rho"]))
+    assert type(opt) is OPTIMIZERS[method]
+    assert opt.defaults["rho"] == pytest.approx(float(chosen.data.params["rho"]), rel=5e-4)  # 4 significant digits
+    used = used_fields(method, document["optimizer"].get("sharpness", "sam"))
+    assert set(document["optimizer"]) == {"name", "lr", "momentum", "weight_decay", "nesterov", *used}  # no others'
+
+
+@pytest.mark.parametrize("method, sharpness, expected, foreign", [
+    ("esam", "sam", {"beta", "gamma", "score", "swp_patterns"}, {"sharpness", "looksam_k", "rst_p", "aesam_c_start"}),
+    ("looksam", "sam", {"sharpness", "looksam_k", "looksam_alpha"}, {"beta", "gamma", "score", "rst_p"}),
+    ("looksam", "esam", {"sharpness", "looksam_k", "beta", "gamma", "score"}, {"rst_p", "aesam_c_end"}),
+    ("rst", "sam", {"rst_p"}, {"looksam_k", "beta", "aesam_momentum"}),
+    ("aesam", "sam", {"aesam_c_start", "aesam_c_end", "aesam_momentum"}, {"looksam_alpha", "rst_p", "gamma"}),
+])
+def test_an_export_keeps_the_knobs_its_method_reads(method, sharpness, expected, foreign):
+    from esam.config import to_dict, train_config_from_dict
+    from esam.search.export import significant, used_settings
+    every_field = to_dict(train_config_from_dict({"optimizer": {"name": method, "sharpness": sharpness}}))["optimizer"]
+    kept = used_settings(every_field)
+    assert expected | {"name", "lr", "momentum", "weight_decay", "nesterov", "rho"} <= set(kept)
+    assert not foreign & set(kept), foreign & set(kept)
+    assert (significant(0.123456789), significant(1234567.0)) == (0.1235, 1235000.0)
+    assert (significant(5), significant("sam"), significant(float("inf"))) == (5, "sam", float("inf"))
 
 
 def test_the_front_table_and_labels_name_each_points_method():

@@ -5,8 +5,8 @@ import random
 import pytest
 import torch
 
-from esam.training.speed_estimate import (SpeedEstimate, _order_rank, keep_probing, median, median_interval,
-                                          probe_epoch, ratios)
+from esam.training.speed_estimate import (SpeedEstimate, _order_rank, block_ratios, keep_probing, median,
+                                          median_interval, probe_epoch, ratios)
 
 # (method seconds, SGD seconds) with the method at 1 s, so each ratio is exactly the SGD time.
 # Eight pairs near 0.5 and two outliers: a method step hit by a neighbour (0.05), an SGD step hit (2.0).
@@ -26,7 +26,8 @@ def test_outliers_leave_the_median_and_its_interval_alone():
     assert sum(ratios(OUTLIERS)) / 10 == pytest.approx(0.605)  # what a mean would have said
     summary = SpeedEstimate(pairs=list(OUTLIERS)).summary()
     assert summary == {"speed_vs_sgd": 0.5, "speed_vs_sgd_low": 0.47, "speed_vs_sgd_high": 0.53,
-                       "step_time_vs_sgd": 2.0, "probe_pairs": 10}
+                       "step_time_vs_sgd": 2.0, "step_time_vs_sgd_low": 1 / 0.53, "step_time_vs_sgd_high": 1 / 0.47,
+                       "probe_pairs": 10}
 
 
 @pytest.mark.parametrize("n, rank", [(5, 0), (6, 1), (10, 2), (20, 6), (36, 12), (100, 40)])
@@ -162,3 +163,100 @@ def test_rst_is_timed_near_its_cost_not_near_its_cheap_steps(monkeypatch):
     speed, low, high = median_interval(ratios(blocks.time_pairs(make_closure, 15)))
     assert 0.4 <= blocks.method_opt.sharpness_steps / 160 <= 0.6  # the seeded draw (warm-up block included) near p
     assert speed == pytest.approx(1 / 1.5, abs=0.05) and low <= 1 / 1.5 <= high  # the cost model's ratio
+
+
+def rst_probe_on_a_pass_counting_clock(monkeypatch, p: float, jitter: float = 0.0):
+    """An RST probe (blocks of RANDOM_BLOCK steps) on a clock that moves by one unit per forward+backward
+    pass (times 1 +- jitter, seeded): a sharpness step costs 2 units, a one-pass step and SGD's step 1."""
+    from types import SimpleNamespace
+
+    from esam.config import OptimizerConfig
+    from esam.training import speed_probe
+    from esam.training.speed_probe import InterleavedProbe, cycle_steps
+    from esam.training.step import build_step_optimizer
+    clock, noise = [0.0], random.Random(5)
+    monkeypatch.setattr(speed_probe, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3)
+    x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
+    config = OptimizerConfig(name="rst", rst_p=p)
+
+    def make_closure(runner):
+        def closure(indices=None):
+            clock[0] += 1.0 + jitter * noise.uniform(-1, 1)
+            return torch.nn.functional.cross_entropy(runner(x), y, reduction="none")
+        return closure
+    probe = InterleavedProbe(model, lambda m: build_step_optimizer(m, config, 1),
+                             lambda m: build_step_optimizer(m, config, 1, method="sgd"), torch.device("cpu"),
+                             block=cycle_steps(config))
+    return probe, make_closure
+
+
+@pytest.mark.parametrize("p", [0.15, 0.25, 0.35])
+def test_a_skipping_method_is_timed_at_its_realized_share(monkeypatch, p):
+    """On the pass-counting clock a block with s sharpness steps in 10 takes 10 + s units, SGD's 10: the exact
+    speed at the probe's realized share S is 1 / (1 + S). The median block's ratio is 10 / (10 + its whole
+    s): Binomial(10, p) arithmetic put it +4.5% off at p 0.15, +4.2% at 0.25, -3.1% at 0.55."""
+    probe, make_closure = rst_probe_on_a_pass_counting_clock(monkeypatch, p)
+    pairs = probe.time_pairs(make_closure, 24)
+    counts = [round(pair[2] * 10) for pair in pairs]
+    assert all(len(pair) == 3 for pair in pairs) and len(set(counts)) > 1  # blocks of several shares
+    assert [pair[0] for pair in pairs] == [10.0 + s for s in counts]  # the recorded share is the block's own
+    realized = sum(counts) / (10 * len(pairs))
+    assert abs(realized - p) < 0.1
+    truth = 1 / (1 + realized)
+    est = SpeedEstimate(pairs=pairs)
+    speed, low, high = est.interval()
+    assert speed == pytest.approx(truth, rel=0.01) and low - 1e-9 <= truth <= high + 1e-9
+    assert est.summary()["speed_vs_sgd"] == speed
+    # at the run's own share (the trainer sets it): the speed there, not the probe's coin's
+    est.share = p
+    assert est.interval()[0] == pytest.approx(1 / (1 + p), rel=0.01)
+
+
+def test_with_noisy_timings_the_interval_still_covers_the_realized_share(monkeypatch):
+    for p in (0.15, 0.25, 0.35):
+        probe, make_closure = rst_probe_on_a_pass_counting_clock(monkeypatch, p, jitter=0.3)
+        pairs = probe.time_pairs(make_closure, 40)
+        truth = 1 / (1 + sum(pair[2] for pair in pairs) / len(pairs))  # each pass costs 1 on average
+        speed, low, high = SpeedEstimate(pairs=pairs).interval()
+        assert low <= truth <= high and speed == pytest.approx(truth, rel=0.03), (p, speed, low, high, truth)
+
+
+def test_blocks_move_to_the_share_along_their_line():
+    # relative step time 1 + x at share x: every block moved to 0.3 says 1 / 1.3
+    pairs = [(10.0 + s, 10.0, s / 10) for s in (1, 2, 2, 3, 4, 5)]
+    assert block_ratios(pairs, 0.3) == pytest.approx([1 / 1.3] * 6)
+    assert block_ratios(pairs) == pytest.approx([1 / (1 + 17 / 60)] * 6)  # None: the blocks' own mean share
+    # a block slowed threefold by a neighbour stays an outlier; the group medians keep the line
+    hit = pairs + [(36.0, 10.0, 0.2), (12.0, 10.0, 0.2)]
+    moved = block_ratios(hit, 0.3)
+    assert moved[:6] == pytest.approx([1 / 1.3] * 6) and moved[-1] == pytest.approx(1 / 1.3) and moved[-2] < 0.4
+    # pairs without a share (one-cost methods), or blocks all at one share (LookSAM), are left as timed
+    assert block_ratios(OUTLIERS, 0.3) == ratios(OUTLIERS)
+    looksam = [(12.0 + i / 10, 10.0, 0.2) for i in range(5)]
+    assert block_ratios(looksam, 0.5) == ratios(looksam)
+
+
+def test_shares_survive_the_checkpoint_and_old_checkpoints_load(tmp_path):
+    est = SpeedEstimate(pairs=[(11.0, 10.0, 0.1), (13.0, 10.0, 0.3)], train_s=2.0, probe_s=0.5)
+    torch.save({"speed_pairs": torch.tensor(est.to_list(), dtype=torch.float64)}, tmp_path / "s.pt")
+    back = torch.load(tmp_path / "s.pt", weights_only=True)["speed_pairs"]
+    assert back.shape == (3, 3) and SpeedEstimate.from_list(back.tolist()) == est
+    old = [[2.0, 0.5], [11.0, 10.0], [13.0, 10.0]]  # written before shares were recorded
+    assert SpeedEstimate.from_list(old).pairs == [(11.0, 10.0), (13.0, 10.0)]
+
+
+def test_step_time_carries_an_interval_so_two_of_its_points_can_be_indistinguishable():
+    from esam.search.pareto import indistinguishable
+    summary = SpeedEstimate(pairs=list(OUTLIERS)).summary()
+    assert (summary["step_time_vs_sgd_low"], summary["step_time_vs_sgd_high"]) == (1 / 0.53, 1 / 0.47)
+    objectives = [("test_acc", "max"), ("step_time_vs_sgd", "min")]
+    a = {"test_acc": 90.0, "test_acc_se": 1.0, **summary}
+    close = {**a, "test_acc": 90.5, "step_time_vs_sgd": 2.05}  # inside a's interval [1.89, 2.13]
+    far = {**close, "step_time_vs_sgd": 2.4, "step_time_vs_sgd_low": 2.3, "step_time_vs_sgd_high": 2.5}
+    assert indistinguishable(a, close, objectives) and not indistinguishable(a, far, objectives)
+    # without the interval every distinct step time told the points apart
+    bare = {k: v for k, v in close.items() if not k.startswith("step_time_vs_sgd_")}
+    assert not indistinguishable({k: v for k, v in a.items() if not k.startswith("step_time_vs_sgd_")}, bare,
+                                 objectives)

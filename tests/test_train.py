@@ -33,6 +33,7 @@ def test_reports_every_epoch_with_all_metrics(name):
     if name == "sgd":
         assert final["step_time_vs_sgd"] == 1.0
         assert (final["speed_vs_sgd_low"], final["speed_vs_sgd_high"], final["probe_pairs"]) == (1.0, 1.0, 0)
+        assert (final["step_time_vs_sgd_low"], final["step_time_vs_sgd_high"]) == (1.0, 1.0)
     else:  # the run-level estimate: every epoch's pairs, at least probe_steps per epoch
         assert final["speed_vs_sgd_low"] <= final["speed_vs_sgd"] <= final["speed_vs_sgd_high"]
         assert final["probe_pairs"] >= reports[0]["probe_pairs"] + QUICK["probe_steps"] >= 2 * QUICK["probe_steps"]
@@ -70,6 +71,25 @@ def test_resume_from_checkpoint_continues_identically(tmp_path):
     assert resumed[0]["test_acc"] == straight[1]["test_acc"]
     # the speed estimate continues too: epoch 1's pairs came back from the checkpoint
     assert resumed[0]["probe_pairs"] >= straight[0]["probe_pairs"] + QUICK["probe_steps"]
+
+
+def test_a_skipping_method_keeps_its_blocks_shares_in_the_checkpoint(tmp_path):
+    """RST's pairs carry each block's share of sharpness steps; the checkpoint keeps them (a third column)
+    and the resumed run goes on with them. step_time_vs_sgd's interval is speed's turned over."""
+    reports = []
+    train(config(name="rst", rst_p=0.3), lambda m, c: reports.append(m), checkpoint_dir=tmp_path / "ck")
+    pairs = torch.load(tmp_path / "ck" / "checkpoint.pt", weights_only=True)["speed_pairs"]
+    assert pairs.shape == (1 + reports[-1]["probe_pairs"], 3)
+    shares = pairs[1:, 2]
+    assert ((shares >= 0) & (shares <= 1)).all() and torch.allclose(shares * 10, (shares * 10).round())  # blocks of 10
+    final = reports[-1]
+    assert final["step_time_vs_sgd_low"] == pytest.approx(1 / final["speed_vs_sgd_high"])
+    assert final["step_time_vs_sgd_high"] == pytest.approx(1 / final["speed_vs_sgd_low"])
+    assert final["speed_vs_sgd_low"] <= final["speed_vs_sgd"] <= final["speed_vs_sgd_high"]
+    resumed = []
+    train(dataclasses.replace(config(name="rst", rst_p=0.3), epochs=3), lambda m, c: resumed.append(m),
+          checkpoint_dir=tmp_path / "ck", resume_from=tmp_path / "ck")
+    assert resumed[0]["epoch"] == 3 and resumed[0]["probe_pairs"] > final["probe_pairs"]
 
 
 def test_probing_off_reports_nan_speed():

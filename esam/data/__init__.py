@@ -14,7 +14,8 @@ and are augmented there in large chunks (`esam.data.augment`, `esam.data.loaders
 normalized with the training set's per-channel mean and std, so Cutout's 0 is the mean colour.
 
 Reproducibility: each dataset's split and sample order are fixed (independent of the run seed);
-the shuffle and the augmentation of an epoch come from (seed, epoch) alone.
+the shuffle and the augmentation of an epoch come from (seed, epoch) alone. With `label_noise`
+the training labels are replaced from `label_noise_seed` alone (`esam.data.label_noise`).
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from esam.config import DataConfig
 from esam.data import imagefolder as _imagefolder  # noqa: F401  (registers "imagefolder")
 from esam.data.augment import Augmentation
 from esam.data.datasets import DATASETS, InMemory, Streamed, load_dataset, register_dataset
+from esam.data.label_noise import LabelNoise, NoisyLabels
 from esam.data.loaders import DeviceLoader, Normalize, StreamLoader, channel_stats, epoch_generator
 from esam.errors import ConfigError, DataError
 
@@ -65,12 +67,16 @@ def build_data(cfg: DataConfig, device: torch.device | str, seed: int, batch_siz
     if batch_size <= 0 or eval_batch_size <= 0:
         raise ConfigError(f"batch sizes must be positive, got {batch_size} and {eval_batch_size}")
     source = load_dataset(cfg)
+    # The one place training labels pass for every dataset: noise is applied here, before the limit,
+    # so that a sample's noisy label depends on its index alone (esam.data.label_noise).
+    noise = LabelNoise.of(cfg, source.num_classes)
     if isinstance(source, InMemory):
         if source.mean is None or source.std is None:
             mean, std = channel_stats(source.train_x)  # the full training set, before any limit
         else:
             mean, std = source.mean, source.std
-        train_x, train_y = source.train_x[:cfg.train_limit], source.train_y[:cfg.train_limit]
+        train_y = source.train_y if noise is None else noise.apply(source.train_y)
+        train_x, train_y = source.train_x[:cfg.train_limit], train_y[:cfg.train_limit]
         test_x, test_y = source.test_x[:cfg.test_limit], source.test_y[:cfg.test_limit]
         n_train, n_test = len(train_x), len(test_x)
         _check_batch(batch_size, n_train, cfg.name)
@@ -82,7 +88,8 @@ def build_data(cfg: DataConfig, device: torch.device | str, seed: int, batch_siz
     else:
         def limited(ds: torch.utils.data.Dataset, limit: int | None) -> torch.utils.data.Dataset:
             return ds if limit is None or limit >= len(ds) else torch.utils.data.Subset(ds, range(limit))
-        train_ds, test_ds = limited(source.train, cfg.train_limit), limited(source.test, cfg.test_limit)
+        train_source = source.train if noise is None else NoisyLabels(source.train, noise)
+        train_ds, test_ds = limited(train_source, cfg.train_limit), limited(source.test, cfg.test_limit)
         n_train, n_test = len(train_ds), len(test_ds)
         _check_batch(batch_size, n_train, cfg.name)
         normalize = Normalize(source.mean, source.std, device)

@@ -41,11 +41,12 @@ from typing import Sequence
 
 import torch
 
-from esam.config import COMPILE_MODES, TrainConfig, train_config_from_dict
+from esam.config import TrainConfig, train_config_from_dict
 from esam.errors import ConfigError
 from esam.models import build_model
 from esam.optim import predicted_relative_cost
-from esam.optim.cost import SHARPNESS, SKIPPING
+from esam.optim.cost import SKIPPING
+from esam.perf.bench_options import FULL, QUICK, add_arguments
 from esam.perf.dispatch_count import count_ops
 from esam.training.cuda_graphs import warm_up, warm_up_quiet_steps
 from esam.training.speed_estimate import median_interval
@@ -63,9 +64,6 @@ METHODS = {
     "AE-SAM": ("aesam", {}),
 }
 OPS_STEPS = 20  # untimed steps over which host operators per step are averaged
-# The bench's own settings, and the training config's fields it reads (the rest are unused).
-QUICK = dict(model="small_cnn", batch_size=32, steps=5, warmup=2, repeats=3, device="cpu", threads=1)
-FULL = dict(model="resnet18", batch_size=128, steps=30, warmup=10, repeats=5, device="auto", threads=None)
 
 
 def count_host_syncs(fn) -> int:
@@ -235,32 +233,6 @@ def markdown(rows: list[dict], config: TrainConfig, *, repeats: int, steps: int,
             f"{ratio(r, 'sam')} | {ratio(r, 'sgd')} | {r['predicted_ratio_to_sam']:.2f} | "
             f"{r['relative_cost']:.2f} | {r['host_ops_per_step']:.1f} |" for r in rows]
     return "\n".join(head + body) + "\n"
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    """`esam bench`'s options (the CLI's subcommand and experiments/bench_step.py share them)."""
-    p.add_argument("--quick", action="store_true", help=f"CPU smoke run: {QUICK}")
-    p.add_argument("--model", help="a name from esam.models (default resnet18)")
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
-    p.add_argument("--channels-last", action="store_true")
-    p.add_argument("--device", help="cuda | cpu (default: cuda if available)")
-    p.add_argument("--repeats", type=int)
-    p.add_argument("--steps", type=int, help="timed steps per method per repeat")
-    p.add_argument("--warmup", type=int, help="untimed steps per method per repeat")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model")
-    p.add_argument("--compile-mode", choices=COMPILE_MODES, default="default", help="torch.compile's mode")
-    p.add_argument("--cuda-graphs", action="store_true", help="replay every training pass as a CUDA graph")
-    p.add_argument("--swp-patterns", type=int, help="ESAM draws SWP masks from a pool of N (graphable)")
-    p.add_argument("--rho", type=float, default=0.05)
-    p.add_argument("--beta", type=float, default=0.6)
-    p.add_argument("--gamma", type=float, default=0.5)
-    p.add_argument("--sharpness", choices=SHARPNESS, default="sam", help="LookSAM, RST, AE-SAM: SAM's or ESAM's step")
-    p.add_argument("--looksam-k", type=int, default=5, help="LookSAM: a sharpness step every k steps")
-    p.add_argument("--rst-p", type=float, default=0.5, help="RST: probability of a sharpness step")
-    p.add_argument("--threads", type=int, help="torch CPU threads")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", help="also write the table to this markdown file")
 
 
 def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, dict]:

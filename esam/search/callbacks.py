@@ -212,7 +212,9 @@ class FrontProgress(tune.Callback):
 
     MLflow's chart view then shows the search converging (step: trials ended so far). The front
     is made of the trials that ran all their epochs and meet the constraints, as the final front
-    is; the reference point is esam.search.hypervolume's (0 for maximized objectives).
+    is. The reference point is fixed at the first ended trial and kept (esam.search.hypervolume's
+    fixed_reference: 0 for maximized objectives; for a minimized one the worst of the reference
+    trials' values and the points then), so a dominated trial never raises the series.
     """
 
     def __init__(self, uri: str, parent_run_id: str, objectives: list[tuple[str, str]], full_epochs: int,
@@ -222,6 +224,7 @@ class FrontProgress(tune.Callback):
         self.full_epochs, self.constraints, self.references = full_epochs, list(constraints), references or {}
         # What an earlier run of the search ended: the final metrics of its front candidates, and how many ended.
         self.earlier, self.ended_before = list(earlier), ended_before
+        self.reference: dict[str, float] | None = None  # fixed by the first points, then kept
 
     def __getstate__(self):  # Ray pickles callbacks with the experiment: no password
         from esam.search.tracking import without_password
@@ -238,18 +241,24 @@ class FrontProgress(tune.Callback):
 
     def _log(self, trials, trial, failed: bool) -> None:
         from esam.search.constraints import is_feasible
-        from esam.search.hypervolume import hypervolume
         from esam.search.trial_records import open_records
         # Ray updates the ending trial's status after its callbacks: it is counted by hand
         others = [t for t in trials if t is not trial]
         finished = [t for t in others if t.status == "TERMINATED"] + ([] if failed else [trial])
         points = [p for t in finished if (p := self._point(t)) is not None]
         points += [p for p in self.earlier if not self.constraints or is_feasible(self.constraints, p, self.references)]
-        area, _ = hypervolume(points, self.objectives)
+        area = self.area(points)
         step = sum(t.status in ("TERMINATED", "ERROR") for t in others) + 1 + self.ended_before
         open_records(self.uri, self.parent_run_id).put(
             {"op": "search_metrics", "trial_id": "", "step": step, "timestamp": int(time.time() * 1000),
              "metrics": {HYPERVOLUME_SERIES: area}})
+
+    def area(self, points: list[dict]) -> float:
+        """The hypervolume of `points` over the search's reference point (fixed by the first points given)."""
+        from esam.search.hypervolume import fixed_reference, hypervolume, usable
+        if self.reference is None and usable(points, self.objectives):  # a point lacking a value fixes nothing
+            self.reference = fixed_reference(points, self.objectives, list(self.references.values()))
+        return hypervolume(points, self.objectives, self.reference)[0]
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._log(trials, trial, failed=False)

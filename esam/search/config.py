@@ -18,11 +18,14 @@ from esam.optim.cost import SCORES, SHARPNESS
 from esam.optim.sam import BN_UPDATES
 from esam.search.results_storage import is_uri
 from esam.search.space import INTEGER_FIELDS, METHODS, unused_field
+from esam.suggestions import did_you_mean
 
 # An objective is a metric train() reports, except the epoch count and the schedule's learning rate.
 OBJECTIVE_METRICS = tuple(m for m in METRICS if m not in ("epoch", "learning_rate"))
 # Search names go into MLflow filter strings, paths and study names: no quotes, slashes or spaces.
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+# ... and into file names (a file system allows 255 bytes) with prefixes and suffixes added.
+NAME_MAX = 100
 SAMPLERS = ("nsga2", "tpe", "gp", "random")
 SCHEDULERS = ("none", "moasha")
 DEFAULT_REFERENCES = ("sgd", "sam")
@@ -114,6 +117,7 @@ class SearchConfig:
     optuna_storage: str | None = None  # an RDB URL; None: sqlite in <state_dir>/<name>/optuna.db
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)  # where runs are recorded
     max_failures: int = 0  # retries of a crashed trial before it counts as failed
+    retry_failed: int = 1  # times the next run trains again a setting that failed from outside (not a nan loss)
     repeats: int = 1  # trainings per setting, seeds train.seed + 0..repeats-1; objectives are their mean
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)  # early stopping of the proposed trials
     constraints: list = field(default_factory=list)  # e.g. ["speed_vs_sgd >= sam", "test_acc >= sam - 0.5"]
@@ -154,7 +158,8 @@ def _check_shapes(values: dict) -> None:
     for name, spec in space.items():
         if name not in searchable:
             hint = "is not searchable" if name in optimizer_fields else "is no optimizer field"
-            raise ConfigError(f"space.{brief(name, quote=False)} {hint} (searchable: {', '.join(sorted(searchable))})")
+            raise ConfigError(f"space.{brief(name, quote=False)} {hint} (searchable: {', '.join(sorted(searchable))})"
+                              + did_you_mean(name, searchable, "space."))
         if not isinstance(spec, dict):
             raise ConfigError(f"space.{name} must be a mapping like {{low: 0.1, high: 1.0}}, got {brief(spec)}")
     objectives = values.get("objectives", [{}, {}])
@@ -170,11 +175,15 @@ def _validate_space(space: dict[str, ParamSpace]) -> None:
         raise ConfigError("space must be a non-empty mapping of optimizer fields to ranges")
     for name, p in space.items():
         if name not in SEARCHABLE:
-            raise ConfigError(f"space.{brief(name, quote=False)} is not searchable (searchable: {', '.join(sorted(SEARCHABLE))})")
+            raise ConfigError(f"space.{brief(name, quote=False)} is not searchable "
+                              f"(searchable: {', '.join(sorted(SEARCHABLE))})"
+                              + did_you_mean(name, SEARCHABLE, "space."))
         if name in CHOICE_PARAMS:
             valid = CHOICE_PARAMS[name]
             if not p.choices or any(c not in valid for c in p.choices):
-                raise ConfigError(f"space.{name}.choices must be a non-empty list from {', '.join(valid)}, got {brief(p.choices)}")
+                wrong = next((c for c in p.choices or () if c not in valid), None)
+                raise ConfigError(f"space.{name}.choices must be a non-empty list from {', '.join(valid)}, "
+                                  f"got {brief(p.choices)}" + did_you_mean(wrong, valid, quote=True))
             continue
         if p.choices is not None:
             raise ConfigError(f"space.{name}: use low/high, not choices")
@@ -198,7 +207,8 @@ def _validate_space(space: dict[str, ParamSpace]) -> None:
 def _validate_scheduler(cfg: SearchConfig) -> None:
     s = cfg.scheduler
     if s.name not in SCHEDULERS:
-        raise ConfigError(f"scheduler.name: unknown scheduler {brief(s.name)} (valid: {', '.join(SCHEDULERS)})")
+        raise ConfigError(f"scheduler.name: unknown scheduler {brief(s.name)} (valid: {', '.join(SCHEDULERS)})"
+                          + did_you_mean(s.name, SCHEDULERS, quote=True))
     if s.name == "none":
         return
     if s.max_epochs is not None and s.max_epochs != cfg.train.epochs:
@@ -219,18 +229,23 @@ def _validate_scheduler(cfg: SearchConfig) -> None:
 def validate_search(cfg: SearchConfig) -> SearchConfig:
     if not NAME_PATTERN.fullmatch(cfg.name):
         raise ConfigError(f"name must be letters, digits, '_', '-', '.', got {brief(cfg.name)}")
+    if len(cfg.name) > NAME_MAX:
+        raise ConfigError(f"name must be at most {NAME_MAX} characters (it names files), got {len(cfg.name)}")
     _validate_space(cfg.space)
     if len(cfg.objectives) != 2:
         raise ConfigError("objectives must list exactly two entries: an accuracy metric and a throughput metric")
     for i, o in enumerate(cfg.objectives):
         if o.metric not in OBJECTIVE_METRICS:
-            raise ConfigError(f"objectives[{i}].metric {brief(o.metric)} names no metric (valid: {', '.join(OBJECTIVE_METRICS)})")
+            raise ConfigError(f"objectives[{i}].metric {brief(o.metric)} names no metric "
+                              f"(valid: {', '.join(OBJECTIVE_METRICS)})"
+                              + did_you_mean(o.metric, OBJECTIVE_METRICS, quote=True))
         if o.mode not in ("max", "min"):
             raise ConfigError(f"objectives[{i}].mode must be max or min, got {brief(o.mode)}")
     if cfg.train.probe_steps == 0 and {o.metric for o in cfg.objectives} & {"speed_vs_sgd", "step_time_vs_sgd"}:
         raise ConfigError("train.probe_steps is 0, so speed_vs_sgd is not measured: raise it or choose another objective")
     if cfg.sampler.name not in SAMPLERS:
-        raise ConfigError(f"sampler.name: unknown sampler {brief(cfg.sampler.name)} (valid: {', '.join(SAMPLERS)})")
+        raise ConfigError(f"sampler.name: unknown sampler {brief(cfg.sampler.name)} (valid: {', '.join(SAMPLERS)})"
+                          + did_you_mean(cfg.sampler.name, SAMPLERS, quote=True))
     if not 0 <= cfg.sampler.seed <= MAX_SEED:
         raise ConfigError(f"sampler.seed must be in [0, {MAX_SEED}], got {brief(cfg.sampler.seed)}")
     if cfg.sampler.population_size is not None and cfg.sampler.population_size < 2:
@@ -240,8 +255,9 @@ def validate_search(cfg: SearchConfig) -> SearchConfig:
             raise ConfigError(f"{key} must be >= 1, got {brief(getattr(cfg, key))}")
     if cfg.train.seed + cfg.repeats - 1 > MAX_SEED:
         raise ConfigError(f"train.seed + repeats - 1 must be <= {MAX_SEED}, got {cfg.train.seed + cfg.repeats - 1}")
-    if cfg.max_failures < 0:
-        raise ConfigError(f"max_failures must be >= 0, got {brief(cfg.max_failures)}")
+    for key in ("max_failures", "retry_failed"):
+        if isinstance(getattr(cfg, key), bool) or getattr(cfg, key) < 0:
+            raise ConfigError(f"{key} must be an integer >= 0, got {brief(getattr(cfg, key))}")
     if cfg.resources.cpu <= 0 or cfg.resources.gpu < 0:
         raise ConfigError(f"resources: cpu must be > 0 and gpu >= 0, got cpu={cfg.resources.cpu} gpu={cfg.resources.gpu}")
     workers = cfg.resources.workers
@@ -260,12 +276,15 @@ def validate_search(cfg: SearchConfig) -> SearchConfig:
         from esam.search.tracking import check_uri
         check_uri(cfg.mlflow.tracking_uri, " (mlflow.tracking_uri)")
     if not isinstance(cfg.references, list) or any(r not in REFERENCES for r in cfg.references):
-        raise ConfigError(f"references must be a list from {', '.join(REFERENCES)}, got {brief(cfg.references)}")
+        wrong = next((r for r in cfg.references if r not in REFERENCES), None) if isinstance(cfg.references, list) else None
+        raise ConfigError(f"references must be a list from {', '.join(REFERENCES)}, got {brief(cfg.references)}"
+                          + did_you_mean(wrong, REFERENCES, quote=True))
     _validate_scheduler(cfg)
     cfg.parsed_constraints()  # a bad constraint is one line now, before anything starts
     if cfg.train.optimizer.name not in METHODS:
         raise ConfigError(f"train.optimizer.name must be one of {', '.join(METHODS)} in a search "
-                          f"(sgd and sam train as references), got {brief(cfg.train.optimizer.name)}")
+                          f"(sgd and sam train as references), got {brief(cfg.train.optimizer.name)}"
+                          + did_you_mean(cfg.train.optimizer.name, METHODS, quote=True))
     unused = unused_field(cfg.space, cfg.train.optimizer)
     if unused:
         raise ConfigError(unused)

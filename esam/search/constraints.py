@@ -20,6 +20,7 @@ import re
 from dataclasses import dataclass
 
 from esam.errors import ConfigError
+from esam.suggestions import did_you_mean
 
 _NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
 _PATTERN = re.compile(rf"\s*(?P<metric>[A-Za-z_]\w*)\s*(?P<op>>=|<=)\s*(?:(?P<scale>{_NUMBER})\s*\*\s*)?"
@@ -67,7 +68,8 @@ def parse(text: object, metrics: tuple[str, ...], references: list[str], where: 
         raise ConfigError(f"{where}: {brief(text)} is not a constraint ({FORM})")
     metric, base = match["metric"], match["base"]
     if metric not in metrics:
-        raise ConfigError(f"{where}: {metric!r} names no metric (valid: {', '.join(metrics)})")
+        raise ConfigError(f"{where}: {metric!r} names no metric (valid: {', '.join(metrics)})"
+                          + did_you_mean(metric, metrics, quote=True))
     offset = float(match["offset"] or 0.0) * (-1.0 if match["sign"] == "-" else 1.0)
     if re.fullmatch(_NUMBER, base):
         if match["scale"] or match["offset"]:

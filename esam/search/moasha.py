@@ -14,10 +14,11 @@ several objectives instead of one. Here (test accuracy and speed vs SGD, say):
 - The decision is made once, on arrival (asynchronous, the stopping variant of ASHA), from what
   has reached the rung so far, the arriving trial included (n trials). They are ranked by
   non-dominated sorting on both objectives (each in its own direction, max or min); inside a
-  front the larger crowding distance comes first (NSGA-II's: a front's two end points are
-  infinite; identical points share one distance); points still tied, identical ones included,
-  keep their order of arrival at the rung (earlier first). A trial with a NaN, infinite or
-  missing objective value ranks after every trial with both values, in order of arrival.
+  front, in the order an epsilon-net picks them (Schmucker et al. 2021): first the member best on
+  the first objective, then each time the member farthest from those picked so far, in objective
+  space scaled by the rung's range on each axis; ties, identical points included, go by arrival
+  at the rung (earlier first). A trial with a NaN, infinite or missing objective value ranks
+  after every trial with both values, in order of arrival.
   The arriving trial continues iff its 0-based position p < n / rf: the first arrival always
   continues. A decision is final: a trial stopped at a rung is stopped again if it reports
   later, and a trial continued is never stopped at that rung by later, better arrivals.
@@ -115,29 +116,43 @@ def _fronts(points: Sequence[Point], members: Sequence[int]) -> list[list[int]]:
     return fronts
 
 
-def _crowding(points: Sequence[Point], front: Sequence[int]) -> dict[int, float]:
-    """NSGA-II's crowding distance of each member of a front; computed over distinct points,
-    so that identical points share a distance and only their arrival order tells them apart."""
-    distinct = sorted({points[i] for i in front})
-    distance = dict.fromkeys(distinct, 0.0)
-    for axis in (0, 1):
-        line = sorted(distinct, key=lambda p: p[axis])
-        distance[line[0]] = distance[line[-1]] = math.inf
-        span = line[-1][axis] - line[0][axis]
-        if span > 0:
-            for before, point, after in zip(line, line[1:], line[2:]):
-                distance[point] += (after[axis] - before[axis]) / span
-    return {i: distance[points[i]] for i in front}
+def _epsilon_net(points: Sequence[Point], front: Sequence[int], spans: Point) -> list[int]:
+    """A front's members in the order an epsilon-net picks them (Schmucker et al. 2021).
+
+    Why not NSGA-II's crowding distance: on two objectives both ends of a front are infinitely
+    far, and between the two ends arrival decided, so a newcomer with the best accuracy so far was
+    stopped while an older end point went on (arrivals 90%/0.90x, 95%/0.50x, 96%/0.55x: the last
+    two stopped at rf 3, where one-objective ASHA keeps them). The net starts from the member best
+    on the first objective (the search's accuracy: the trial one-objective ASHA would keep), and
+    on a two-objective front the member farthest from it is the other end, so both ends still come
+    before the members between them, which then come in the order that spreads the picks most.
+    Distances are Euclidean after scaling each axis by `spans`; ties go by arrival (lower index).
+    """
+    def distance(i: int, j: int) -> float:
+        return math.hypot(*((points[i][a] - points[j][a]) / spans[a] for a in (0, 1)))
+
+    first = min(front, key=lambda i: (-points[i][0], i))
+    picked, left = [first], [i for i in front if i != first]
+    nearest = {i: distance(i, first) for i in left}  # each unpicked member's distance to the picked set
+    while left:
+        chosen = min(left, key=lambda i: (-nearest[i], i))
+        picked.append(chosen)
+        left.remove(chosen)
+        for i in left:
+            nearest[i] = min(nearest[i], distance(i, chosen))
+    return picked
 
 
 def best_first(points: Sequence[Point]) -> list[int]:
     """Indices of `points` (in arrival order, larger is better on both axes) from best to worst:
-    front, then crowding distance (larger first), then arrival; points with a non-finite value last."""
+    front, then the epsilon-net's order inside it, then arrival; points with a non-finite value last."""
     complete = [i for i, p in enumerate(points) if all(math.isfinite(v) for v in p)]
+    # each axis scaled by its range over the rung's complete points (1 where they all agree)
+    spans = tuple((max(points[i][a] for i in complete) - min(points[i][a] for i in complete)) or 1.0
+                  for a in (0, 1)) if complete else (1.0, 1.0)
     ranked: list[int] = []
     for front in _fronts(points, complete):
-        crowding = _crowding(points, front)
-        ranked += sorted(front, key=lambda i: (-crowding[i], i))
+        ranked += _epsilon_net(points, front, spans)
     incomplete = set(range(len(points))) - set(complete)
     return ranked + sorted(incomplete)
 

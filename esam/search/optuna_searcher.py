@@ -71,21 +71,28 @@ def setting_key(params: dict) -> tuple:
 
 
 @contextlib.contextmanager
-def _stop_on_outage():
-    """Inside Ray's loop: an Optuna database away past its limit stops the search the way Ctrl-C does.
+def _stop_on_outage(searcher: "EsamSearcher"):
+    """Inside Ray's loop: an Optuna database away past its limit stops the search the way Ctrl-C does,
+    and one that refuses writes (a full disk, a read-only directory) stops it with its cause kept in
+    `searcher.refused`, for the driver's one line (esam/search/write_refusals.py).
 
-    Ray's stop request (its SIGUSR1 handler, which StopSignals forwards Ctrl-C to) ends the loop
-    after saving the experiment; an exception raised into the loop would end it unsaved.
+    Ray's stop request (its SIGUSR1 handler, which StopSignals forwards Ctrl-C to) ends the loop;
+    an exception raised into the loop would end it with Ray's traceback.
     """
     from esam.search.storage_outage import StorageOutage, is_outage
+    from esam.search.write_refusals import cause, refusal_line
     try:
         yield
     except StorageOutage:
         _ask_ray_to_stop()
     except Exception as err:
-        if not is_outage(err):  # not the database's absence: a real error
+        reason = cause(err)
+        if reason:
+            searcher.refused = searcher.refused or refusal_line(
+                reason, f"Optuna's database {getattr(searcher._storage, 'where', searcher.study_name)}")
+        elif not is_outage(err):  # not the database's absence: a real error
             raise
-        _ask_ray_to_stop()  # the outage outlasted its limit earlier: calls now fail at once
+        _ask_ray_to_stop()  # (an outage that outlasted its limit earlier: calls now fail at once)
 
 
 def _ask_ray_to_stop() -> None:
@@ -151,6 +158,7 @@ class EsamSearcher(Searcher):
         self._attached_runs: set[str] = set()
         self._run_id_of: Callable[[str, float], str | None] | None = None
         self._resume_of: Callable[[int, list[str]], str | None] | None = None
+        self.refused: str | None = None  # why a store refused a write and the search stopped (one line)
 
     # What Ray pickles with its experiment: the settings, no live object and no store URL.
     def __getstate__(self) -> dict:
@@ -212,9 +220,12 @@ class EsamSearcher(Searcher):
         return sum(t.number in running for t in self._trials.values())
 
     def _proposed(self) -> int:
-        """Trials the study has given out: a WAITING one (the warm start, enqueued) is still to come."""
+        """Trials the study has given out: a WAITING one (the warm start, a retry) is still to come, and
+        a failed trial that a retry trains again does not count (esam/search/retries.py)."""
         import optuna
-        return sum(t.state != optuna.trial.TrialState.WAITING for t in self.study.get_trials(deepcopy=False))
+
+        from esam.search.retries import counted
+        return sum(t.state != optuna.trial.TrialState.WAITING for t in counted(self.study.get_trials(deepcopy=False)))
 
     def _next_orphan(self):
         taken = {t.number for t in self._trials.values()}
@@ -225,7 +236,7 @@ class EsamSearcher(Searcher):
 
     def suggest(self, trial_id: str):
         self._require_study()
-        with _stop_on_outage():
+        with _stop_on_outage(self):
             return self._suggest(trial_id)
         return None  # the database stayed away: Ray is asked to stop; an Optuna trial made here is an orphan
 
@@ -291,14 +302,14 @@ class EsamSearcher(Searcher):
                 self._attached_runs.add(trial_id)
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        with _stop_on_outage():
+        with _stop_on_outage(self):
             self._attach_run(trial_id)
 
     def _stopped_early(self, result: dict | None) -> bool:
         return bool(result) and self.epochs > 0 and int(result.get("epoch") or 0) < self.epochs
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        with _stop_on_outage():  # past the outage limit the trial stays RUNNING in Optuna: the next run tells it
+        with _stop_on_outage(self):  # past the outage limit the trial stays RUNNING in Optuna: the next run tells it
             self._complete(trial_id, result, error)
 
     def _complete(self, trial_id: str, result: dict | None, error: bool) -> None:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
+from esam.suggestions import did_you_mean
+
 Objective = tuple[str, str]
 PICKS = ("max-accuracy", "max-throughput", "knee", "fastest-within=D")
 
@@ -141,7 +143,8 @@ def check_rule(rule: str) -> None:
     if rule.startswith("fastest-within="):
         within_margin(rule)
     elif rule not in PICKS:
-        raise ValueError(f"unknown pick {_shown(rule)} (valid: {', '.join(PICKS)})")
+        raise ValueError(f"unknown pick {_shown(rule)} (valid: {', '.join(PICKS)})"
+                         + did_you_mean(rule, PICKS, quote=True))
 
 
 def within_margin(rule: str) -> float:

@@ -17,8 +17,8 @@ import tempfile
 from pathlib import Path
 
 from esam.search.front_summary import front_summary, trials_kind, trials_method
-from esam.search.space import METHOD_KNOBS
 from esam.search.pareto import PICKS, error_band, indistinguishable, pareto_front, pick
+from esam.search.space import METHOD_KNOBS
 from esam.search.tracking import FEASIBLE_TAG, candidates, finished, search_rows
 
 DEFAULT_OBJECTIVES = [("test_acc", "max"), ("speed_vs_sgd", "max")]
@@ -157,48 +157,142 @@ def trials_label(rows: list[dict]) -> str:
     return f"{trials_kind(finished(rows, 'trial'))}trials"
 
 
+# Labels drawn next to points, each at the first of these places where it covers no other label and no
+# marker and stays inside the plot; a point with no such place keeps only its hover text (and the legend).
+LABEL_PLACES = ("top center", "middle right", "middle left", "bottom center", "top right", "top left",
+                "bottom right", "bottom left")
+# pareto.html's plot area at its smallest (the page's min-width and min-height less the margins): a label
+# clear of the others there stays clear in any larger window, since points only move apart as it grows.
+HTML_AREA, HTML_MARGIN = (540.0, 350.0), {"l": 70, "r": 30, "t": 110, "b": 60}
+HTML_FONT = (11, 6.6, 14.0)  # label font size, its mean character width and line height, in pixels
+PNG_DPI = 120
+
+
+def label_box(anchor: tuple[float, float], size: tuple[float, float], place: str, gap: float) -> tuple:
+    """The box (x0, y0, x1, y1; pixels, y up) of a label of `size` drawn at `place` of a point at `anchor`."""
+    (x, y), (w, h) = anchor, size
+    vertical, horizontal = place.split()
+    y0 = {"top": y + gap, "bottom": y - gap - h, "middle": y - h / 2}[vertical]
+    x0 = {"center": x - w / 2, "right": x + gap, "left": x - gap - w}[horizontal]
+    return x0, y0, x0 + w, y0 + h
+
+
+def _overlap(a: tuple, b: tuple) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def place_labels(anchors: list, sizes: list, obstacles: list, area: tuple[float, float],
+                 gaps: list | None = None) -> list[str | None]:
+    """For each label in turn (anchor and size in pixels), its place in LABEL_PLACES, or None where every
+    place covers an earlier label or an obstacle (the markers' boxes) or leaves the area (0, 0)-(w, h)."""
+    placed, places = [], []
+    for i, (anchor, size) in enumerate(zip(anchors, sizes)):
+        gap = gaps[i] if gaps else 6.0
+        for place in LABEL_PLACES:
+            box = label_box(anchor, size, place, gap)
+            inside = box[0] >= 0 and box[1] >= 0 and box[2] <= area[0] and box[3] <= area[1]
+            if inside and not any(_overlap(box, other) for other in placed + obstacles):
+                placed.append(box)
+                places.append(place)
+                break
+        else:
+            places.append(None)
+    return places
+
+
+def axis_ranges(points: list[dict], xm: str, ym: str, pad: float = 0.1) -> tuple[list[float], list[float]]:
+    """Both axes' ranges: every point with its error bars, plus `pad` of the span on each side."""
+    def span(metric):
+        lows, highs = [], []
+        for r in points:
+            band = error_band(r, metric) or (r[metric], r[metric])
+            lows.append(min(band[0], r[metric]))
+            highs.append(max(band[1], r[metric]))
+        low, high = min(lows), max(highs)
+        width = (high - low) or abs(high) * 0.1 or 1.0
+        return [low - pad * width, high + pad * width]
+    return span(xm), span(ym)
+
+
+def _marker_box(anchor, size: float) -> tuple:
+    return anchor[0] - size / 2, anchor[1] - size / 2, anchor[0] + size / 2, anchor[1] + size / 2
+
+
+def _groups(rows: list[dict], front: list[dict], xm: str, ym: str):
+    """(trials off the front, front points by x, references), each with finite x and y."""
+    def plotted(rs):
+        return [r for r in rs if _finite(r.get(xm)) and _finite(r.get(ym))]
+    on_front = {r["run_id"] for r in front}
+    others = plotted([r for r in finished(rows, "trial") if r["run_id"] not in on_front])
+    return others, sorted(plotted(front), key=lambda r: r[xm]), plotted(finished(rows, "reference"))
+
+
+def reference_label(r: dict) -> str:
+    return str(r.get("optimizer") or r.get("name") or "reference").upper()
+
+
 def pareto_figure(rows: list[dict], front: list[dict], objectives, summary: str = ""):
     """The interactive plot as a plotly Figure, one trace per group, named as TRACE_NAMES:
     "ESAM trials" (finished trials off the front, named by their method: trials_label), "Pareto front",
     "SGD", "SAM" (and any other reference by its name); x the second objective, y the first,
-    ~95% error bars where the runs recorded their noise, hover text with settings and run id."""
+    ~95% error bars where the runs recorded their noise, hover text with settings and run id.
+    It sizes itself to its page (autosize); labels are placed clear of each other (place_labels)."""
     import plotly.graph_objects as go
 
     (ym, ymode), (xm, xmode) = objectives
-    on_front = {r["run_id"] for r in front}
-
-    def plotted(rs):
-        return [r for r in rs if _finite(r.get(xm)) and _finite(r.get(ym))]
+    others, fpts, refs = _groups(rows, front, xm, ym)
     fig = go.Figure()
+    sizes = {"trial": 7, "front": 10, "reference": 13}
+    xrange, yrange = axis_ranges(others + fpts + refs, xm, ym) if others + fpts + refs else (None, None)
+
+    # References first (short, and the points people look for), then the front from left to right.
+    labelled = [(r, reference_label(r), sizes["reference"]) for r in refs] + \
+               [(r, settings_label(r), sizes["front"]) for r in fpts]
+    places = {}
+    if xrange:
+        def pixel(r):
+            return ((r[xm] - xrange[0]) / (xrange[1] - xrange[0]) * HTML_AREA[0],
+                    (r[ym] - yrange[0]) / (yrange[1] - yrange[0]) * HTML_AREA[1])
+        _, char, line = HTML_FONT
+        markers = [_marker_box(pixel(r), sizes["trial"]) for r in others] + \
+                  [_marker_box(pixel(r), size) for r, _, size in labelled]
+        found = place_labels([pixel(r) for r, _, _ in labelled], [(len(t) * char, line) for _, t, _ in labelled],
+                             markers, HTML_AREA, gaps=[size / 2 + 3 for _, _, size in labelled])
+        places = {id(r): place for (r, _, _), place in zip(labelled, found)}
 
     def add(name, points, marker, mode="markers", text=None, line=None):
         if not points:
             return
+        where = [places.get(id(r)) for r in points]
         fig.add_trace(go.Scatter(
             name=name, x=[r[xm] for r in points], y=[r[ym] for r in points], mode=mode, marker=marker,
-            line=line, text=text, textposition="top center", hovertext=[_hover(r) for r in points],
-            hoverinfo="text", error_x=_errors(points, xm), error_y=_errors(points, ym)))
-    add(trials_label(rows), plotted([r for r in finished(rows, "trial") if r["run_id"] not in on_front]),
-        {"color": "#9a9a9a", "size": 7})
-    fpts = sorted(plotted(front), key=lambda r: r[xm])
-    add("Pareto front", fpts, {"color": "crimson", "size": 10}, mode="markers+lines+text",
+            line=line, text=None if text is None else [t if p else "" for t, p in zip(text, where)],
+            textposition=[p or "top center" for p in where], textfont={"size": HTML_FONT[0]}, cliponaxis=False,
+            hovertext=[_hover(r) for r in points], hoverinfo="text",
+            error_x=_errors(points, xm), error_y=_errors(points, ym)))
+    add(trials_label(rows), others, {"color": "#9a9a9a", "size": sizes["trial"]})
+    add("Pareto front", fpts, {"color": "crimson", "size": sizes["front"]}, mode="markers+lines+text",
         text=[settings_label(r) for r in fpts], line={"color": "crimson", "width": 1.5})
     styles = {"sgd": ("square", "royalblue"), "sam": ("diamond", "seagreen")}
-    for r in plotted(finished(rows, "reference")):
+    for r in refs:
         symbol, color = styles.get(r.get("optimizer"), ("triangle-up", "black"))
-        label = str(r.get("optimizer") or r.get("name") or "reference").upper()
-        add(label, [r], {"symbol": symbol, "color": color, "size": 13, "line": {"width": 1, "color": "white"}},
-            mode="markers+text", text=[label])
+        add(reference_label(r), [r], {"symbol": symbol, "color": color, "size": sizes["reference"],
+                                      "line": {"width": 1, "color": "white"}},
+            mode="markers+text", text=[reference_label(r)])
     title = f"{trials_method(finished(rows, 'trial')) or 'Method'} search: accuracy vs speed"
     fig.update_layout(
-        title={"text": title + f"<br><sup>{html.escape(ERROR_BARS)}; hover a point for its settings and run id</sup>"},
-        xaxis={"title": {"text": axis_title(xm, xmode)}, "showgrid": True, "zeroline": False, "ticks": "outside"},
-        yaxis={"title": {"text": axis_title(ym, ymode)}, "showgrid": True, "zeroline": False, "ticks": "outside"},
-        legend={"title": {"text": "runs"}}, template="plotly_white", width=900, height=620,
-        margin={"b": 130 if summary else 80})
-    if summary:
-        fig.add_annotation(text="<br>".join(_wrap(summary, 120)), showarrow=False, xref="paper", yref="paper",
-                           x=0, y=-0.16, xanchor="left", yanchor="top", align="left")
+        title={"text": title + f"<br><sup>{html.escape(ERROR_BARS)}; hover a point for its settings and run id</sup>",
+               "x": 0.01, "xanchor": "left", "yref": "container", "y": 0.98, "yanchor": "top"},
+        xaxis={"title": {"text": axis_title(xm, xmode)}, "showgrid": True, "zeroline": False, "ticks": "outside",
+               **({"range": xrange} if xrange else {})},
+        yaxis={"title": {"text": axis_title(ym, ymode)}, "showgrid": True, "zeroline": False, "ticks": "outside",
+               **({"range": yrange} if yrange else {})},
+        # above the plot, in a row: a narrow window keeps its width for the points
+        legend={"orientation": "h", "x": 0, "xanchor": "left", "y": 1.02, "yanchor": "bottom"},
+        template="plotly_white", autosize=True, margin={**HTML_MARGIN, "b": 150 if summary else HTML_MARGIN["b"]})
+    if summary:  # below the x axis title at any height (pixels, not a share of the plot)
+        fig.add_annotation(text="<br>".join(_wrap(summary, 100)), showarrow=False, xref="paper", yref="paper",
+                           x=0, y=0, yshift=-55, xanchor="left", yanchor="top", align="left")
     return fig
 
 
@@ -207,47 +301,97 @@ def _wrap(text: str, width: int) -> list[str]:
     return [html.escape(line) for line in textwrap.wrap(text, width)]
 
 
+# pareto.html loads plotly.js from a plotly.min.js beside it (offline copies), else from plotly's CDN, the
+# version this plotly writes, checked by its hash: the page is ~30 KB instead of 4.6 MB with plotly.js in it.
+PAGE = """<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{title}</title>
+<style>
+body {{ margin: 0; font-family: "Open Sans", Arial, sans-serif; }}
+#pareto {{ min-width: 640px; min-height: 520px; }}
+.summary {{ margin: 0.4em 1.2em 1.2em; max-width: 75em; line-height: 1.4; }}
+</style>
+<script charset="utf-8" src="plotly.min.js"></script>
+<script>window.Plotly || document.write('<script charset="utf-8" src="{cdn}" integrity="{sri}" crossorigin="anonymous"><\\/script>');</script>
+</head>
+<body>
+{plot}
+<p class="summary">{summary}</p>
+<script>
+if (!window.Plotly) document.getElementById("pareto").textContent =
+  "plotly.js could not be loaded: this page takes it from a plotly.min.js beside it, else from {cdn} (network).";
+</script>
+</body>
+</html>
+"""
+
+
+def plotly_source() -> tuple[str, str]:
+    """(the CDN address of the plotly.js this plotly writes, its subresource-integrity hash)."""
+    import base64
+    import hashlib
+
+    from plotly.offline import get_plotlyjs, get_plotlyjs_version
+    digest = hashlib.sha256(get_plotlyjs().encode("utf-8")).digest()
+    return (f"https://cdn.plot.ly/plotly-{get_plotlyjs_version()}.min.js",
+            "sha256-" + base64.b64encode(digest).decode("ascii"))
+
+
+def write_plotlyjs(directory: Path) -> Path:
+    """plotly.min.js in `directory` (once: kept when there), for pareto.html files there to work offline."""
+    from plotly.offline import get_plotlyjs
+    path = Path(directory) / "plotly.min.js"
+    if not path.is_file():
+        path.write_text(get_plotlyjs(), encoding="utf-8")
+    return path
+
+
 def _plot_html(path: Path, rows: list[dict], front: list[dict], objectives, summary: str = "") -> None:
-    """pareto.html: the plotly figure in one self-contained file (plotly.js embedded: works offline)."""
-    fig = pareto_figure(rows, front, objectives, summary)
-    fig.write_html(str(path), include_plotlyjs=True, full_html=True, div_id="pareto",
-                   config={"displaylogo": False, "responsive": True})
+    """pareto.html: the plotly figure filling the window's width (plotly.js loaded as PAGE says); the summary
+    below it as text that wraps with the window."""
+    fig = pareto_figure(rows, front, objectives)
+    plot = fig.to_html(include_plotlyjs=False, full_html=False, div_id="pareto", default_width="100%",
+                       default_height="85vh", config={"displaylogo": False, "responsive": True})
+    cdn, sri = plotly_source()
+    title = fig.layout.title.text.split("<br>")[0]
+    path.write_text(PAGE.format(title=html.escape(title), cdn=cdn, sri=sri, plot=plot, summary=html.escape(summary)),
+                    encoding="utf-8")
 
 
-def _plot_png(path: Path, rows: list[dict], front: list[dict], objectives, summary: str = "") -> None:
-    """pareto.png: the same plot, static (matplotlib): units and direction, error bars, front labels."""
+def _png_figure(rows: list[dict], front: list[dict], objectives, summary: str = ""):
+    """pareto.png's figure (matplotlib): units and direction, error bars, front labels placed clear of each
+    other and of the markers (place_labels, on the sizes the renderer measures)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     (ym, ymode), (xm, xmode) = objectives
-    on_front = {r["run_id"] for r in front}
-    fig, ax = plt.subplots(figsize=(8, 5.6))
+    others, fpts, refs = _groups(rows, front, xm, ym)
+    fig, ax = plt.subplots(figsize=(8, 5.6), dpi=PNG_DPI)  # measured at the dpi it is saved with
+    sizes = {"trial": 6, "front": 6, "reference": 9}  # marker sizes in points
 
     def draw(points, fmt, label, **kw):
-        points = [r for r in points if _finite(r.get(xm)) and _finite(r.get(ym))]
         if not points:
             return
         xe, ye = _errors(points, xm), _errors(points, ym)
         ax.errorbar([r[xm] for r in points], [r[ym] for r in points], fmt=fmt, label=label, capsize=2, elinewidth=0.8,
                     xerr=[xe["arrayminus"], xe["array"]] if xe else None,
                     yerr=[ye["arrayminus"], ye["array"]] if ye else None, **kw)
-    draw([r for r in finished(rows, "trial") if r["run_id"] not in on_front], "o", trials_label(rows), color="0.6")
-    fpts = sorted([r for r in front if _finite(r.get(xm)) and _finite(r.get(ym))], key=lambda r: r[xm])
-    draw(fpts, "o-", "Pareto front", color="tab:red")
-    for r in fpts:
-        ax.annotate(settings_label(r), (r[xm], r[ym]), textcoords="offset points", xytext=(5, 6), fontsize=7,
-                    color="tab:red")
+    draw(others, "o", trials_label(rows), color="0.6", markersize=sizes["trial"])
+    draw(fpts, "o-", "Pareto front", color="tab:red", markersize=sizes["front"])
     styles = {"sgd": ("s", "tab:blue"), "sam": ("D", "tab:green")}
-    for r in finished(rows, "reference"):
+    for r in refs:
         m, c = styles.get(r.get("optimizer"), ("^", "k"))
-        label = str(r.get("optimizer") or r.get("name") or "reference").upper()
-        draw([r], m, label, color=c, markersize=9)
-        if _finite(r.get(xm)) and _finite(r.get(ym)):
-            ax.annotate(label, (r[xm], r[ym]), textcoords="offset points", xytext=(7, -12), fontsize=8, color=c)
+        draw([r], m, reference_label(r), color=c, markersize=sizes["reference"])
     ax.set_xlabel(axis_title(xm, xmode))
     ax.set_ylabel(axis_title(ym, ymode))
-    ax.margins(0.12)
+    if others + fpts + refs:
+        xrange, yrange = axis_ranges(others + fpts + refs, xm, ym, pad=0.12)
+        ax.set_xlim(*xrange)
+        ax.set_ylim(*yrange)
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize=8)
     ax.set_title("ESAM search: accuracy vs speed\n" + ERROR_BARS, fontsize=10)
@@ -257,7 +401,50 @@ def _plot_png(path: Path, rows: list[dict], front: list[dict], objectives, summa
         fig.tight_layout(rect=(0, 0.08, 1, 1))
     else:
         fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    _label_png(fig, ax, [(r, reference_label(r), styles.get(r.get("optimizer"), ("^", "k"))[1], 8, sizes["reference"])
+                         for r in refs] + [(r, settings_label(r), "tab:red", 7, sizes["front"]) for r in fpts],
+               others, xm, ym, sizes["trial"])
+    return fig
+
+
+def _label_png(fig, ax, labelled: list, others: list, xm: str, ym: str, trial_size: float) -> None:
+    """Annotate pareto.png's points where place_labels finds room, measuring each label as drawn."""
+    renderer = fig.canvas.get_renderer()
+    area = ax.get_window_extent(renderer)
+    px = fig.dpi / 72  # pixels per point
+
+    def pixel(r):
+        x, y = ax.transData.transform((r[xm], r[ym]))
+        return x - area.x0, y - area.y0
+    measured = []
+    for _, text, _, fontsize, _ in labelled:
+        probe = fig.text(0, 0, text, fontsize=fontsize)
+        box = probe.get_window_extent(renderer)
+        measured.append((box.width, box.height))
+        probe.remove()
+    markers = [_marker_box(pixel(r), trial_size * px) for r in others] + \
+              [_marker_box(pixel(r), size * px) for r, _, _, _, size in labelled]
+    legend = ax.get_legend().get_window_extent(renderer)
+    markers.append((legend.x0 - area.x0, legend.y0 - area.y0, legend.x1 - area.x0, legend.y1 - area.y0))
+    gaps = [size * px / 2 + 3 for *_, size in labelled]
+    places = place_labels([pixel(r) for r, *_ in labelled], measured, markers, (area.width, area.height), gaps)
+    for (r, text, color, fontsize, _), place, gap in zip(labelled, places, gaps):
+        if place is None:
+            continue  # no room: the legend and pareto.html's hover text name it
+        vertical, horizontal = place.split()
+        dx = {"center": 0, "right": gap, "left": -gap}[horizontal]
+        dy = {"middle": 0, "top": gap, "bottom": -gap}[vertical]
+        ax.annotate(text, (r[xm], r[ym]), textcoords="offset points", xytext=(dx / px, dy / px), fontsize=fontsize,
+                    color=color,
+                    ha={"center": "center", "right": "left", "left": "right"}[horizontal],
+                    va={"middle": "center", "top": "bottom", "bottom": "top"}[vertical])
+
+
+def _plot_png(path: Path, rows: list[dict], front: list[dict], objectives, summary: str = "") -> None:
+    """pareto.png: the same plot, static (matplotlib)."""
+    import matplotlib.pyplot as plt
+    fig = _png_figure(rows, front, objectives, summary)
+    fig.savefig(path, dpi=PNG_DPI)
     plt.close(fig)
 
 

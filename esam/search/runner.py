@@ -25,6 +25,9 @@ from esam.optim import OPTIMIZERS
 from esam.search.atomic_storage import sweep_partial_files
 from esam.search.checkpoints import newest_checkpoint
 from esam.search.results_storage import StoragePath, check_storage_writable
+from esam.search import retries
+from esam.search.write_refusals import WriteRefused
+from esam.search.ray_logs import one_line_ray_logs
 from esam.search.samplers import SamplerSpec
 from esam.search.local_ray import check_ray_token, init_ray
 from esam.search.pareto_report import format_table, tag_front_and_write_artifacts
@@ -32,7 +35,7 @@ from esam.search.config import SearchConfig
 from esam.search.space import optuna_space, paper_point
 from esam.search.lock import SearchLock
 from esam.search.state import check_writable, read_state, storage_error_line, write_state
-from esam.search.startup import (check_growth, check_study, known_parent, reconcile_all, same_config,
+from esam.search.startup import (check_growth, check_study, check_study_file, known_parent, reconcile_all, same_config,
                                  settle_after_stop)
 from esam.search.stop_signals import StopSignals
 from esam.search.store_lock import store_creation_lock
@@ -58,6 +61,7 @@ class SearchOutcome:
     serve_command: str | None = None  # what serves runs_url (None: the tracking server does)
     already_complete: bool = False  # the search had finished before this command: nothing ran
     summary: dict | None = None  # the parent run's summary metrics
+    ended: str = ""  # how the trials ended, failures counted (the command's last line)
 
 
 def _progress_label(cfg: SearchConfig) -> str:
@@ -176,8 +180,28 @@ def _run_references(cfg: SearchConfig, uri: str, client, parent: str, params_of,
 
 
 def _ended_before(study) -> list:
-    """The study's trials that ended before this run (COMPLETE, FAIL or PRUNED)."""
-    return study.get_trials(deepcopy=False, states=_ended_states())
+    """The study's trials that ended before this run (COMPLETE, FAIL or PRUNED) and count against
+    `trials`: a failed one that a retry trains again does not (esam/search/retries.py)."""
+    return _counted_ended(study)
+
+
+def _counted_ended(study) -> list:
+    ended = {s.name for s in _ended_states()}
+    return [t for t in retries.counted(study.get_trials(deepcopy=False)) if t.state.name in ended]
+
+
+def _failure_lines(client, parent: str) -> dict[int, str]:
+    """Optuna trial number -> the error line its MLflow run recorded (what a retry is decided on)."""
+    lines = {}
+    for r in tracking.trial_runs(client, parent):
+        number = r.data.tags.get("optuna_trial_number", "")
+        if r.data.tags.get(tracking.KIND_TAG) == "trial" and number.isdigit() and "error" in r.data.tags:
+            lines[int(number)] = r.data.tags["error"]
+    return lines
+
+
+def _to_retry(cfg: SearchConfig, study, client, parent: str) -> list:
+    return retries.to_retry(study.get_trials(deepcopy=False), _failure_lines(client, parent), cfg.retry_failed)
 
 
 def _front_points(trials: list) -> list[dict]:
@@ -245,8 +269,10 @@ _SIGNALS: list[StopSignals] = []  # the running search's signal catcher (one sea
 
 
 def _fit(tuner):
-    """Run an experiment, stoppable by SIGINT and SIGTERM (a signal during it raises SearchStopped)."""
-    return _SIGNALS[-1].fit(tuner) if _SIGNALS else tuner.fit()
+    """Run an experiment, stoppable by SIGINT and SIGTERM (a signal during it raises SearchStopped);
+    Ray's log lines one line each."""
+    with one_line_ray_logs():
+        return _SIGNALS[-1].fit(tuner) if _SIGNALS else tuner.fit()
 
 
 def _ended_states() -> tuple:
@@ -265,19 +291,20 @@ def _check_done(storage, cfg: SearchConfig) -> None:
     from esam.search.storage_outage import outage_is_a_stop
     with outage_is_a_stop():
         study = optuna.load_study(study_name=cfg.name, storage=storage)
-        ended = study.get_trials(deepcopy=False, states=_ended_states())
+        ended = _counted_ended(study)
     if len(ended) < cfg.trials:
         raise KeyboardInterrupt
 
 
 def _complete(cfg: SearchConfig, storage, client, parent: str) -> bool:
-    """The search ended before: its study holds `trials` ended trials, and every reference ended."""
+    """The search ended before: its study holds `trials` ended trials, none of them a failure to
+    retry, and every reference ended."""
     import optuna
     if cfg.name not in optuna.study.get_all_study_names(storage):
         return False
     study = optuna.load_study(study_name=cfg.name, storage=storage)
-    ended = study.get_trials(deepcopy=False, states=_ended_states())
-    return len(ended) >= cfg.trials and not _references_left(cfg, client, parent)
+    return (len(_counted_ended(study)) >= cfg.trials and not _to_retry(cfg, study, client, parent)
+            and not _references_left(cfg, client, parent))
 
 
 def _check_local_data(cfg: SearchConfig, address: str | None) -> None:
@@ -321,6 +348,9 @@ def run_search(cfg: SearchConfig, *, address: str | None = None, echo: Callable[
         except KeyboardInterrupt:
             settle_after_stop(cfg, echo, status="KILLED")
             raise
+        except WriteRefused:  # a store refused a write during the search: nothing stays RUNNING
+            settle_after_stop(cfg, echo, status="FAILED")
+            raise
         except EsamError:  # refused before any trial ran: nothing to settle
             raise
         except Exception:
@@ -328,6 +358,30 @@ def run_search(cfg: SearchConfig, *, address: str | None = None, echo: Callable[
             raise
         finally:
             _SIGNALS.remove(signals)
+
+
+def _enqueue_retries(cfg: SearchConfig, study, client, parent: str, echo: Callable[[str], None]) -> None:
+    """Trials that failed from outside their setting train again (esam/search/retries.py), once each run."""
+    failed = _to_retry(cfg, study, client, parent)
+    if failed:
+        retries.enqueue_retries(study, failed)
+        numbers = ", ".join(f"#{t.number}" for t in failed)
+        echo(f"search {cfg.name}: retrying {len(failed)} {'trial' if len(failed) == 1 else 'trials'} that failed "
+             f"from outside their setting ({numbers}; retry_failed: {cfg.retry_failed})")
+
+
+def _ended_line(cfg: SearchConfig, study, client, parent: str) -> str:
+    """How the trials ended, failures counted: the command's last line."""
+    t = retries.tally(study.get_trials(deepcopy=False))
+    line = f"search {cfg.name}: {sum(t.values())} {_trials_noun(cfg)} ended: {t['finished']} finished"
+    if t["stopped"]:
+        line += f", {t['stopped']} stopped early"
+    if t["failed"]:
+        left = len(_to_retry(cfg, study, client, parent))
+        line += f", {t['failed']} failed"
+        line += (f" ({left} from outside their setting: run the same command again to retry "
+                 f"{'it' if left == 1 else 'them'})") if left else " (none to retry)"
+    return line
 
 
 def _run_search(cfg: SearchConfig, uri: str, client, *, address: str | None,
@@ -355,6 +409,7 @@ def _run_search(cfg: SearchConfig, uri: str, client, *, address: str | None,
     if cfg.ray_storage.local is not None:  # copies a killed driver left half-written (never read; see atomic_storage)
         sweep_partial_files(cfg.ray_storage.local)
     parent = known_parent(client, state, uri) if state else None
+    check_study_file(cfg, state)
     storage = _optuna_storage(cfg.optuna_url())
     check_study(cfg, storage, state, client, parent)  # all refusals before the parent run is reopened: a refused run changes nothing
     # A stop between the two would leave a RUNNING parent that search.json does not name (nothing
@@ -403,6 +458,8 @@ def _run_search(cfg: SearchConfig, uri: str, client, *, address: str | None,
                         resume_of=functools.partial(_newest_of_trials, cfg.ray_storage / "search", client, parent))
         for point in warm:  # Optuna samples the searched fields the point leaves out (Ray's own would refuse)
             searcher.study.enqueue_trial(point, skip_if_exists=True)
+        if not complete:
+            _enqueue_retries(cfg, searcher.study, client, parent, echo)
         scheduler = _scheduler(cfg)
         tune_config = tune.TuneConfig(search_alg=searcher, num_samples=cfg.trials, scheduler=scheduler,
                                       max_concurrent_trials=cfg.concurrency,
@@ -417,7 +474,10 @@ def _run_search(cfg: SearchConfig, uri: str, client, *, address: str | None,
             # Without `method` in the space every trial's method is train.optimizer's (a constant Ray adds)
             constant = {} if "method" in cfg.space else {"method": cfg.train.optimizer.name}
             _fit(_tuner(cfg, "search", constant, tune_config, callbacks))
+            if searcher.refused:  # a store refused a write (a full disk, a read-only directory): its cause
+                raise WriteRefused(searcher.refused)
         _check_done(storage, cfg)
+        ended = _ended_line(cfg, searcher.study, client, parent)
         finish_records(uri, parent, wait=True)  # every trial's record is in MLflow before the parent ends
         retry(lambda: client.set_terminated(parent, status="FINISHED"), "the search run's status", echo=echo)
         status = "FINISHED"
@@ -439,4 +499,4 @@ def _run_search(cfg: SearchConfig, uri: str, client, *, address: str | None,
     table = format_table(front, references)
     exp_id = client.get_run(parent).info.experiment_id
     url, serve = tracking.runs_url(uri, exp_id)
-    return SearchOutcome(parent, uri, directory, front, rows, table, exp_id, url, serve, complete, summary)
+    return SearchOutcome(parent, uri, directory, front, rows, table, exp_id, url, serve, complete, summary, ended)

@@ -36,8 +36,9 @@ def _with_defaults(saved: dict) -> dict:
 
 
 # What a search may change when it continues: where MLflow lives (a moved store may be named
-# again), how many trials run at once, and how many trials it has (it grows; see check_growth).
-_MAY_CHANGE = ("trials", "concurrency")
+# again), how many trials run at once, how many trials it has (it grows; see check_growth), and how
+# often a setting that failed from outside is trained again (esam/search/retries.py).
+_MAY_CHANGE = ("trials", "concurrency", "retry_failed")
 
 
 def same_config(saved: dict, resolved: dict) -> bool:
@@ -79,6 +80,18 @@ def known_parent(client, state: dict, uri: str) -> str:
     raise ConfigError(f"this search records its runs in {recorded}, but this command would use {uri} (moved the "
                       f"working directory, or another MLFLOW_TRACKING_URI?); run it where it started, or "
                       f"--set mlflow.tracking_uri=<the store holding run {parent}>")
+
+
+def check_study_file(cfg: SearchConfig, state: dict | None) -> None:
+    """A continued search whose SQLite study file is gone or empty is refused before Optuna opens it:
+    opening writes an empty schema, which would hide what happened to the file."""
+    if not state or cfg.optuna_storage:
+        return
+    path = cfg.directory / "optuna.db"
+    if not path.is_file() or path.stat().st_size == 0:
+        raise ConfigError(f"{path} is {'empty' if path.is_file() else 'missing'}: no study {cfg.name!r}, yet "
+                          f"{STATE_FILE} says the search ran (database emptied or removed?); restore it, or remove "
+                          f"{cfg.directory} to start the search over")
 
 
 def check_study(cfg: SearchConfig, storage, state: dict, client, parent: str | None) -> None:
@@ -166,4 +179,9 @@ def _settle(cfg: SearchConfig, status: str) -> None:
     if client.get_run(parent).info.status == "RUNNING":
         client.set_terminated(parent, status=status)
     from esam.search.runner import _optuna_storage
-    _reconcile(cfg, client, parent, _optuna_storage(cfg.optuna_url()))
+    try:
+        _reconcile(cfg, client, parent, _optuna_storage(cfg.optuna_url()))
+    finally:  # an Optuna database that refuses writes (a full disk) stops the reconciliation: end MLflow's runs
+        for run in tracking.trial_runs(client, parent):
+            if run.info.status == "RUNNING":
+                client.set_terminated(run.info.run_id, status="KILLED")

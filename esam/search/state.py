@@ -15,6 +15,7 @@ from pathlib import Path
 from esam.errors import ConfigError
 from esam.search import ray_state
 from esam.search.results_storage import StoragePath
+from esam.search.write_refusals import cause, refusal_line
 
 STATE_FILE = "search.json"
 EXPERIMENTS = ("references", "search")  # the Ray experiments of a search
@@ -76,6 +77,6 @@ def check_writable(directory: Path) -> None:
 
 
 def storage_error_line(err: OSError, directory: Path) -> str:
-    where = err.filename or directory
-    return (f"cannot write {where} ({err.strerror or type(err).__name__}); free space or fix the permissions of "
-            f"results_dir, then run the same command again")
+    """One line naming the real cause (no space, read-only, a name too long) and the way out."""
+    reason = cause(err) or (err.strerror or type(err).__name__).lower()
+    return refusal_line(reason, str(err.filename or directory))

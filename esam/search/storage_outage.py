@@ -37,6 +37,7 @@ from typing import Any
 from optuna.storages import BaseStorage
 
 from esam.search.record_buffer import backoff
+from esam.search.write_refusals import cause as write_refusal
 
 MAX_OUTAGE_S = 300.0  # seconds without the database at most; $ESAM_OPTUNA_MAX_OUTAGE_S overrides
 # A PostgreSQL host that does not answer at all (a network partition, not a refused connection) fails
@@ -71,6 +72,8 @@ def _stop_requested() -> bool:
 def is_outage(err: BaseException) -> bool:
     """Whether `err` (or what caused it) says the database could not be reached, rather than refused a call."""
     from sqlalchemy import exc
+    if write_refusal(err):  # SQLite's "disk is full" is an OperationalError too; waiting does not mend it
+        return False
     seen = 0
     while err is not None and seen < 10:
         if isinstance(err, (exc.OperationalError, exc.InterfaceError, exc.TimeoutError, exc.InvalidatePoolError)):

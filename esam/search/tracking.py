@@ -417,15 +417,54 @@ def resolve_search(client, experiment: str, search: str | None) -> str:
             raise ConfigError(f"no search named {brief(search)}: search names are letters, digits, '_', '-', '.'")
         found = find_parent_run(client, experiment, search)
         if found is None:
-            raise ConfigError(f"no search named {search!r} in MLflow experiment {brief(experiment)}")
+            raise ConfigError(f"no search named {search!r} in MLflow experiment {brief(experiment)}"
+                              + _known_searches(client, experiment, search))
         return found
     exp = client.get_experiment_by_name(experiment)
     runs = [] if exp is None else client.search_runs(
         [exp.experiment_id], filter_string=f"tags.`{KIND_TAG}` = 'search'",
         order_by=["attributes.start_time DESC"], max_results=1)
     if not runs:
-        raise ConfigError(f"no search recorded in MLflow experiment {brief(experiment)} at {client.tracking_uri}")
+        missing = experiment_hint(client, experiment)
+        raise ConfigError(f"no search recorded in MLflow experiment {brief(experiment)} at {client.tracking_uri}"
+                          + (f": no such experiment {missing}" if missing else ""))
     return runs[0].info.run_id
+
+
+def parent_runs(client, experiment: str) -> list:
+    """Every search's parent run in `experiment`, newest first ([] when there is no such experiment)."""
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return []
+    runs, token = [], None
+    while True:
+        page = client.search_runs([exp.experiment_id], filter_string=f"tags.`{KIND_TAG}` = 'search'",
+                                  order_by=["attributes.start_time DESC"], max_results=1000, page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def _known_searches(client, experiment: str, wanted: str) -> str:
+    """What an unknown search name's error adds: the searches there are (the newest 10), and the nearest one."""
+    from esam.suggestions import did_you_mean
+    names = [n for n in dict.fromkeys(r.data.tags.get(SEARCH_TAG, "") for r in parent_runs(client, experiment)) if n]
+    if not names:
+        missing = experiment_hint(client, experiment)
+        return f": no such experiment {missing}" if missing else "; it holds no search"
+    more = f" and {len(names) - 10} more (esam ls)" if len(names) > 10 else ""
+    return f" (searches: {', '.join(names[:10])}{more})" + did_you_mean(wanted, names, quote=True)
+
+
+def experiment_hint(client, experiment: str) -> str:
+    """"(experiments: ...); did you mean ...?" for an experiment the store lacks, or "" when it has it."""
+    from esam.config import brief
+    from esam.suggestions import did_you_mean
+    if client.get_experiment_by_name(experiment) is not None:
+        return ""
+    known = [e.name for e in client.search_experiments()]
+    return f"(experiments: {', '.join(brief(n) for n in known[:10])})" + did_you_mean(experiment, known, quote=True)
 
 
 def run_summary(run) -> dict:

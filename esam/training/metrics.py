@@ -11,8 +11,11 @@ EPOCH_METRICS: dict[str, str] = {
     "images_per_s": "this process's raw training images per second (timed steps after the warm-up, full batch "
                     "counted); trials sharing a device slow each other, so compare trials by speed_vs_sgd",
     "step_time_vs_sgd": "1 / speed_vs_sgd: the method's step time over an SGD step's, run level",
+    "step_time_vs_sgd_low": "lower end of step_time_vs_sgd's 95% interval: 1 / speed_vs_sgd_high",
+    "step_time_vs_sgd_high": "upper end of step_time_vs_sgd's 95% interval: 1 / speed_vs_sgd_low",
     "speed_vs_sgd": "throughput relative to SGD: median over every interleaved method/SGD pair of the run so far "
-                    "of SGD step time / method step time (the objective; SGD 1, probing off nan)",
+                    "of SGD step time / method step time (the objective; SGD 1, probing off nan; LookSAM, RST, "
+                    "AE-SAM: each pair's blocks moved to the run's share of sharpness steps first)",
     "speed_vs_sgd_low": "lower end of speed_vs_sgd's 95% interval (distribution-free, order statistics of the pairs)",
     "speed_vs_sgd_high": "upper end of speed_vs_sgd's 95% interval",
     "epoch_speed_vs_sgd": "the median ratio of this epoch's pairs only (a diagnostic; once the objective, it moved "

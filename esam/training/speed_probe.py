@@ -11,8 +11,10 @@ a dear sharpness step on some steps and a cheap one-pass step on the others, and
 single-step ratios mostly sees the cheap ones (on digits it put LookSAM at 0.93x SGD where its
 cost says 0.85x, RST at 0.96x where it says 0.61x). A block of the method's cycle holds its dear
 steps in their share: LookSAM's k steps hold exactly one; RST's and AE-SAM's RANDOM_BLOCK steps
-hold about p (or the test's share) of them, and the median block holds the median count, which
-for p = 0.5 is the expected one. Methods whose every step costs the same keep blocks of 1.
+hold about p (or the test's share) of them. A pair of such a method also records its block's share
+of sharpness steps, from the optimizer's own count, so that the estimate can move each block to the
+run's share (esam.training.speed_estimate.block_ratios) instead of taking the median block's whole
+count. Methods whose every step costs the same keep blocks of 1 and record no share.
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ import torch
 from esam.config import OptimizerConfig
 from esam.training.timing import synchronize
 
-RANDOM_BLOCK = 10  # RST, AE-SAM: steps per timed block; Binomial(10, 1/2) keeps 89% of blocks within 3..7 sharpening
+RANDOM_BLOCK = 10  # RST, AE-SAM: steps per timed block; their shares spread, which lets the estimate fit their cost
 
 
 def cycle_steps(config: OptimizerConfig) -> int:
@@ -76,8 +78,21 @@ class InterleavedProbe:
             self.sgd_opt.step(sgd_closure)
         repeat(step)
 
-    def time_pairs(self, make_closure: Callable, pairs: int, discard_first: bool = True) -> list[tuple[float, float]]:
-        """`pairs` timed (method seconds, SGD seconds) pairs of blocks, after one discarded pair if `discard_first`.
+    def _sharpness_steps(self) -> int | None:
+        """The method copy's count of sharpness steps so far; None for methods that do not skip passes."""
+        count = getattr(self.method_opt, "sharpness_steps", None)
+        return count if isinstance(count, int) else None
+
+    def _time_method(self, closure) -> tuple[float, ...]:
+        """(seconds,) of a method block, or (seconds, share of sharpness steps in it) for a skipping method."""
+        before = self._sharpness_steps()
+        seconds = self._time_step(self.method_opt, closure)
+        after = self._sharpness_steps()
+        return (seconds,) if before is None or after is None else (seconds, (after - before) / self.block)
+
+    def time_pairs(self, make_closure: Callable, pairs: int, discard_first: bool = True) -> list[tuple[float, ...]]:
+        """`pairs` timed (method seconds, SGD seconds[, share]) pairs of blocks, after one discarded pair
+        if `discard_first`; `share` (the method block's share of sharpness steps) for LookSAM, RST and AE-SAM.
 
         `make_closure(runner)` builds a step's closure around what a copy's passes call. The order
         within a pair alternates (method first, then SGD first), so that whatever the first step of
@@ -86,17 +101,17 @@ class InterleavedProbe:
         timed = []
         for i in range(pairs + int(discard_first)):
             if self._order % 2 == 0:
-                m = self._time_step(self.method_opt, method_closure)
+                m = self._time_method(method_closure)
                 s = self._time_step(self.sgd_opt, sgd_closure)
             else:
                 s = self._time_step(self.sgd_opt, sgd_closure)
-                m = self._time_step(self.method_opt, method_closure)
+                m = self._time_method(method_closure)
             self._order += 1
             if i > 0 or not discard_first:
-                timed.append((m, s))
+                timed.append((m[0], s, *m[1:]))
         return timed
 
     def step_time_ratio(self, make_closure: Callable, pairs: int) -> float:
         """Median method step time / median SGD step time of `pairs` pairs; one warm-up pair is discarded."""
         timed = self.time_pairs(make_closure, pairs)
-        return statistics.median(m for m, _ in timed) / statistics.median(s for _, s in timed)
+        return statistics.median(t[0] for t in timed) / statistics.median(t[1] for t in timed)

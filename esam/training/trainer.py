@@ -37,7 +37,7 @@ from esam.training import distributed
 from esam.training.checkpoint import CHECKPOINT_FILE, load_checkpoint, restore, save_checkpoint
 from esam.training.cuda_graphs import warm_up, warm_up_quiet_steps
 from esam.training.schedule import lr_multiplier
-from esam.training.speed_estimate import SpeedEstimate, median, probe_epoch, ratios
+from esam.training.speed_estimate import SpeedEstimate, block_ratios, median, probe_epoch
 from esam.training.speed_probe import InterleavedProbe, cycle_steps
 from esam.training.step import (PassMode, autocast, build_step_optimizer, loss_closure, prepare_device,
                                 resolve_precision)
@@ -189,7 +189,8 @@ def _speed_vs_sgd(run: _Run, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[s
     SGD is 1 with the interval [1, 1]; with probing off every figure is nan."""
     if run.probe is None:
         one = 1.0 if run.config.optimizer.name == "sgd" else float("nan")
-        return {"step_time_vs_sgd": one, "speed_vs_sgd": one, "speed_vs_sgd_low": one, "speed_vs_sgd_high": one,
+        return {"step_time_vs_sgd": one, "step_time_vs_sgd_low": one, "step_time_vs_sgd_high": one,
+                "speed_vs_sgd": one, "speed_vs_sgd_low": one, "speed_vs_sgd_high": one,
                 "epoch_speed_vs_sgd": one, "probe_pairs": 0}
 
     def make_closure(runs: Callable):
@@ -198,13 +199,15 @@ def _speed_vs_sgd(run: _Run, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[s
         quiet = warm_up_quiet_steps(run.config.optimizer.swp_patterns)
         run.probe.warm_up(make_closure, lambda step: warm_up(step, run.probe.runners, quiet_steps=quiet))
         run.probe_warmed = True
+    if hasattr(run.optimizer, "sharpness_steps"):  # LookSAM, RST, AE-SAM: the share of sharpness steps the run paid
+        run.speed.share = run.optimizer.sharpness_steps / max(1, run.optimizer.num_steps)
     if hasattr(run.probe.method_opt, "time_at_share"):  # AE-SAM: time its steps at the run's share of sharpening
-        run.probe.method_opt.time_at_share(run.optimizer.sharpness_steps / max(1, run.optimizer.num_steps))
+        run.probe.method_opt.time_at_share(run.speed.share)
     # probe_steps counts steps of each kind: a method timed in blocks needs fewer pairs for the same minimum
     min_pairs = -(-run.config.probe_steps // run.probe.block)
     epoch = probe_epoch(run.speed, lambda n, first: run.probe.time_pairs(make_closure, n, discard_first=first),
                         min_pairs)
-    return {**run.speed.summary(), "epoch_speed_vs_sgd": median(ratios(epoch))}
+    return {**run.speed.summary(), "epoch_speed_vs_sgd": median(block_ratios(epoch, run.speed.share))}
 
 
 def _evaluate(run: _Run) -> tuple[float, float]:
@@ -229,8 +232,9 @@ def _save(run: _Run, checkpoint_dir: str | Path | None, epoch: int, metrics: dic
         "scheduler": run.scheduler.state_dict(), "rng_cpu": torch.get_rng_state(),
         "rng_cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
         "epoch": epoch, "metrics": metrics,
-        # plain float64 rows, so weights_only loading reads them: [train_s, probe_s], then [method_s, sgd_s] per pair
-        "speed_pairs": torch.tensor(run.speed.to_list(), dtype=torch.float64).reshape(-1, 2)})
+        # plain float64 rows, so weights_only loading reads them: [train_s, probe_s], then [method_s, sgd_s] per
+        # pair (and a third column, the block's share of sharpness steps, for LookSAM, RST and AE-SAM)
+        "speed_pairs": torch.tensor(run.speed.to_list(), dtype=torch.float64)})
     return Path(checkpoint_dir)
 
 
@@ -263,6 +267,8 @@ def train(config: TrainConfig, report: Report | None = None, *,
             "test_acc_se": 100 * math.sqrt(p * (1 - p) / run.data.test_size),
             "images_per_s": trained["images_per_s"],
             "step_time_vs_sgd": speed["step_time_vs_sgd"],
+            "step_time_vs_sgd_low": speed["step_time_vs_sgd_low"],
+            "step_time_vs_sgd_high": speed["step_time_vs_sgd_high"],
             "speed_vs_sgd": speed["speed_vs_sgd"],
             "speed_vs_sgd_low": speed["speed_vs_sgd_low"],
             "speed_vs_sgd_high": speed["speed_vs_sgd_high"],
