@@ -112,7 +112,7 @@ def test_a_postgresql_restart_during_a_trial_loses_nothing(postgres, mlflow_on_p
     if proc.returncode == 0:
         assert len(outage) == 2 and outage[0].startswith("warning: ") and " back after " in outage[1], outage
     else:
-        assert proc.returncode == 130 and STOP_LINE in first, first[-3000:]
+        assert proc.returncode == 75 and STOP_LINE in first, first[-3000:]  # stopped by the outage, not a signal
         rc, out = run(path, tmp_path)
         print(out)
         assert rc == 0 and "Traceback" not in out, out
@@ -156,7 +156,7 @@ def test_a_database_away_past_the_limit_stops_cleanly_and_the_rerun_loses_nothin
             proc.kill()
             proc.communicate()
     print(first)
-    assert proc.returncode == 130 and STOP_LINE in first and "Traceback" not in first, first[-3000:]
+    assert proc.returncode == 75 and STOP_LINE in first and "Traceback" not in first, first[-3000:]  # no signal: 75
     assert "still unreachable after 4 s (ESAM_OPTUNA_MAX_OUTAGE_S): stopping the search" in first
     rc, out = run(path, tmp_path)
     print(out)

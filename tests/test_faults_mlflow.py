@@ -233,7 +233,7 @@ def test_an_outage_past_the_limit_stops_cleanly_and_the_rerun_loses_nothing(tmp_
     mlflow_service.stop()
     out, _ = proc.communicate(timeout=240)
     print(out)
-    assert proc.returncode != 0, out
+    assert proc.returncode == 75, out  # stopped by the outage, not by a signal (130/143)
     assert "run the same command again to continue it" in out
     assert "Traceback" not in out
     spill = tmp_path / "esam_results" / "longout" / SPILL_FILE

@@ -4,7 +4,8 @@ Reads finished child runs from MLflow (so it works after the search, from any ma
 tags the front's runs `pareto=true` (the others `false`) and logs to the parent run:
 pareto.csv, pareto.json (with the front's summary sentence), pareto.png (all trials, the front
 labelled with its settings, the SGD/SAM references, ~95% error bars) and pareto.html (the same
-plot in plotly, self-contained: hover a point for its settings and run id), best_configs.json.
+plot in plotly, as wide as its window, plotly.js loaded as PAGE says: hover a point for its settings
+and run id), best_configs.json. Labels are placed clear of each other (place_labels).
 """
 from __future__ import annotations
 
@@ -182,21 +183,52 @@ def _overlap(a: tuple, b: tuple) -> bool:
 
 
 def place_labels(anchors: list, sizes: list, obstacles: list, area: tuple[float, float],
-                 gaps: list | None = None) -> list[str | None]:
-    """For each label in turn (anchor and size in pixels), its place in LABEL_PLACES, or None where every
-    place covers an earlier label or an obstacle (the markers' boxes) or leaves the area (0, 0)-(w, h)."""
-    placed, places = [], []
+                 gaps: list | None = None, budget: int = 20000) -> list[str | None]:
+    """Each label's place in LABEL_PLACES (anchor and size in pixels), so that no label covers another or an
+    obstacle (the markers' boxes) or leaves the area (0, 0)-(w, h); None for a label left out.
+
+    As few labels left out as a search of `budget` steps finds (a greedy pass fails where an earlier label
+    took the only free place of a later one); among those, earlier labels get the earlier places."""
+    options = []
     for i, (anchor, size) in enumerate(zip(anchors, sizes)):
-        gap = gaps[i] if gaps else 6.0
-        for place in LABEL_PLACES:
-            box = label_box(anchor, size, place, gap)
-            inside = box[0] >= 0 and box[1] >= 0 and box[2] <= area[0] and box[3] <= area[1]
-            if inside and not any(_overlap(box, other) for other in placed + obstacles):
-                placed.append(box)
-                places.append(place)
-                break
-        else:
-            places.append(None)
+        boxes = [(place, label_box(anchor, size, place, gaps[i] if gaps else 6.0)) for place in LABEL_PLACES]
+        options.append([(place, box) for place, box in boxes
+                        if box[0] >= 0 and box[1] >= 0 and box[2] <= area[0] and box[3] <= area[1]
+                        and not any(_overlap(box, other) for other in obstacles)])
+    steps = [0]
+
+    def search(i: int, placed: list, left_out: int) -> list | None:
+        if i == len(options):
+            return []
+        steps[0] += 1
+        if steps[0] > budget:
+            return None
+        for place, box in options[i]:
+            if not any(_overlap(box, other) for other in placed):
+                rest = search(i + 1, placed + [box], left_out)
+                if rest is not None:
+                    return [place] + rest
+        if left_out > 0:
+            rest = search(i + 1, placed, left_out - 1)
+            if rest is not None:
+                return [None] + rest
+        return None
+    for allowed in range(len(options) + 1):
+        found = search(0, [], allowed)
+        if found is not None:
+            return found
+        if steps[0] > budget:
+            break
+    return _greedy(options)
+
+
+def _greedy(options: list) -> list[str | None]:
+    """Each label at its first place clear of the earlier ones (the fallback when the search runs out)."""
+    placed, places = [], []
+    for choices in options:
+        free = [(place, box) for place, box in choices if not any(_overlap(box, other) for other in placed)]
+        places.append(free[0][0] if free else None)
+        placed += [free[0][1]] if free else []
     return places
 
 

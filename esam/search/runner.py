@@ -37,7 +37,7 @@ from esam.search.lock import SearchLock
 from esam.search.state import check_writable, read_state, storage_error_line, write_state
 from esam.search.startup import (check_growth, check_study, check_study_file, known_parent, reconcile_all, same_config,
                                  settle_after_stop)
-from esam.search.stop_signals import StopSignals
+from esam.search.stop_signals import SearchPaused, StopSignals
 from esam.search.store_lock import store_creation_lock
 
 # Ray snapshots its experiment every few seconds by default: a hard stop then loses which
@@ -175,8 +175,8 @@ def _run_references(cfg: SearchConfig, uri: str, client, parent: str, params_of,
     space = {"optimizer": tune.grid_search(left), **({"_resume": resume} if resume else {})}
     results = _fit(_tuner(cfg, "references", space, tune_config, callbacks))
     ended = [r for r in results if r.error is not None or (r.metrics or {}).get("epoch", 0) >= cfg.train.epochs]
-    if len(ended) < len(left):  # Ray stopped them (an MLflow outage, a stop request): the next run goes on
-        raise KeyboardInterrupt
+    if len(ended) < len(left):  # Ray stopped them without a signal (an MLflow outage): the next run goes on
+        raise SearchPaused("the references did not all end")
 
 
 def _ended_before(study) -> list:
@@ -200,8 +200,13 @@ def _failure_lines(client, parent: str) -> dict[int, str]:
     return lines
 
 
-def _to_retry(cfg: SearchConfig, study, client, parent: str) -> list:
-    return retries.to_retry(study.get_trials(deepcopy=False), _failure_lines(client, parent), cfg.retry_failed)
+def _to_retry(cfg: SearchConfig, study, client, parent: str, echo: Callable[[str], None] = print) -> list:
+    from esam.search.trial_records import retry
+    trials = study.get_trials(deepcopy=False)
+    if not retries.to_retry(trials, {}, cfg.retry_failed):  # no failure to judge: MLflow is not asked
+        return []
+    errors = retry(lambda: _failure_lines(client, parent), "the retries (reading the trials' errors)", echo=echo)
+    return retries.to_retry(trials, errors, cfg.retry_failed)
 
 
 def _front_points(trials: list) -> list[dict]:
@@ -292,8 +297,8 @@ def _check_done(storage, cfg: SearchConfig) -> None:
     with outage_is_a_stop():
         study = optuna.load_study(study_name=cfg.name, storage=storage)
         ended = _counted_ended(study)
-    if len(ended) < cfg.trials:
-        raise KeyboardInterrupt
+    if len(ended) < cfg.trials:  # Ray's loop ended early without a signal (a store away past its limit)
+        raise SearchPaused(f"{len(ended)} of {cfg.trials} trials ended")
 
 
 def _complete(cfg: SearchConfig, storage, client, parent: str) -> bool:
@@ -362,7 +367,7 @@ def run_search(cfg: SearchConfig, *, address: str | None = None, echo: Callable[
 
 def _enqueue_retries(cfg: SearchConfig, study, client, parent: str, echo: Callable[[str], None]) -> None:
     """Trials that failed from outside their setting train again (esam/search/retries.py), once each run."""
-    failed = _to_retry(cfg, study, client, parent)
+    failed = _to_retry(cfg, study, client, parent, echo)
     if failed:
         retries.enqueue_retries(study, failed)
         numbers = ", ".join(f"#{t.number}" for t in failed)
@@ -370,14 +375,14 @@ def _enqueue_retries(cfg: SearchConfig, study, client, parent: str, echo: Callab
              f"from outside their setting ({numbers}; retry_failed: {cfg.retry_failed})")
 
 
-def _ended_line(cfg: SearchConfig, study, client, parent: str) -> str:
+def _ended_line(cfg: SearchConfig, study, client, parent: str, echo: Callable[[str], None]) -> str:
     """How the trials ended, failures counted: the command's last line."""
     t = retries.tally(study.get_trials(deepcopy=False))
     line = f"search {cfg.name}: {sum(t.values())} {_trials_noun(cfg)} ended: {t['finished']} finished"
     if t["stopped"]:
         line += f", {t['stopped']} stopped early"
     if t["failed"]:
-        left = len(_to_retry(cfg, study, client, parent))
+        left = len(_to_retry(cfg, study, client, parent, echo))
         line += f", {t['failed']} failed"
         line += (f" ({left} from outside their setting: run the same command again to retry "
                  f"{'it' if left == 1 else 'them'})") if left else " (none to retry)"
@@ -468,7 +473,9 @@ def _run_search(cfg: SearchConfig, uri: str, client, *, address: str | None,
         callbacks = [MlflowTrialRuns(uri, parent, "trial", trial_label, params_of, full_epochs=cfg.train.epochs),
                      Progress(_progress_label(cfg), cfg.trials, objectives, echo, full_epochs=cfg.train.epochs,
                               ended_before=len(before), failed_before=sum(t.state.name == "FAIL" for t in before)),
-                     FrontProgress(uri, parent, objectives, cfg.train.epochs, constraints, references,
+                     # The references' values also bound the hypervolume's reference point (a minimized objective)
+                     FrontProgress(uri, parent, objectives, cfg.train.epochs, constraints,
+                                   references or ({} if complete else _reference_results(cfg, client, parent)),
                                    earlier=_front_points(before), ended_before=len(before))]
         if not complete:
             # Without `method` in the space every trial's method is train.optimizer's (a constant Ray adds)
@@ -477,7 +484,7 @@ def _run_search(cfg: SearchConfig, uri: str, client, *, address: str | None,
             if searcher.refused:  # a store refused a write (a full disk, a read-only directory): its cause
                 raise WriteRefused(searcher.refused)
         _check_done(storage, cfg)
-        ended = _ended_line(cfg, searcher.study, client, parent)
+        ended = _ended_line(cfg, searcher.study, client, parent, echo)
         finish_records(uri, parent, wait=True)  # every trial's record is in MLflow before the parent ends
         retry(lambda: client.set_terminated(parent, status="FINISHED"), "the search run's status", echo=echo)
         status = "FINISHED"

@@ -15,6 +15,16 @@ import threading
 import time
 
 
+EX_TEMPFAIL = 75  # sysexits.h: a temporary failure; the same command, run later, continues
+
+
+class SearchPaused(KeyboardInterrupt):
+    """The search stopped without a signal: a store (MLflow, Optuna's database) stayed away past its
+    limit. It ends as a stop (records kept, the same command continues it), with exit status 75:
+    130 and 143 say that a signal stopped it, and nobody sent one."""
+    exit_code = EX_TEMPFAIL
+
+
 class SearchStopped(KeyboardInterrupt):
     """The search was stopped by a signal; `exit_code` is the shell's 128 + signal number."""
 

@@ -10,7 +10,7 @@ unreachable is tried again (0.5 s doubling to 8 s, as the MLflow record writer d
 waiting meanwhile. One warning line when an outage starts, one when the database is back; no
 traceback. The outage is bounded: past `max_outage_s` ($ESAM_OPTUNA_MAX_OUTAGE_S, 5 minutes by
 default) the call raises `StorageOutage`, a KeyboardInterrupt, and the search stops the way
-Ctrl-C stops it: state saved, exit 130, the same command continues it (its start-up
+Ctrl-C stops it: state saved, exit 75 (not a signal's 130), the same command continues it (its start-up
 reconciliation tells Optuna what it missed). Ctrl-C or SIGTERM while it waits stops it the same
 way at the next try, not at the bound. Once an outage has passed the bound, further calls during
 it are tried once and fail as Optuna fails, so the stop's own clean-up does not wait again.
@@ -37,6 +37,7 @@ from typing import Any
 from optuna.storages import BaseStorage
 
 from esam.search.record_buffer import backoff
+from esam.search.stop_signals import SearchPaused
 from esam.search.write_refusals import cause as write_refusal
 
 MAX_OUTAGE_S = 300.0  # seconds without the database at most; $ESAM_OPTUNA_MAX_OUTAGE_S overrides
@@ -59,7 +60,7 @@ def outage_limit_s() -> float:
     return float(os.environ.get("ESAM_OPTUNA_MAX_OUTAGE_S", MAX_OUTAGE_S))
 
 
-class StorageOutage(KeyboardInterrupt):
+class StorageOutage(SearchPaused):
     """The Optuna database stayed away past the limit: the search stops the way an interrupt stops it."""
 
 

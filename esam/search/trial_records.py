@@ -17,6 +17,7 @@ from typing import Callable
 
 from esam.search import tracking
 from esam.search.record_buffer import RecordBuffer, Rejected, backoff, outage_limit_s
+from esam.search.stop_signals import SearchPaused
 
 SPILL_FILE = "mlflow_pending.jsonl"  # under <state_dir>/<name>/: what an outage kept from MLflow
 # MLflow's answers that no retry can change (the server is up and says no).
@@ -24,7 +25,7 @@ _FINAL_ERRORS = {"INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST", "RESOURCE
                  "INVALID_STATE", "BAD_REQUEST", "PERMISSION_DENIED", "UNAUTHENTICATED"}
 
 
-class TrackingOutage(KeyboardInterrupt):
+class TrackingOutage(SearchPaused):
     """MLflow stayed away past the limit: the search stops the way an interrupt stops it."""
 
 
