@@ -85,16 +85,22 @@ def cmd_search(args) -> int:
                             cfg.objective_pairs, constraints))
     from esam.search.front_summary import front_summary
     print(f"\n{front_summary(outcome.rows, cfg.objective_pairs)}")
-    print(f"\nresults: MLflow run {outcome.parent_run_id} at {outcome.tracking_uri}")
+    from esam.search.tracking import without_password
+    print(f"\nresults: MLflow run {outcome.parent_run_id} at {without_password(outcome.tracking_uri)}")
     if str(cfg.ray_storage) == str(outcome.directory):
         print(f"         Ray experiments and search state in {outcome.directory}")
     else:
         print(f"         Ray experiments in {cfg.ray_storage}, search state in {outcome.directory}")
+    ui = f"esam ui {cfg.name}"
+    if outcome.tracking_uri != tracking.tracking_uri(None):  # not the store esam ui reads by default
+        ui += f" --tracking-uri {without_password(outcome.tracking_uri)}"
+    if cfg.mlflow.experiment != "esam":
+        ui += f" --experiment {cfg.mlflow.experiment}"
+    print(f"browse:  {ui}   (its runs in MLflow's UI, Model training mode)")
     if outcome.serve_command:
-        print(f"browse:  {outcome.serve_command}   then open {outcome.runs_url}")
+        print(f"         or {outcome.serve_command}   then open {outcome.runs_url}")
     else:
-        print(f"browse:  {outcome.runs_url}")
-    from esam.search.tracking import without_password
+        print(f"         or open {outcome.runs_url}")
     print(f"optuna:  optuna-dashboard {without_password(cfg.optuna_url())}")
     print(f"export:  esam export {cfg.name} --pick knee --out esam_{cfg.name}_knee.yaml")
     print(f"\n{outcome.ended}")  # 0 whenever every trial ended; the failures are counted here

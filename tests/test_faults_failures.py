@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from faults_helpers import Stores, assert_agree, run, start, wait_for, write_config
 
 pytestmark = pytest.mark.slow
@@ -81,7 +80,7 @@ def test_a_lost_worker_ends_the_run_with_0_and_the_next_run_retries_it(tmp_path)
 def _tmpfs(directory: Path, size: str) -> callable:
     directory.mkdir(parents=True)
     if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(directory)],
-                                           capture_output=True).returncode:
+                                           capture_output=True, check=False).returncode:
         pytest.skip("cannot mount a small tmpfs here (needs root)")
     return lambda: subprocess.run(["umount", "-l", str(directory)], check=False)
 
@@ -144,7 +143,8 @@ def test_a_results_dir_made_read_only_mid_search_is_one_line_naming_it(tmp_path)
     proc = start(config, tmp_path)
     results = tmp_path / "esam_results"
     wait_for(lambda: _runs(tmp_path, "ro", "FINISHED"), proc, what="a finished trial")
-    if subprocess.run(["mount", "--bind", "-o", "ro", str(results), str(results)], capture_output=True).returncode:
+    if subprocess.run(["mount", "--bind", "-o", "ro", str(results), str(results)], capture_output=True,
+                      check=False).returncode:
         pytest.skip("cannot make a read-only bind mount here")
     try:
         out, _ = proc.communicate(timeout=400)
@@ -167,7 +167,6 @@ def test_a_driver_killed_as_optuna_creates_a_trial_leaves_no_trial_without_its_f
     drawn (the state a kill between `ask` and the draws leaves: made here through Optuna's API, as
     no signal lands there reliably); the same command trains it with every searched field."""
     import optuna
-
     from faults_helpers import kill_hard
     config = write_config(tmp_path, "born", trials=3, epochs=3, references=(), concurrency=1)
     proc = start(config, tmp_path)

@@ -95,9 +95,13 @@ def ui(search):
             pytest.fail("esam ui did not start:\n" + "".join(lines) + (process.stdout.read() if not line else ""))
         lines.append(line)
     yield process, f"http://127.0.0.1:{port}", lines
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+    if process.poll() is None:  # a test failed or was left out before SIGTERM's: end it as a user would
+        process.send_signal(signal.SIGTERM)  # (SIGKILL would leave its mlflow server, in a session of its own)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
 
 
 def _printed(lines, prefix):

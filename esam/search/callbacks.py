@@ -2,6 +2,7 @@
 the front's hypervolume after each ended trial."""
 from __future__ import annotations
 
+import heapq
 import math
 import os
 import signal
@@ -137,51 +138,133 @@ def duration(seconds: float) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
+# A running trial's epoch gets a line at most this often per trial. A rate, not an epoch-time
+# threshold: a GPU trial (minutes an epoch) shows every epoch, a trial of many 10 s epochs still
+# shows it is alive every few epochs, and a quick search (seconds a trial) keeps to its end lines.
+EPOCH_LINE_EVERY_S = 30.0
+
+
 class Progress(tune.Callback):
-    """One line per finished or failed trial: counts, time, and the best values so far.
+    """Progress lines: one per ended or failed trial, and on long trials one per epoch now and then.
 
     Counts come from the trials' states, plus those an earlier run ended; the callback runs
-    before Ray updates the ending trial's state, so that trial is counted by hand. Time: elapsed
-    since this command started the experiment, and an estimate of what is left: the trials still
-    to end times this run's mean time per ended trial (concurrency included). A reuse, which
-    trains nothing, does not count in that mean.
+    before Ray updates the ending trial's state, so that trial is counted by hand. Elapsed time
+    counts from `started`, the command's start on `clock`: one clock for the references' phase and
+    the search's. Time left comes from the epochs this run trained (see `_left`), not from ended
+    trials: with several trials at once, a mean per ended trial is off by the concurrency.
     """
 
     def __init__(self, label: str, total: int, objectives: list[tuple[str, str]], echo: Callable[[str], None] = print,
-                 full_epochs: int = 0, ended_before: int = 0, failed_before: int = 0):
+                 full_epochs: int = 0, ended_before: int = 0, failed_before: int = 0, started: float | None = None,
+                 clock: Callable[[], float] = time.monotonic):
         self.label, self.total, self.objectives, self.echo = label, total, objectives, echo
         self.full_epochs = full_epochs
         # Trials an earlier run of the search ended: this run's Ray experiment does not hold them.
         self.ended_before, self.failed_before = ended_before, failed_before
         self.best: dict[str, float] = {}
-        self.started = time.monotonic()
-        self.trained = 0  # trials ended in this run that did train
+        self.clock = clock
+        self.started = clock() if started is None else started
+        self.setup()
 
     def __getstate__(self):
         return {**self.__dict__, "echo": print}
 
-    def setup(self, **info):  # a restored experiment: its clock starts now
-        self.started, self.trained = time.monotonic(), 0
+    def setup(self, **info):  # each Ray experiment: the command's clock goes on, the epoch counts start over
+        self.epoch_s, self.epochs_timed = 0.0, 0  # wall seconds of the trained epochs (each trial's own), their count
+        self.last: dict[str, tuple[int, float]] = {}  # running trial id -> (its last epoch, when it started that epoch)
+        self.shown: dict[str, float] = {}  # trial id -> when its last line (or its start) was
+        self.ended_at: list[int] = []  # the epoch each trial that trained in this run ended at
+        self.slots = 1  # the most trials seen running at once: Ray's concurrency, or what the cluster fits
+
+    def _running(self, trials, trial, counted: bool) -> list:
+        """The running trials, `trial` among them if `counted` (Ray may not have set its state yet)."""
+        running = [t for t in trials if t.status == "RUNNING" and t is not trial] + ([trial] if counted else [])
+        self.slots = max(self.slots, len(running))
+        return running
+
+    def _left(self, running: list, pending: int, now: float) -> float | None:
+        """Seconds until the last trial ends: trials fill the slots as they free up, each epoch taking
+        the mean wall time of an epoch trained so far (slots sharing a machine slow each other: included).
+
+        A running trial has its epochs left (its current one partly done); a trial not started has
+        the epochs this run's trials ended at (the scheduler's early stops included), all of them
+        before any ended. None before the first trained epoch."""
+        if not self.epochs_timed:
+            return None
+        full = self.full_epochs or max(self.ended_at, default=0)
+        if not full:
+            return None
+        per_epoch = self.epoch_s / self.epochs_timed
+        per_trial = (sum(self.ended_at) / len(self.ended_at) if self.ended_at else full) * per_epoch
+        free = []  # when each slot frees up
+        for t in running:
+            if "_reuse" in t.config:
+                continue  # trains nothing: ends at once
+            epoch, since = self.last.get(t.trial_id, (0, now))
+            todo = max(0, full - epoch)
+            free.append(max(0.0, per_epoch - (now - since)) + (todo - 1) * per_epoch if todo else 0.0)
+        free += [0.0] * max(0, self.slots - len(free))
+        heapq.heapify(free)
+        for _ in range(pending):
+            heapq.heappush(free, heapq.heappop(free) + per_trial)
+        return max(free, default=0.0)
+
+    def _timing(self, ended: int, running: list, now: float) -> str:
+        to_end = max(0, self.total - ended)
+        timing = f"{duration(now - self.started)} elapsed"
+        if not to_end:
+            return timing + ", done"
+        left = self._left(running, max(0, to_end - len(running)), now)
+        return timing + (f", ~{duration(left)} left" if left is not None else "")
+
+    def _shown(self, result: dict) -> str:
+        return ", ".join(f"{m} {result[m]:.4g}" for m, _ in self.objectives
+                         if isinstance(result.get(m), (int, float)))
 
     def _line(self, trials, trial, failed_now: bool, what: str) -> str:
         others = [t for t in trials if t is not trial]
         failed = sum(t.status == "ERROR" for t in others) + failed_now + self.failed_before
         ended = sum(t.status in ("TERMINATED", "ERROR") for t in others) + 1 + self.ended_before
-        running = sum(t.status == "RUNNING" for t in others)
+        running = self._running(trials, trial, counted=False)
         best = ", ".join(f"best {m} {v:.4g}" for m, v in self.best.items())
-        if "_reuse" not in trial.config:
-            self.trained += 1
-        elapsed = time.monotonic() - self.started
-        left = max(0, self.total - ended)
-        timing = f"{duration(elapsed)} elapsed"
-        if left and self.trained:
-            timing += f", ~{duration(elapsed / self.trained * left)} left"
-        elif not left:
-            timing += ", done"
-        return (f"[{self.label}] {ended}/{self.total} ended ({failed} failed), {running} running, {timing}"
-                f" | {what}" + (f" | {best}" if best else ""))
+        return (f"[{self.label}] {ended}/{self.total} ended ({failed} failed), {len(running)} running, "
+                f"{self._timing(ended, running, self.clock())} | {what}" + (f" | {best}" if best else ""))
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        now = self.clock()
+        # A retried trial starts again: its next epoch is timed from now, from the epoch it last reported
+        self.last[trial.trial_id] = (self.last.get(trial.trial_id, (0, now))[0], now)
+        self.shown.setdefault(trial.trial_id, now)
+        self._running(trials, trial, counted=True)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if "_reuse" in trial.config:  # reports the original's metrics: no epoch trained
+            return
+        now, epoch = self.clock(), int(result.get("epoch") or 0)
+        _, since = self.last.get(trial.trial_id, (0, now))
+        self.epoch_s, self.epochs_timed = self.epoch_s + now - since, self.epochs_timed + 1
+        self.last[trial.trial_id] = (epoch, now)
+        running = self._running(trials, trial, counted=True)
+        full = getattr(self, "full_epochs", 0)
+        if result.get("done") or (full and epoch >= full):  # its end line follows at once
+            return
+        if now - self.shown.get(trial.trial_id, now) < EPOCH_LINE_EVERY_S:
+            return
+        self.shown[trial.trial_id] = now
+        ended = sum(t.status in ("TERMINATED", "ERROR") for t in trials) + self.ended_before
+        shown = self._shown(result)
+        self.echo(f"[{self.label}] {trial_label(trial.config)} epoch {epoch}{f'/{full}' if full else ''}"
+                  f"{f': {shown}' if shown else ''} | {ended} of {self.total} ended, {len(running)} running, "
+                  f"{self._timing(ended, running, now)}")
+
+    def _ended(self, trial, trained: bool) -> None:
+        self.last.pop(trial.trial_id, None)
+        self.shown.pop(trial.trial_id, None)
+        if trained and "_reuse" not in trial.config:
+            self.ended_at.append(int((trial.last_result or {}).get("epoch") or 0))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
+        self._ended(trial, trained=True)
         result = trial.last_result or {}
         epoch = stopped_at(trial, getattr(self, "full_epochs", 0))
         if epoch is not None:  # its values are an earlier epoch's: no "best so far"
@@ -193,10 +276,10 @@ class Progress(tune.Callback):
                 old = self.best.get(metric)
                 if old is None or (v > old if mode == "max" else v < old):
                     self.best[metric] = v
-        shown = ", ".join(f"{m} {result[m]:.4g}" for m, _ in self.objectives if m in result)
-        self.echo(self._line(trials, trial, False, f"{trial_label(trial.config)}: {shown}"))
+        self.echo(self._line(trials, trial, False, f"{trial_label(trial.config)}: {self._shown(result)}"))
 
     def on_trial_error(self, iteration, trials, trial, **info):
+        self._ended(trial, trained=False)  # where it failed says nothing of where others end
         self.echo(self._line(trials, trial, True, f"FAILED {trial_label(trial.config)}: {error_line(trial)}"))
 
     def on_trial_recover(self, iteration, trials, trial, **info):

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import logging
 
-
 _TRACEBACK = "Traceback (most recent call last):"
 # Ray's advice for its own resume, which esam never uses (the same command continues a search).
 _DROPPED = ("Tuner.restore", "Stop signal received")

@@ -14,6 +14,7 @@ import contextlib
 import functools
 import logging
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -28,6 +29,7 @@ from esam.search.results_storage import StoragePath, check_storage_writable
 from esam.search import retries
 from esam.search.write_refusals import WriteRefused
 from esam.search.ray_logs import one_line_ray_logs
+from esam.search.saved_view import write_view
 from esam.search.samplers import SamplerSpec
 from esam.search.local_ray import check_ray_token, init_ray
 from esam.search.pareto_report import format_table, tag_front_and_write_artifacts
@@ -155,7 +157,8 @@ def _newest_of_trials(experiment: StoragePath, client, parent: str, number: int,
     return newest_checkpoint(experiment, names.__contains__, up_to) if up_to else None
 
 
-def _run_references(cfg: SearchConfig, uri: str, client, parent: str, params_of, objectives, echo) -> None:
+def _run_references(cfg: SearchConfig, uri: str, client, parent: str, params_of, objectives, echo,
+                     started: float | None = None) -> None:
     """The references no earlier run ended, each from its newest checkpoint; a stop if any is left unfinished."""
     from ray import tune
 
@@ -168,8 +171,8 @@ def _run_references(cfg: SearchConfig, uri: str, client, parent: str, params_of,
     resume = {r: c for r in left if (up_to := _recorded_epochs(client, parent, {tracking.REFERENCE_TAG: r}))
               and (c := newest_checkpoint(experiment, lambda n, r=r: n.startswith(f"{r}_"), up_to))}
     callbacks = [MlflowTrialRuns(uri, parent, "reference", trial_label, params_of),
-                 Progress("references", len(cfg.references), objectives, echo,
-                          ended_before=len(cfg.references) - len(left))]
+                 Progress("references", len(cfg.references), objectives, echo, full_epochs=cfg.train.epochs,
+                          ended_before=len(cfg.references) - len(left), started=started)]
     tune_config = tune.TuneConfig(num_samples=1, max_concurrent_trials=cfg.concurrency,
                                   trial_dirname_creator=lambda t: f"{t.config['optimizer']}_{t.trial_id}")
     space = {"optimizer": tune.grid_search(left), **({"_resume": resume} if resume else {})}
@@ -334,6 +337,7 @@ def run_search(cfg: SearchConfig, *, address: str | None = None, echo: Callable[
     """
     # Everything that can be wrong is checked before the first trial starts, and before
     # anything is created in results_dir.
+    started = time.monotonic()  # the progress lines' elapsed time: both phases count from here
     _check_local_data(cfg, address)
     check_ray_token(address)  # a cluster refusing this driver's token: one line, before anything is written
     uri = tracking.tracking_uri(cfg.mlflow.tracking_uri)
@@ -346,7 +350,7 @@ def run_search(cfg: SearchConfig, *, address: str | None = None, echo: Callable[
     with SearchLock(directory, cfg.name), StopSignals() as signals:
         _SIGNALS.append(signals)
         try:
-            return _run_search(cfg, uri, client, address=address, echo=echo)
+            return _run_search(cfg, uri, client, address=address, echo=echo, started=started)
         except OSError as err:  # e.g. results_dir turned read-only or full during the search
             settle_after_stop(cfg, echo, status="FAILED")
             raise ConfigError(storage_error_line(err, directory)) from None
@@ -390,7 +394,7 @@ def _ended_line(cfg: SearchConfig, study, client, parent: str, echo: Callable[[s
 
 
 def _run_search(cfg: SearchConfig, uri: str, client, *, address: str | None,
-                echo: Callable[[str], None]) -> SearchOutcome:
+                echo: Callable[[str], None], started: float | None = None) -> SearchOutcome:
     from ray import tune
 
     from esam.search.callbacks import FrontProgress, MlflowTrialRuns, Progress
@@ -426,7 +430,7 @@ def _run_search(cfg: SearchConfig, uri: str, client, *, address: str | None,
                                 "tracking_uri": tracking.without_password(uri)})
     objectives, constraints = cfg.objective_pairs, cfg.parsed_constraints()
     echo(f"search {cfg.name}: {cfg.trials} {_trials_noun(cfg)} + references {cfg.references or 'none'}, "
-         f"{cfg.concurrency} at a time; MLflow run {parent} at {uri}")
+         f"{cfg.concurrency} at a time; MLflow run {parent} at {tracking.without_password(uri)}")
     if added:
         echo(f"search {cfg.name} grows by {added} trials (trials: {cfg.trials - added} -> {cfg.trials})")
     if cfg.scheduler.name == "moasha":
@@ -449,7 +453,7 @@ def _run_search(cfg: SearchConfig, uri: str, client, *, address: str | None,
         if complete:
             pass
         elif cfg.references:
-            _run_references(cfg, uri, client, parent, params_of, objectives, echo)
+            _run_references(cfg, uri, client, parent, params_of, objectives, echo, started)
         references = _reference_results(cfg, client, parent) if constraints and not complete else {}
         for c in constraints:
             if not complete:
@@ -472,7 +476,8 @@ def _run_search(cfg: SearchConfig, uri: str, client, *, address: str | None,
         before = _ended_before(searcher.study)
         callbacks = [MlflowTrialRuns(uri, parent, "trial", trial_label, params_of, full_epochs=cfg.train.epochs),
                      Progress(_progress_label(cfg), cfg.trials, objectives, echo, full_epochs=cfg.train.epochs,
-                              ended_before=len(before), failed_before=sum(t.state.name == "FAIL" for t in before)),
+                              ended_before=len(before), failed_before=sum(t.state.name == "FAIL" for t in before),
+                              started=started),
                      # The references' values also bound the hypervolume's reference point (a minimized objective)
                      FrontProgress(uri, parent, objectives, cfg.train.epochs, constraints,
                                    references or ({} if complete else _reference_results(cfg, client, parent)),
@@ -506,4 +511,8 @@ def _run_search(cfg: SearchConfig, uri: str, client, *, address: str | None,
     table = format_table(front, references)
     exp_id = client.get_run(parent).info.experiment_id
     url, serve = tracking.runs_url(uri, exp_id)
+    # The search's saved view (its runs, objectives, their scatter chart) in MLflow's Views menu and the URL
+    view = retry(lambda: write_view(client, exp_id, parent, cfg.name, objectives, tuple(cfg.space)),
+                 "the search's saved view", echo=echo)
+    url += f"&viewStateShareKey={view}"
     return SearchOutcome(parent, uri, directory, front, rows, table, exp_id, url, serve, complete, summary, ended)
