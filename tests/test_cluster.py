@@ -123,7 +123,7 @@ def test_a_worker_node_killed_mid_trial(postgres, mlflow_on_postgres, cluster, t
     after = [r["epoch"] for r in rows if r["node"] != victim["node"]]
     assert after and after[0] == before[-1] + 1 and after[-1] == EPOCHS, (victim, before, after)
     assert nodes[victim["trial_id"]] != cluster.ip(worker), (victim, nodes)
-    assert "retry 1 of 2, from its last checkpoint" in out, out
+    assert f"retry 1 of 2, from epoch {before[-1] + 1}" in out, out
 
 
 def test_a_killed_driver_continues_on_the_same_cluster(postgres, mlflow_on_postgres, cluster, tmp_path):  # noqa: F811

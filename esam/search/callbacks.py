@@ -61,6 +61,14 @@ def error_line(trial) -> str:
     return lines[-1] if lines else "trial failed"
 
 
+def resumes_from(trial) -> str:
+    """Where a retried trial goes on: "from epoch N" when it saved a checkpoint (one each epoch,
+    so the epoch after its last result), else "from the start"."""
+    if getattr(trial, "checkpoint", None) is None:
+        return "from the start"
+    return f"from epoch {int((trial.last_result or {}).get('epoch') or 0) + 1}"
+
+
 class MlflowTrialRuns(tune.Callback):
     """One MLflow run per trial, nested under the search's parent run; metrics per epoch.
 
@@ -287,7 +295,7 @@ class Progress(tune.Callback):
         # last checkpoint, on any node; one line, not Ray's traceback.
         failures = getattr(getattr(trial, "run_metadata", None), "num_failures", 0)
         self.echo(f"[{self.label}] {trial_label(trial.config)}: {error_line(trial)}; retry {failures} of "
-                  f"{trial.max_failures}, from its last checkpoint")
+                  f"{trial.max_failures}, {resumes_from(trial)}")
 
 
 class FrontProgress(tune.Callback):
