@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-from esam.errors import ConfigError, EsamError
+from esam.errors import ConfigError, EsamError, first_line
 
 DEFAULT_SEARCH = "quickstart.yaml"
 
@@ -46,11 +46,12 @@ def _print_epoch(metrics: dict, _saved) -> None:
 
 def cmd_train(args) -> int:
     from esam.config import brief, load_train_config
+    from esam.import_paths import is_import_path
     from esam.models import MODELS
     from esam.training.trainer import train
 
     config = load_train_config(args.config, args.set)
-    if config.model not in MODELS:  # named here, short: the value may be a whole file's worth of text
+    if config.model not in MODELS and not is_import_path(config.model):  # short: the value may be a file's worth of text
         raise ConfigError(f"model: unknown model {brief(config.model)} (valid: {', '.join(sorted(MODELS))})")
     o = config.optimizer
     print(f"training {config.model} on {config.data.name} with {o.name} "
@@ -70,12 +71,11 @@ def cmd_train(args) -> int:
 
 
 def cmd_search(args) -> int:
-    from esam.search.runner import run_search
-    from esam.search.config import load_search_config
+    from esam.search.api import run  # the command is esam.search.run and what it prints
 
-    path = Path(args.config) if args.config else default_search_config()
-    cfg = load_search_config(path, args.set)
-    outcome = run_search(cfg, address=args.address)
+    result = run(Path(args.config) if args.config else default_search_config(), overrides=args.set,
+                 address=args.address)
+    cfg, outcome = result.config, result.outcome
     from esam.search.pareto_report import front_note
     constraints = cfg.parsed_constraints()
     print(f"\n{front_note(outcome.rows, outcome.front, constraints)}; then the references:")
@@ -282,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:  # noqa: BLE001 - a bug, or a library that changed: one line, the traceback in a file
         if os.environ.get("ESAM_TRACEBACK"):
             raise
-        print(f"esam: error: unexpected {type(err).__name__}: {str(err).strip().splitlines()[0][:200] if str(err).strip() else ''}"
+        print(f"esam: error: unexpected {type(err).__name__}: {first_line(err)}"
               f"; the traceback is in {_crash_log()} (ESAM_TRACEBACK=1 prints it here)", file=sys.stderr)
         return 1
 

@@ -26,7 +26,7 @@ from esam.suggestions import did_you_mean
 
 @dataclass(frozen=True)
 class DataConfig:
-    name: str = "digits"  # digits | cifar10 | cifar100 | imagefolder | synthetic
+    name: str = "digits"  # digits | cifar10 | cifar100 | imagefolder | synthetic, or your loader's import path (my_project.data:load)
     root: str | None = None  # data root (cifar*, imagefolder); None: ./data
     download: bool = False  # cifar*: fetch torchvision's files when missing (needs network)
     augment: bool = True  # the paper's augmentation: random crop, horizontal flip, Cutout
@@ -85,7 +85,7 @@ class OptimizerConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    model: str = "small_cnn"  # a name from esam.models (small_cnn, resnet18, wrn28_10, ...)
+    model: str = "small_cnn"  # a name from esam.models (small_cnn, resnet18, wrn28_10, ...), or your builder's import path (my_project.nets:build)
     data: DataConfig = field(default_factory=DataConfig)  # the dataset and its augmentation
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)  # SGD/SAM/ESAM settings
     epochs: int = 10  # training epochs
@@ -312,7 +312,10 @@ _CHOICES = {
 
 
 def _check_registered(config: TrainConfig) -> None:
-    """Names are valid when their registry holds them, so registered additions work from YAML and the CLI."""
+    """Names are valid when their registry holds them, so registered additions work from YAML and the CLI.
+
+    An import path (model, data.name) is checked for its form only: it is imported where it is built
+    (a search's driver checks it first: esam/search/user_code.py)."""
     from esam.data import DATASETS  # esam.data builds on DataConfig: looked up here, not at import
     MODELS.check(config.model, "model")
     OPTIMIZERS.check(config.optimizer.name, "optimizer.name")

@@ -11,3 +11,10 @@ class ConfigError(EsamError, ValueError):
 
 class DataError(EsamError):
     """A dataset is missing, corrupt or too small for the requested run."""
+
+
+def first_line(err: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message, cut to `limit`; its type's name when the message is
+    empty (an exception raised with no message has no first line to index)."""
+    text = str(err).strip()
+    return text.splitlines()[0][:limit] if text else type(err).__name__

@@ -9,7 +9,7 @@ Four figures, images/s over whole epochs of synthetic CIFAR-sized data (50,000 s
   loader noaug  the loader without augmentation
   train()       `train()` itself with optimizer sgd (its own images/s: timed steps only)
 All in bf16 autocast and channels_last on CUDA, the same SGD settings, epochs interleaved.
-A second table counts the ATen operators each loop dispatches per step (esam.dispatch_count):
+A second table counts the ATen operators each loop dispatches per step (esam.perf.dispatch_count):
 where the host launching kernels bounds the step (an H200 at CIFAR sizes), that count is what
 the loop adds to the bare step, and it can be measured on any machine.
 """

@@ -253,8 +253,9 @@ class RayCluster:
 
     HEAD_IP = "127.0.0.2"
 
-    def __init__(self, head_cpus: int = 1):
+    def __init__(self, head_cpus: int = 1, cwd: Path | None = None):
         import secrets
+        self.cwd = cwd  # where each `ray start` runs (None: this process's directory)
         self.port = free_port()
         self.address = f"{self.HEAD_IP}:{self.port}"
         self.temp_dir = Path(tempfile.mkdtemp(prefix="esr", dir="/tmp"))  # short: Ray's socket paths live here
@@ -281,7 +282,7 @@ class RayCluster:
             proc = subprocess.Popen([str(RAY), "start", "--block", "--node-ip-address", ip, "--num-cpus", str(cpus),
                                      "--disable-usage-stats", "--temp-dir", str(self.temp_dir), *args],
                                     env={**inherited_env(), **self.env, **env}, stdout=out, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
+                                    start_new_session=True, cwd=self.cwd)
         self.nodes.append(proc)
         self.ips[proc.pid] = ip
         deadline = time.time() + timeout

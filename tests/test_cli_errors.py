@@ -114,3 +114,10 @@ def test_train_cli_checkpoints_and_resumes(capsys):
     assert "already finished every epoch" in capsys.readouterr().out
     code, err = run_cli(capsys, "train", "--resume", "--checkpoint-dir", "empty")
     assert code == 2 and "no checkpoint.pt" in err
+
+
+def test_an_exception_with_an_empty_message_still_gives_one_line():
+    from esam.errors import first_line
+    assert first_line(RuntimeError()) == "RuntimeError"
+    assert first_line(OSError("  \n")) == "OSError"
+    assert first_line(ValueError("first\nsecond"), 3) == "fir"

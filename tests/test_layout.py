@@ -110,3 +110,60 @@ def test_private_names_of_ray_optuna_and_mlflow_are_used_in_compat_only():
                 if node.attr not in own:
                     found.append(f"{path.relative_to(ROOT)}:{node.lineno} .{node.attr}")
     assert not found, "private names of a library outside esam/search/compat.py: " + "; ".join(found)
+
+
+def _named_in_docs() -> dict[str, set[str]]:
+    """{`esam/...py` paths and `esam.x.y` names: the files naming them}, from the README, the
+    package's docstrings and comments, the shipped configs and the experiments."""
+    import re
+    sources = [ROOT.parent / "README.md", *ROOT.rglob("*.py"), *(ROOT.parent / "tune_configs").glob("*.yaml"),
+               *(ROOT.parent / "experiments").rglob("*.py"), *(ROOT.parent / "experiments").rglob("*.md")]
+    named: dict[str, set[str]] = {}
+    for source in sources:
+        text = source.read_text()
+        for match in re.findall(r"(?<![\w/.-])(esam/[\w/]+\.py|esam(?:\.[A-Za-z_]\w*)+)", text):
+            named.setdefault(match.rstrip("."), set()).add(source.name)
+    return named
+
+
+def _string_constants() -> set[str]:
+    """Every string literal in the package: names such as MLflow tags (`esam.kind`) live there."""
+    found = set()
+    for path in ROOT.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                found.add(node.value)
+    return found
+
+
+def _resolves(name: str) -> bool:
+    import importlib
+    parts = name.split(".")
+    for cut in range(len(parts), 0, -1):  # the longest importable module, then attributes
+        try:
+            obj = importlib.import_module(".".join(parts[:cut]))
+        except ImportError:
+            continue
+        try:
+            for attr in parts[cut:]:
+                obj = getattr(obj, attr)
+        except AttributeError:
+            return False
+        return True
+    return False
+
+
+def test_docs_name_only_what_exists():
+    """Every `esam/...py` path and `esam.x` module or attribute that the README, docstrings, the
+    shipped configs and the experiments name exists (a string the package uses, such as the MLflow
+    tag `esam.kind`, counts as existing)."""
+    constants = _string_constants()
+    missing = []
+    for name, where in sorted(_named_in_docs().items()):
+        if name.endswith(".py"):  # a path, or a file named alone (`esam.py`, the optimizer's module)
+            ok = (ROOT.parent / name).is_file() if "/" in name else any(ROOT.rglob(name))
+        else:
+            ok = name in constants or any(c.startswith(name + ".") for c in constants) or _resolves(name)
+        if not ok:
+            missing.append(f"{name} (in {', '.join(sorted(where))})")
+    assert not missing, missing

@@ -129,6 +129,9 @@ def test_a_method_search_records_each_trials_method_and_exports_a_reloadable_con
     assert references == ["looksam", "sgd"]
     trials = [r for r in runs if r.data.tags["esam.kind"] == "trial"]
     assert len(trials) == 5
+    parent = client.search_runs([exp.experiment_id], "tags.`esam.kind` = 'search'")[0]
+    note = parent.data.tags["mlflow.note.content"]  # the summary names the trials' method, not "ESAM"
+    assert note.startswith("**Method search**: ") and "ESAM trials" not in note, note[:200]
     for r in trials:  # the params say the method and only the knobs it uses
         method = r.data.params["optimizer"]
         assert r.info.run_name.split(" ")[1] == method, r.info.run_name

@@ -12,6 +12,9 @@ Datasets (`data.name`): digits (scikit-learn, 1x8x8, no download), cifar10 / cif
 synthetic (random, for throughput). All but large imagefolder sets live on the device as uint8
 and are augmented there in large chunks (`esam.data.augment`, `esam.data.loaders`); images are
 normalized with the training set's per-channel mean and std, so Cutout's 0 is the mean colour.
+Your own data comes by import path (`data.name: "my_project.data:load"`; the contract is in
+esam.data.datasets): a (train, test) pair of torch Datasets lives on the device as given (float
+inputs of any shape, no normalization, no augmentation).
 
 Reproducibility: each dataset's split and sample order are fixed (independent of the run seed);
 the shuffle and the augmentation of an epoch come from (seed, epoch) alone. With `label_noise`
@@ -26,13 +29,13 @@ import torch
 from esam.config import DataConfig
 from esam.data import imagefolder as _imagefolder  # noqa: F401  (registers "imagefolder")
 from esam.data.augment import Augmentation
-from esam.data.datasets import DATASETS, InMemory, Streamed, load_dataset, register_dataset
+from esam.data.datasets import DATASETS, InMemory, Streamed, Tensors, load_dataset, register_dataset
 from esam.data.label_noise import LabelNoise, NoisyLabels
 from esam.data.loaders import DeviceLoader, Normalize, StreamLoader, channel_stats, epoch_generator
 from esam.errors import ConfigError, DataError
 
 __all__ = ["DATASETS", "Augmentation", "DataBundle", "DeviceLoader", "InMemory", "StreamLoader", "Streamed",
-           "build_data", "channel_stats", "epoch_generator", "register_dataset"]
+           "Tensors", "build_data", "channel_stats", "epoch_generator", "register_dataset"]
 
 Loader = DeviceLoader | StreamLoader
 
@@ -43,7 +46,7 @@ class DataBundle:
     test: Loader  # `for x, y in test.epoch(0)`: all test samples in order, last batch may be partial
     num_classes: int
     in_channels: int
-    image_size: tuple[int, int]  # (H, W) of the batches
+    image_size: tuple[int, ...]  # (H, W) of the batches; () for inputs that are no images (feature vectors)
     train_size: int  # training samples (after train_limit)
     test_size: int  # test samples (after test_limit)
     steps_per_epoch: int  # train_size // batch_size
@@ -70,7 +73,16 @@ def build_data(cfg: DataConfig, device: torch.device | str, seed: int, batch_siz
     # The one place training labels pass for every dataset: noise is applied here, before the limit,
     # so that a sample's noisy label depends on its index alone (esam.data.label_noise).
     noise = LabelNoise.of(cfg, source.num_classes)
-    if isinstance(source, InMemory):
+    if isinstance(source, Tensors):  # the user's inputs, used as given
+        train_y = source.train_y if noise is None else noise.apply(source.train_y)
+        train_x, train_y = source.train_x[:cfg.train_limit], train_y[:cfg.train_limit]
+        test_x, test_y = source.test_x[:cfg.test_limit], source.test_y[:cfg.test_limit]
+        n_train, n_test = len(train_x), len(test_x)
+        _check_batch(batch_size, n_train, cfg.name)
+        train = DeviceLoader(train_x.to(device), train_y.to(device), batch_size, None, train=True, seed=seed)
+        test = DeviceLoader(test_x.to(device), test_y.to(device), eval_batch_size, None, train=False)
+        in_channels, image_size = train_x.shape[1], tuple(train_x.shape[2:4]) if train_x.dim() == 4 else ()
+    elif isinstance(source, InMemory):
         if source.mean is None or source.std is None:
             mean, std = channel_stats(source.train_x)  # the full training set, before any limit
         else:
@@ -96,7 +108,7 @@ def build_data(cfg: DataConfig, device: torch.device | str, seed: int, batch_siz
         train = StreamLoader(train_ds, batch_size, normalize, device, train=True, seed=seed, num_workers=cfg.num_workers)
         test = StreamLoader(test_ds, eval_batch_size, normalize, device, train=False, num_workers=cfg.num_workers)
         in_channels, image_size = source.in_channels, source.image_size
-    return DataBundle(train, test, source.num_classes, int(in_channels), (int(image_size[0]), int(image_size[1])),
+    return DataBundle(train, test, source.num_classes, int(in_channels), tuple(int(side) for side in image_size),
                       n_train, n_test, n_train // batch_size, cfg.name)
 
 

@@ -4,6 +4,14 @@
 to the device. `Streamed` holds torch datasets of image files (too large for device memory).
 Sample order is fixed (independent of the run seed), so `train_limit` / `test_limit` always take
 the same first N samples and test sets are comparable across runs.
+
+Your own data, by import path (`data.name: "my_project.data:load"`, esam.import_paths): the
+callable gets the `DataConfig` (root, limits, ...: read what you need) and returns either
+- `InMemory` or `Streamed`, as a registered builder does (normalized and augmented by the config), or
+- a pair `(train, test)` of torch `Dataset`s whose items are `(input, label)`: read once into memory
+  (esam.data.pairs) and used as given, float inputs of any shape, no normalization and no
+  augmentation; `num_classes` is the train set's attribute of that name, else 1 + the largest label.
+Anything else it returns is one ConfigError naming the path.
 """
 from __future__ import annotations
 
@@ -16,7 +24,7 @@ import torch
 from torch import Tensor
 
 from esam.config import DataConfig
-from esam.errors import DataError
+from esam.errors import ConfigError, DataError
 from esam.registry import Registry
 
 
@@ -42,9 +50,20 @@ class Streamed:
     std: tuple[float, ...]
 
 
-DatasetFn = Callable[[DataConfig], "InMemory | Streamed"]
+@dataclass
+class Tensors:
+    """Inputs used as given (a dataset pair read into memory, esam.data.pairs): no normalization, no augmentation."""
 
-DATASETS = Registry("dataset")
+    train_x: Tensor  # float32 [N, ...]: a feature vector, an image, ...
+    train_y: Tensor  # int64 [N]
+    test_x: Tensor
+    test_y: Tensor
+    num_classes: int
+
+
+DatasetFn = Callable[[DataConfig], "InMemory | Streamed | tuple"]
+
+DATASETS = Registry("dataset", import_paths=True)
 
 
 def register_dataset(name: str) -> Callable[[DatasetFn], DatasetFn]:
@@ -52,8 +71,16 @@ def register_dataset(name: str) -> Callable[[DatasetFn], DatasetFn]:
     return DATASETS.decorator(name)
 
 
-def load_dataset(cfg: DataConfig) -> InMemory | Streamed:
-    return DATASETS.lookup(cfg.name, "data.name")(cfg)
+def load_dataset(cfg: DataConfig) -> InMemory | Streamed | Tensors:
+    """What `cfg.name`'s builder returns; a (train, test) pair of torch Datasets read into `Tensors`."""
+    source = DATASETS.lookup(cfg.name, "data.name")(cfg)
+    if isinstance(source, (InMemory, Streamed, Tensors)):
+        return source
+    from esam.data.pairs import is_pair, read_pair
+    if is_pair(source):
+        return read_pair(*source, f"data.name {cfg.name!r}")
+    raise ConfigError(f"data.name {cfg.name!r} returned {type(source).__name__}, not InMemory, Streamed or a "
+                      f"(train, test) pair of torch Datasets")
 
 
 def data_root(cfg: DataConfig) -> Path:

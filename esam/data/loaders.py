@@ -92,12 +92,17 @@ class DeviceLoader(_EpochSize):
 
     train=True: a fresh permutation per epoch, full batches only (the last partial batch is
     dropped), augmentation if given. train=False: all samples in order, no augmentation.
+    normalize=None: float inputs of any shape, yielded as they are (a user's dataset pair; no augmentation).
     """
 
-    def __init__(self, images: Tensor, labels: Tensor, batch_size: int, normalize: Normalize, *,
+    def __init__(self, images: Tensor, labels: Tensor, batch_size: int, normalize: Normalize | None, *,
                  train: bool, seed: int = 0, augmentation: Augmentation | None = None) -> None:
-        if images.dtype != torch.uint8 or images.dim() != 4 or len(images) != len(labels):
-            raise ValueError("DeviceLoader wants uint8 images [N, C, H, W] and N labels")
+        if len(images) != len(labels):
+            raise ValueError("DeviceLoader wants N inputs and N labels")
+        if normalize is not None and (images.dtype != torch.uint8 or images.dim() != 4):
+            raise ValueError("DeviceLoader wants uint8 images [N, C, H, W] to normalize")
+        if normalize is None and (augmentation is not None or not images.is_floating_point()):
+            raise ValueError("DeviceLoader yields float inputs as given only without augmentation")
         self.images, self.labels = images, labels
         self.batch_size, self.normalize, self.train, self.seed = batch_size, normalize, train, seed
         self.augmentation = augmentation
@@ -111,12 +116,12 @@ class DeviceLoader(_EpochSize):
         if not self.train:
             yield from self._batches(None, None, len(self.images))
             return
-        n, (_, _, h, w) = len(self.images), self.images.shape
+        n = len(self.images)
         g = epoch_generator(self.seed, epoch)
         order = torch.randperm(n, generator=g)
         params = None
         if self.augmentation is not None:
-            params = self.augmentation.sample(n, h, w, g)
+            params = self.augmentation.sample(n, self.images.shape[2], self.images.shape[3], g)
         device = self.images.device
         order = _to_device(order, device)
         params = params.to(device) if params is not None else None
@@ -135,7 +140,7 @@ class DeviceLoader(_EpochSize):
                 x, y = self.images[idx], self.labels[idx]
             if params is not None and aug.crops_or_flips:
                 x = crop_flip(x, params[start:end], aug.crop_padding)
-            x = self.normalize(x)
+            x = self.normalize(x) if self.normalize is not None else x
             if params is not None and aug.cuts:
                 cutout_(x, params[start:end], aug.cutout, value=0.0)  # 0 after normalization = the mean
             for b in range(0, end - start, self.batch_size):

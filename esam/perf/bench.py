@@ -18,7 +18,7 @@ dynamo's recompile limit, then eager): ESAM's compiled numbers include that.
 Under --cuda-graphs every method replays its passes as CUDA graphs (esam.training.cuda_graphs); ESAM's ascent
 is graphed only when --swp-patterns N lets its SWP patterns repeat. Untimed steps come first, until
 no new pass has been captured for 10 + 4N steps, so that captures stay out of the timing.
-"host ops/step" counts the ATen operators a step dispatches (esam.dispatch_count), averaged over
+"host ops/step" counts the ATen operators a step dispatches (esam.perf.dispatch_count), averaged over
 20 untimed steps (LookSAM, RST and AE-SAM run one pass on some steps and a sharpness step on others):
 where the host launching kernels is the bottleneck, step time follows it.
 LookSAM, RST and AE-SAM take their sharpness steps as SAM's (--sharpness esam: ESAM's, with beta,

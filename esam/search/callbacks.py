@@ -73,7 +73,7 @@ class MlflowTrialRuns(tune.Callback):
     """One MLflow run per trial, nested under the search's parent run; metrics per epoch.
 
     Only the driver writes, which keeps a SQLite store free of lock contention. Writes go
-    through the search's record buffer (esam/trial_records.py): the Tune loop never waits on
+    through the search's record buffer (esam/search/trial_records.py): the Tune loop never waits on
     MLflow and never sees its errors (an exception here would abort the experiment). When the
     buffer gives up on an outage, the experiment stops as Ctrl-C stops it and can be continued.
     Each run is tagged `esam.node` with the Ray node its trial runs on (from the results), set again

@@ -293,7 +293,14 @@ def validate_search(cfg: SearchConfig) -> SearchConfig:
 
 def load_search_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> SearchConfig:
     """YAML file + `key=value` overrides (e.g. `trials=4`, `train.epochs=2`) -> validated SearchConfig."""
-    values = deep_merge(read_yaml(path), parse_overrides(overrides))
+    return search_config_from_dict(read_yaml(path), overrides)
+
+
+def search_config_from_dict(values: dict, overrides: list[str] | tuple[str, ...] = ()) -> SearchConfig:
+    """A search config's mapping (as its YAML file holds it) + `key=value` overrides -> validated SearchConfig."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"a search config must be a mapping, got {type(values).__name__}")
+    values = deep_merge(values, parse_overrides(overrides))
     train_values = values.pop("train", {}) or {}
     if not isinstance(train_values, dict):
         raise ConfigError(f"train must be a mapping, got {brief(train_values)}")

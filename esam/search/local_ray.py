@@ -111,8 +111,11 @@ def check_ray_token(address: str | None) -> None:
             raise ConfigError(_token_line(gcs if where == "auto" else where)) from None  # "auto": name what it found
 
 
-def init_ray(address: str | None) -> bool:
-    """Join `address` (or $RAY_ADDRESS) or start a loopback-only local Ray; True when this call started one."""
+def init_ray(address: str | None, runtime_env: dict | None = None) -> bool:
+    """Join `address` (or $RAY_ADDRESS) or start a loopback-only local Ray; True when this call started one.
+
+    `runtime_env` is the job's (esam/search/shipping.py: the user's project as working_dir). A Ray this
+    process started before keeps its own: pass it to your own ray.init then."""
     import ray
     if ray.is_initialized():
         return False
@@ -132,8 +135,14 @@ def init_ray(address: str | None) -> bool:
     # "local", not None: None would join the last cluster `ray start` made on this machine, if any.
     try:
         ray.init(address="local" if local else address, include_dashboard=False, log_to_driver=False,
-                 logging_level=logging.WARNING, configure_logging=True)
+                 logging_level=logging.WARNING, configure_logging=True, runtime_env=runtime_env)
     except Exception as err:
+        if runtime_env and isinstance(err, ValueError) and "Package size" in str(err):  # Ray's upload limit
+            if ray.is_initialized():
+                ray.shutdown()
+            raise ConfigError(f"{runtime_env['working_dir']} is too large to ship to Ray's workers "
+                              f"({str(err).split('. ')[0]}); list what they need not get in its .rayignore, "
+                              f"or install your code on every node") from None
         # A ConnectionError is an OSError: left as it is, the search would report it as results_dir's.
         where = address or os.environ.get("RAY_ADDRESS") or "auto"
         if not local and _refused(err):  # check_ray_token could not ask, or the token changed since

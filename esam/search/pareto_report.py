@@ -426,7 +426,8 @@ def _png_figure(rows: list[dict], front: list[dict], objectives, summary: str = 
         ax.set_ylim(*yrange)
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize=8)
-    ax.set_title("ESAM search: accuracy vs speed\n" + ERROR_BARS, fontsize=10)
+    ax.set_title(f"{trials_method(finished(rows, 'trial')) or 'Method'} search: accuracy vs speed\n" + ERROR_BARS,
+                 fontsize=10)
     if summary:
         import textwrap
         fig.text(0.01, 0.01, "\n".join(textwrap.wrap(summary, 130)), fontsize=7, va="bottom")

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
-from esam.errors import ConfigError
+from esam.errors import ConfigError, first_line
 
 LOCAL_TYPE = "esam-atomic-local"  # the type name of esam.search.atomic_storage's filesystem
 _URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
@@ -60,7 +60,7 @@ class StoragePath:
         try:
             fs, path = pafs.FileSystem.from_uri(text)
         except Exception as err:  # noqa: BLE001 - pyarrow raises ValueError/OSError/ArrowInvalid per scheme
-            raise ConfigError(f"results_dir {_masked(text, key_id)} cannot be opened ({str(err).splitlines()[0][:150]}); "
+            raise ConfigError(f"results_dir {_masked(text, key_id)} cannot be opened ({first_line(err, 150)}); "
                               f"give a path, or a URI pyarrow's filesystems understand (s3://, gs://, abfs://, "
                               f"file://)") from None
         if isinstance(fs, pafs.LocalFileSystem):
@@ -173,7 +173,7 @@ def check_storage_writable(root: StoragePath) -> None:
         raise ConfigError(f"results_dir {root.parent} did not answer within {PROBE_TIMEOUT_S:g} s; check the "
                           f"network and the store's credentials on this machine and on every node") from None
     except Exception as err:  # noqa: BLE001 - OSError locally, pyarrow's errors for object stores
-        raise ConfigError(f"results_dir {root.parent} is not writable ({str(err).splitlines()[0][:150]}); "
+        raise ConfigError(f"results_dir {root.parent} is not writable ({first_line(err, 150)}); "
                           f"check the path or the store's credentials on this machine and on every node") from None
 
 

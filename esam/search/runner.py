@@ -21,7 +21,7 @@ from typing import Callable
 
 from esam.search import tracking
 from esam.config import to_dict
-from esam.errors import ConfigError, EsamError
+from esam.errors import ConfigError, EsamError, first_line
 from esam.optim import OPTIMIZERS
 from esam.search.atomic_storage import sweep_partial_files
 from esam.search.checkpoints import newest_checkpoint
@@ -31,7 +31,9 @@ from esam.search.write_refusals import WriteRefused
 from esam.search.ray_logs import one_line_ray_logs
 from esam.search.saved_view import write_view
 from esam.search.samplers import SamplerSpec
-from esam.search.local_ray import check_ray_token, init_ray
+from esam.search.local_ray import check_ray_token, init_ray, is_local
+from esam.search.shipping import project_env
+from esam.search.user_code import check_user_code, passed_builders
 from esam.search.pareto_report import format_table, tag_front_and_write_artifacts
 from esam.search.config import SearchConfig
 from esam.search.space import optuna_space, paper_point
@@ -227,7 +229,7 @@ def _optuna_storage(url: str):
             return open_rdb(url, ENGINE_KWARGS)
     except Exception as err:  # noqa: BLE001 - a bad URL or unreachable database
         raise ConfigError(f"optuna_storage {tracking.without_password(url)!r} cannot be opened: "
-                          f"{str(err).splitlines()[0][:200]}") from None
+                          f"{first_line(err)}") from None
 
 
 def _tuner(cfg: SearchConfig, experiment: str, param_space: dict, tune_config, callbacks):
@@ -245,7 +247,8 @@ def _tuner(cfg: SearchConfig, experiment: str, param_space: dict, tune_config, c
             {"cpu": DRIVER_CPU})
     else:
         trainable = tune.with_resources(
-            tune.with_parameters(run_trial, base_train=to_dict(cfg.train), threads=threads, repeats=cfg.repeats),
+            tune.with_parameters(run_trial, base_train=to_dict(cfg.train), threads=threads, repeats=cfg.repeats,
+                                 builders=passed_builders(cfg.train) or None),
             {"cpu": cfg.resources.cpu, "gpu": cfg.resources.gpu})
     root = cfg.ray_storage  # through its filesystem, a driver killed while Ray copies its state leaves the old copy
     _check_picklable(tune_config, callbacks)  # Ray pickles them into tuner.pkl: fail before it writes anything
@@ -339,6 +342,7 @@ def run_search(cfg: SearchConfig, *, address: str | None = None, echo: Callable[
     # anything is created in results_dir.
     started = time.monotonic()  # the progress lines' elapsed time: both phases count from here
     _check_local_data(cfg, address)
+    check_user_code(cfg, local=is_local(address))  # the user's model and data: import, and build once on a local Ray
     check_ray_token(address)  # a cluster refusing this driver's token: one line, before anything is written
     uri = tracking.tracking_uri(cfg.mlflow.tracking_uri)
     client = tracking.connect(uri)
@@ -442,7 +446,7 @@ def _run_search(cfg: SearchConfig, uri: str, client, *, address: str | None,
     complete = bool(state) and _complete(cfg, storage, client, parent)
     if complete:  # nothing to train: Ray is not even started
         echo(f"search {cfg.name} is already complete ({cfg.trials} {_trials_noun(cfg)} ended); showing its results")
-    started_ray = False if complete else init_ray(address)
+    started_ray = False if complete else init_ray(address, project_env(cfg, echo))  # the user's code to every node
     if not complete:  # no AWS key in a trial's runtime env, which Ray logs: workers inherit it or have their own
         from esam.search.compat import keep_credentials_out_of_trial_envs
         keep_credentials_out_of_trial_envs()

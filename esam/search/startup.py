@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 
-from esam.errors import ConfigError
+from esam.errors import ConfigError, first_line
 from esam.search import tracking
 from esam.search.config import SearchConfig
 from esam.search.reconcile import Experiment, reconcile, summary
@@ -103,7 +103,7 @@ def check_study(cfg: SearchConfig, storage, state: dict, client, parent: str | N
     try:
         names = optuna.study.get_all_study_names(storage)
     except Exception as err:  # noqa: BLE001 - a damaged database
-        raise ConfigError(f"the Optuna storage {cfg.optuna_url()} is unreadable ({str(err).splitlines()[0][:150]}); "
+        raise ConfigError(f"the Optuna storage {cfg.optuna_url()} is unreadable ({first_line(err, 150)}); "
                           f"restore it, or remove {cfg.directory} to start the search over") from None
     if cfg.name not in names:
         raise ConfigError(f"the Optuna storage {cfg.optuna_url()} has no study {cfg.name!r}, yet MLflow holds its "
@@ -157,7 +157,7 @@ def reconcile_all(cfg: SearchConfig, client, parent: str, storage, echo: Callabl
         raise
     except Exception as err:  # noqa: BLE001 - a damaged store: one line that names it
         raise ConfigError(f"search {cfg.name}: reading its stores failed ({type(err).__name__}: "
-                          f"{str(err).strip().splitlines()[0][:150] if str(err).strip() else ''}); check "
+                          f"{first_line(err, 150)}); check "
                           f"{cfg.directory} and the MLflow store") from None
     if line:
         echo(f"search {cfg.name}: reconciled Optuna and MLflow: {line}")

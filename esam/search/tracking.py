@@ -520,6 +520,7 @@ def summarize_parent(client, parent_run_id: str, rows: list[dict], front: list[d
     """The parent run's summary metrics and description (the front as a table, and what it says)."""
     from mlflow.entities import Metric, RunTag
 
+    from esam.search.front_summary import trials_method
     from esam.search.hypervolume import hypervolume
     trials = [r for r in rows if r["kind"] == "trial"]
     done = finished(rows, "trial")
@@ -541,7 +542,9 @@ def summarize_parent(client, parent_run_id: str, rows: list[dict], front: list[d
     stopped = f", {int(metrics['stopped_trials'])} stopped early" if metrics["stopped_trials"] else ""
     infeasible = (f"; {int(metrics['infeasible_trials'])} of them miss the constraints "
                   f"({'; '.join(c.text for c in constraints)})" if constraints else "")
-    note = (f"**ESAM search**: {len(done)} ESAM trials ran all their epochs ({int(metrics['failed_trials'])} failed, "
+    method = trials_method(done)  # "ESAM", "LookSAM", ...; None when the method was searched
+    note = (f"**{method or 'Method'} search**: {len(done)} {method + ' ' if method else ''}trials ran all their "
+            f"epochs ({int(metrics['failed_trials'])} failed, "
             f"{int(metrics['reused_trials'])} reused an earlier trial's result{stopped}){infeasible}; "
             f"{len(front)} on the Pareto front; hypervolume {area:.4g} over the reference point ({point}).\n\n"
             + (sentence + "\n\n" if sentence else "")

@@ -4,7 +4,8 @@ A trial's config holds only what differs between trials: the optimizer name for 
 trials (`optimizer`), the method and the sampled hyperparameters (rho, beta, gamma, ...) for
 search trials (`method`: esam, looksam, rst or aesam; sampled, or train.optimizer's; a trial of a
 search made before methods were searchable has none and is ESAM's). The shared training
-config arrives through `tune.with_parameters`. Keys starting with "_" are the searcher's notes,
+config arrives through `tune.with_parameters`, with the builders of the user's that this process
+would not have (`builders`, esam/search/user_code.py). Keys starting with "_" are the searcher's notes,
 not settings: `_number` (the Optuna trial number) and `_reuse` (this proposal repeats a finished
 trial: {"number", "run_id", "metrics"}; the trainable reports those metrics and trains nothing,
 see esam/search/optuna_searcher.py).
@@ -26,6 +27,7 @@ from esam.config import train_config_from_dict
 from esam.search.checkpoints import mark_epoch
 from esam.search.scratch import trial_scratch
 from esam.search.space import BASE_FIELDS, used_fields
+from esam.search.user_code import register_passed
 from esam.training.checkpoint import CHECKPOINT_FILE
 from esam.training.trainer import train
 
@@ -149,7 +151,10 @@ def mean_over_repeats(finals: list[dict]) -> dict:
     return out
 
 
-def run_trial(trial_config: dict, base_train: dict, threads: int | None, repeats: int = 1) -> None:
+def run_trial(trial_config: dict, base_train: dict, threads: int | None, repeats: int = 1,
+              builders: dict | None = None) -> None:
+    # The driver's own registrations of the model and dataset (esam/search/user_code.py), before the config names them
+    register_passed(builders)
     config = train_config_from_dict(base_train, trial_overrides(trial_config))
     reuse = trial_config.get("_reuse")
     if isinstance(reuse, dict):  # the searcher's duplicate: the original's result, nothing trained

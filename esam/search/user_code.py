@@ -1,0 +1,110 @@
+"""The user's own model and data in a search: checked in the driver before any trial, carried to every trial.
+
+`train.model` and `train.data.name` name either esam's own builders, the user's code by import path
+(`my_project.nets:build`, esam.import_paths), or a builder the user registered in this process
+(`register_model`, `register_dataset`, or a callable given to `esam.search.run`). Before any trial:
+- every import path is imported and must name a callable;
+- on a local Ray (the driver sees the trials' files) the data is loaded once, as a trial loads it,
+  and the model built once with its num_classes and in_channels; what either returns is checked.
+  On a cluster the data may exist on the nodes only, so the trials build both there;
+- a registration of this process is handed to the trials (`passed_builders`): Ray pickles it with
+  the trainable's parameters (cloudpickle: by value for `__main__`'s functions, else by import), and
+  `register_passed` registers it in the trial before its config is read. Multi-worker trials
+  (esam/search/ddp_trial.py) do not carry them: there an import path is required.
+Every failure is one ConfigError naming the field and the path.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from esam import import_paths
+from esam.errors import ConfigError, EsamError
+
+FIELDS = {"model": "train.model", "data": "train.data.name"}
+
+
+def registries() -> dict:
+    from esam.data import DATASETS
+    from esam.models import MODELS
+    return {"model": MODELS, "data": DATASETS}
+
+
+def _names(train) -> dict[str, str]:
+    return {"model": train.model, "data": train.data.name}
+
+
+def _is_esams(builder: Callable) -> bool:
+    module = getattr(getattr(builder, "func", builder), "__module__", "") or ""
+    return module == "esam" or module.startswith("esam.")
+
+
+def passed_builders(train) -> dict[str, dict[str, Callable]]:
+    """{"model": {name: builder}, "data": {...}}: the builders `train` names that this process registered
+    and a trial's process would not have (esam's own register themselves on import)."""
+    found = {}
+    for kind, registry in registries().items():
+        name = _names(train)[kind]
+        if name in registry and not _is_esams(registry[name]):
+            found[kind] = {name: registry[name]}
+    return found
+
+
+def register_passed(builders: dict[str, dict[str, Callable]] | None) -> None:
+    """In a trial: register what the driver passed (`passed_builders`), under the names its config uses."""
+    found = registries()
+    for kind, named in (builders or {}).items():
+        for name, builder in named.items():
+            found[kind].provide(name, builder)
+
+
+def users_modules(train) -> list[str]:
+    """The modules holding the user's code that `train` names (import paths and this process's registrations)."""
+    modules = []
+    for kind, registry in registries().items():
+        name = _names(train)[kind]
+        if name in registry:
+            if not _is_esams(registry[name]):
+                modules.append(import_paths.path_of(registry[name]).partition(":")[0])
+        elif import_paths.is_import_path(name):
+            modules.append(name.partition(":")[0])
+    return modules
+
+
+def check_user_code(cfg, local: bool) -> None:
+    """Before any trial: the user's builders import, and (local Ray) build what the contracts say."""
+    names = _names(cfg.train)
+    found = registries()
+    users = {kind: name for kind, name in names.items()
+             if name not in found[kind] or not _is_esams(found[kind][name])}
+    if not users:
+        return
+    if cfg.resources.workers > 1 and passed_builders(cfg.train):
+        raise ConfigError(f"resources.workers {cfg.resources.workers}: a builder registered in this process "
+                          f"({', '.join(passed_builders(cfg.train))}) does not reach multi-worker trials; "
+                          f"name it by import path ({import_paths.EXAMPLE})")
+    for kind, name in users.items():
+        found[kind].lookup(name, FIELDS[kind])  # imports an import path: a one-line ConfigError
+    if local:
+        _build_once(cfg.train, names)
+
+
+def _build_once(train, names: dict[str, str]) -> None:
+    """Load the data and build the model as a trial would; what fails is one line naming the builder."""
+    from esam.data.datasets import Streamed, load_dataset
+    from esam.models import build_model
+    source = _one_line(lambda: load_dataset(train.data), f"{FIELDS['data']} {names['data']!r}")
+    in_channels = source.in_channels if isinstance(source, Streamed) else source.train_x.shape[1]
+    _one_line(lambda: build_model(train.model, source.num_classes, int(in_channels)),
+              f"{FIELDS['model']} {names['model']!r}")
+
+
+def _one_line(build: Callable, what: str):
+    try:
+        return build()
+    except EsamError as err:  # "model 'x' returned ...", "data.name 'x': ...": named as the search config names them
+        text = str(err)
+        raise ConfigError(f"train.{text}" if text.startswith(("model", "data.name")) else f"{what}: {text}") from None
+    except Exception as err:  # noqa: BLE001 - the user's builder raised: its first line, no traceback
+        text = str(err).strip()
+        raise ConfigError(f"{what} failed: {type(err).__name__}" + (f": {text.splitlines()[0][:200]}" if text else "")) \
+            from None
