@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from esam.errors import ConfigError
+from esam.errors import ConfigError, first_line
 
 _NAME = r"[A-Za-z_]\w*"
 IMPORT_PATH = re.compile(rf"{_NAME}(?:\.{_NAME})*:{_NAME}(?:\.{_NAME})*")
@@ -46,7 +46,7 @@ def load(path: str, where: str) -> Callable:
                 if module_name == missing or module_name.startswith(missing + ".") else "a module it imports is not installed")
         raise ConfigError(f"{where} {path!r}: no module named {missing!r} ({hint})") from None
     except Exception as err:  # noqa: BLE001 - the user's module failed while importing: say how, in one line
-        raise ConfigError(f"{where} {path!r}: importing {module_name} failed: {_first_line(err)}") from None
+        raise ConfigError(f"{where} {path!r}: importing {module_name} failed: {described(err)}") from None
     found: object = module
     for part in attribute.split("."):
         if not hasattr(found, part):
@@ -83,6 +83,6 @@ def path_of(fn: Callable) -> str:
     return f"{module}:{name}"
 
 
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return f"{type(err).__name__}: {text.splitlines()[0][:200]}" if text else type(err).__name__
+def described(err: BaseException) -> str:
+    """`ValueError: its first line` (the type alone for an empty message): what a user's code raised, in one line."""
+    return f"{type(err).__name__}: {first_line(err)}" if str(err).strip() else type(err).__name__

@@ -33,6 +33,7 @@ PACKAGE = {
                 "    return [nn.Linear(in_channels, num_classes)]\n"
                 "def raises(num_classes, in_channels):\n"
                 "    raise ValueError(f'no net for {num_classes} classes')\n"),
+    "broken.py": "raise RuntimeError('boom')\n",
     "data.py": ("import torch\n"
                 "from torch.utils.data import Dataset, TensorDataset\n"
                 "def as_dict(cfg):\n"
@@ -83,6 +84,10 @@ def _search_config(directory: Path, **train) -> Path:
      "train.data.name 'mine.data:as_dict' returned dict, not InMemory, Streamed or a (train, test) pair of torch Datasets"),
     ({"data": {"name": "mine.data:negative"}},
      "train.data.name 'mine.data:negative': labels must be 0, 1, ..., num_classes - 1, found -1"),
+    ({"model": "mine.broken:build"}, "train.model 'mine.broken:build': importing mine.broken failed: RuntimeError: boom"),
+    ({"data": {"name": "mine.data:pair"}},  # feature vectors, and channels_last left on: NHWC on CUDA would fail
+     "train.channels_last is true, but train.data.name 'mine.data:pair' gives inputs of shape [5], not images: "
+     "set train.channels_last: false"),
 ])
 def test_a_bad_import_path_or_builder_is_one_line_before_anything_starts(mine, capsys, train, message):
     code = main(["search", str(_search_config(mine, **train))])

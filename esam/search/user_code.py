@@ -5,7 +5,8 @@
 (`register_model`, `register_dataset`, or a callable given to `esam.search.run`). Before any trial:
 - every import path is imported and must name a callable;
 - on a local Ray (the driver sees the trials' files) the data is loaded once, as a trial loads it,
-  and the model built once with its num_classes and in_channels; what either returns is checked.
+  and the model built once with its num_classes and in_channels; what either returns is checked,
+  and inputs that are no 4-D images with channels_last on (NHWC on CUDA) are refused.
   On a cluster the data may exist on the nodes only, so the trials build both there;
 - a registration of this process is handed to the trials (`passed_builders`): Ray pickles it with
   the trainable's parameters (cloudpickle: by value for `__main__`'s functions, else by import), and
@@ -90,9 +91,13 @@ def check_user_code(cfg, local: bool) -> None:
 
 def _build_once(train, names: dict[str, str]) -> None:
     """Load the data and build the model as a trial would; what fails is one line naming the builder."""
-    from esam.data.datasets import Streamed, load_dataset
+    from esam.data.datasets import Streamed, Tensors, load_dataset
     from esam.models import build_model
     source = _one_line(lambda: load_dataset(train.data), f"{FIELDS['data']} {names['data']!r}")
+    if isinstance(source, Tensors) and source.train_x.dim() != 4 and train.channels_last and train.device != "cpu":
+        # on CUDA every batch would be made NHWC, which only a 4-D image batch can be: every trial would fail
+        raise ConfigError(f"train.channels_last is true, but {FIELDS['data']} {names['data']!r} gives inputs of shape "
+                          f"{list(source.train_x.shape[1:])}, not images: set train.channels_last: false")
     in_channels = source.in_channels if isinstance(source, Streamed) else source.train_x.shape[1]
     _one_line(lambda: build_model(train.model, source.num_classes, int(in_channels)),
               f"{FIELDS['model']} {names['model']!r}")
@@ -105,6 +110,4 @@ def _one_line(build: Callable, what: str):
         text = str(err)
         raise ConfigError(f"train.{text}" if text.startswith(("model", "data.name")) else f"{what}: {text}") from None
     except Exception as err:  # noqa: BLE001 - the user's builder raised: its first line, no traceback
-        text = str(err).strip()
-        raise ConfigError(f"{what} failed: {type(err).__name__}" + (f": {text.splitlines()[0][:200]}" if text else "")) \
-            from None
+        raise ConfigError(f"{what} failed: {import_paths.described(err)}") from None
