@@ -309,3 +309,46 @@ class RayCluster:
         for node in reversed(self.nodes):
             self.kill(node)
         shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+class JobCluster(RayCluster):
+    """A RayCluster whose head also runs Ray's dashboard, and with it the job API, as the README's recipe starts it.
+
+    The dashboard listens on the head's private address only (`--dashboard-host HEAD_IP`), behind the
+    cluster's token: `ray job ...` sends RAY_AUTH_TOKEN from the client's environment as a bearer header.
+    The head's environment holds `head_env` (e.g. RAY_JOB_STOP_WAIT_TIME_S), which a job's driver inherits.
+
+    Each node has a temp dir of its own, as each machine of a cluster has its own /tmp: every node
+    unpacks a job's working_dir under its temp dir, and nodes sharing one would unpack it again over
+    the directory the driver runs in (its cwd gone mid-search). Its addresses are 127.0.1.x and every
+    port is a free one, so that it never meets a RayCluster (127.0.0.x) of another test file running
+    at the same time: Ray's fixed defaults (the dashboard agent's 52365, Ray Client's 10001) would.
+    """
+
+    HEAD_IP = "127.0.1.2"
+
+    def __init__(self, head_cpus: int = 1, head_env: dict | None = None):
+        import secrets
+        self.cwd = None
+        self.port, self.dashboard_port = free_port(), free_port()
+        self.address = f"{self.HEAD_IP}:{self.port}"
+        self.dashboard_url = f"http://{self.HEAD_IP}:{self.dashboard_port}"
+        self.temp_dir = Path(tempfile.mkdtemp(prefix="esj", dir="/tmp"))  # short: Ray's socket paths live here
+        # `esam` on PATH for a job's entrypoint: the Python that runs the tests is the one the nodes run
+        path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+        self.env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16), "PATH": path}
+        self.nodes, self.ips = [], {}
+        self.head = self._start(self.HEAD_IP, ["--head", "--port", str(self.port), "--dashboard-host", self.HEAD_IP,
+                                               "--dashboard-port", str(self.dashboard_port),
+                                               "--ray-client-server-port", str(free_port())],
+                                head_cpus, {**HEALTH_CHECKS, **(head_env or {})})
+
+    def add_worker(self, cpus: int) -> subprocess.Popen:
+        return self._start(f"127.0.1.{2 + len(self.nodes)}", ["--address", self.address], cpus, {})
+
+    def _start(self, ip: str, args: list[str], cpus: int, env: dict, timeout: float = 180) -> subprocess.Popen:
+        node_dir = self.temp_dir / f"n{len(self.nodes)}"
+        node_dir.mkdir()
+        # after RayCluster's shared --temp-dir: click takes an option's last value
+        return super()._start(ip, [*args, "--temp-dir", str(node_dir),
+                                   "--dashboard-agent-listen-port", str(free_port())], cpus, env, timeout)

@@ -128,6 +128,14 @@ def connect(uri: str):
             client = MlflowClient(tracking_uri=uri)  # a SQLite store is created (or read) right here
             client.search_experiments(max_results=1)
     except Exception as err:  # noqa: BLE001 - any failure here means "cannot record"
+        refused = _refused_login(err)
+        if refused == 401:  # a server with users (mlflow server --app-name basic-auth): it answered, and said no
+            raise ConfigError(f"MLflow tracking server {without_password(uri)} refused the login (HTTP 401); "
+                              f"{_login_hint()}") from None
+        if refused == 403:
+            raise ConfigError(f"MLflow tracking server {without_password(uri)} refused user "
+                              f"{os.environ.get('MLFLOW_TRACKING_USERNAME', '')!r} (HTTP 403): "
+                              f"ask its admin for a permission") from None
         raise ConfigError(f"MLflow tracking store {uri} is unreachable: {_first_line(err)}") from None
     exported = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(uri)
@@ -138,6 +146,21 @@ def connect(uri: str):
     else:
         os.environ["MLFLOW_TRACKING_URI"] = exported
     return client
+
+
+def _refused_login(err: Exception) -> int | None:
+    """401 or 403 when an MLflow server refused the request's login (or its user), else None."""
+    status = getattr(err, "get_http_status_code", None)
+    status = status() if callable(status) else None
+    return status if status in (401, 403) else None
+
+
+def _login_hint() -> str:
+    """What to set, naming the variables MLflow's client reads and never their values."""
+    unset = [v for v in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD") if not os.environ.get(v)]
+    if unset:
+        return f"{' and '.join(unset)} {'is' if len(unset) == 1 else 'are'} not set: set both to a user of that server"
+    return "check MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (a user of that server, its password)"
 
 
 def experiment_id(client, name: str) -> str:
