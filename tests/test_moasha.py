@@ -269,13 +269,17 @@ def test_expected_finishers_and_the_start_line_that_says_them():
     assert expected_finishers(24, 25, 3, 200) == pytest.approx(24 / 9)  # rungs 25, 75
     assert expected_finishers(12, 30, 3, 90) == pytest.approx(4)  # one rung, at 30
     quickstart = Path(__file__).resolve().parents[1] / "tune_configs" / "quickstart.yaml"
-    two = load_search_config(quickstart, ["scheduler.name=moasha", "scheduler.grace_epochs=2", "trials=24"])
+    # 12 epochs set here: the arithmetic below is for 12, whatever the quickstart's own count
+    two = load_search_config(quickstart, ["scheduler.name=moasha", "scheduler.grace_epochs=2", "trials=24",
+                                          "train.epochs=12"])
     assert _moasha_line(two) == ("MO-ASHA: rungs at epochs 2, 6; about 2.7 of 24 trials will train all 12 epochs "
                                  "and can make the front")
-    thin = load_search_config(quickstart, ["scheduler.name=moasha", "scheduler.grace_epochs=1"])  # rungs 1, 3, 9
+    thin = load_search_config(quickstart, ["scheduler.name=moasha", "scheduler.grace_epochs=1",
+                                           "train.epochs=12"])  # rungs 1, 3, 9
     assert _moasha_line(thin).endswith("about 0.4 of 12 trials will train all 12 epochs and can make the front "
                                        "(a thin front: raise trials, or grace_epochs for fewer rungs)")
-    one = load_search_config(quickstart, ["scheduler.name=moasha", "scheduler.grace_epochs=6", "trials=6"])
+    one = load_search_config(quickstart, ["scheduler.name=moasha", "scheduler.grace_epochs=6", "trials=6",
+                                          "train.epochs=12"])
     assert _moasha_line(one).startswith("MO-ASHA: a rung at epoch 6; about 2 of 6 trials")
 
 

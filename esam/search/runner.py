@@ -482,9 +482,12 @@ def _run_search(cfg: SearchConfig, uri: str, client, *, address: str | None,
                      Progress(_progress_label(cfg), cfg.trials, objectives, echo, full_epochs=cfg.train.epochs,
                               ended_before=len(before), failed_before=sum(t.state.name == "FAIL" for t in before),
                               started=started),
-                     # The references' values also bound the hypervolume's reference point (a minimized objective)
+                     # The references' values also bound the hypervolume's reference point of a minimized
+                     # objective (a maximized one's is 0: MLflow is not asked then)
                      FrontProgress(uri, parent, objectives, cfg.train.epochs, constraints,
-                                   references or ({} if complete else _reference_results(cfg, client, parent)),
+                                   references or ({} if complete or all(m == "max" for _, m in objectives) else retry(
+                                       lambda: _reference_results(cfg, client, parent), "the references' results",
+                                       echo=echo)),
                                    earlier=_front_points(before), ended_before=len(before))]
         if not complete:
             # Without `method` in the space every trial's method is train.optimizer's (a constant Ray adds)
