@@ -87,9 +87,10 @@ def reference() -> str:
     choices = ", ".join(f"`{n}` ({' / '.join(v)})" for n, v in search.CHOICE_PARAMS.items())
     parts.append(f"Searchable fields (`space:`): {ranges} as `{{low, high, log}}` ranges; {choices} as "
                  "`{choices: [...]}`.")
+    # A `module:function` name is a user's builder that a run registered in this process, not esam's own
     parts.append("Registered names (`register_model`, `register_dataset`, `register_optimizer` add more): "
-                 f"models {', '.join(f'`{n}`' for n in sorted(MODELS))}; "
-                 f"datasets {', '.join(f'`{n}`' for n in sorted(DATASETS))}; "
+                 f"models {', '.join(f'`{n}`' for n in sorted(MODELS) if ':' not in n)}; "
+                 f"datasets {', '.join(f'`{n}`' for n in sorted(DATASETS) if ':' not in n)}; "
                  f"optimizers {', '.join(f'`{n}`' for n in sorted(OPTIMIZERS))}.")
     return "\n\n".join(parts)
 

@@ -518,8 +518,8 @@ def _run_search(cfg: SearchConfig, uri: str, client, *, address: str | None,
     table = format_table(front, references)
     exp_id = client.get_run(parent).info.experiment_id
     url, serve = tracking.runs_url(uri, exp_id)
-    # The search's saved view (its runs, objectives, their scatter chart) in MLflow's Views menu and the URL
-    view = retry(lambda: write_view(client, exp_id, parent, cfg.name, objectives, tuple(cfg.space)),
-                 "the search's saved view", echo=echo)
-    url += f"&viewStateShareKey={view}"
+    # The search's saved view (its trials and references, objectives, their scatter chart) in MLflow's Views
+    # menu, which `esam ui` opens; the printed URL stays the runs table, where the parent run is too
+    retry(lambda: write_view(client, exp_id, parent, cfg.name, objectives, tuple(cfg.space)),
+          "the search's saved view", echo=echo)
     return SearchOutcome(parent, uri, directory, front, rows, table, exp_id, url, serve, complete, summary, ended)
