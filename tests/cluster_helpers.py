@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import json
 import os
 import shutil
 import signal
@@ -352,3 +353,13 @@ class JobCluster(RayCluster):
         # after RayCluster's shared --temp-dir: click takes an option's last value
         return super()._start(ip, [*args, "--temp-dir", str(node_dir),
                                    "--dashboard-agent-listen-port", str(free_port())], cpus, env, timeout)
+
+
+def trial_results(directory: Path) -> dict[str, list[dict]]:
+    """Each ESAM trial's results so far ({trial id: [result, ...]}), as Ray saved them in results_dir."""
+    found = {}
+    for path in (directory / "search").glob("esam_*/result.json"):
+        lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        if lines:
+            found[lines[0]["trial_id"]] = lines
+    return found

@@ -21,6 +21,7 @@ import optuna
 import pytest
 from cluster_helpers import (  # noqa: F401 - mlflow_on_postgres and postgres are fixtures
     RayCluster,
+    trial_results,
     assert_values_agree,
     mlflow_on_postgres,
     postgres,
@@ -61,14 +62,6 @@ def _esam_search(config: Path, driver: Path, cluster: RayCluster):
     return start(config, driver, cluster.env, ("--address", cluster.address))
 
 
-def _results(directory: Path) -> dict[str, list[dict]]:
-    """Each ESAM trial's results so far ({trial id: [result, ...]}), as the driver saved them."""
-    found = {}
-    for path in (directory / "search").glob("esam_*/result.json"):
-        lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        if lines:
-            found[lines[0]["trial_id"]] = lines
-    return found
 
 
 def _assert_ended_well(root: Path, name: str, optuna_url: str, server, out: str) -> dict[str, str]:
@@ -95,7 +88,7 @@ def test_a_worker_node_killed_mid_trial(postgres, mlflow_on_postgres, cluster, t
     victim: dict = {}
 
     def a_trial_mid_training_on_the_worker() -> bool:
-        for trial_id, rows in _results(directory).items():
+        for trial_id, rows in trial_results(directory).items():
             last = rows[-1]
             if last["node"].split()[0] == cluster.ip(worker) and 1 <= last["epoch"] < EPOCHS - 1:
                 victim.update(trial_id=trial_id, node=last["node"])
@@ -118,7 +111,7 @@ def test_a_worker_node_killed_mid_trial(postgres, mlflow_on_postgres, cluster, t
     assert cluster.ip(cluster.head) in nodes.values() and len(set(nodes.values())) >= 2, nodes  # head and a worker
     # The killed trial went on on another node from its last checkpoint: the first epoch there is
     # the one after the last its first node reported, and MLflow's tag names the new node.
-    rows = _results(directory)[victim["trial_id"]]
+    rows = trial_results(directory)[victim["trial_id"]]
     before = [r["epoch"] for r in rows if r["node"] == victim["node"]]
     after = [r["epoch"] for r in rows if r["node"] != victim["node"]]
     assert after and after[0] == before[-1] + 1 and after[-1] == EPOCHS, (victim, before, after)
@@ -135,7 +128,7 @@ def test_a_killed_driver_continues_on_the_same_cluster(postgres, mlflow_on_postg
     config, driver, directory = _search(tmp_path, "driverlost", optuna_url, server, cluster)
 
     def one_trial_ended_and_one_mid_training() -> bool:
-        epochs = [rows[-1]["epoch"] for rows in _results(directory).values()]
+        epochs = [rows[-1]["epoch"] for rows in trial_results(directory).values()]
         return EPOCHS in epochs and any(1 <= e < EPOCHS for e in epochs)
 
     proc = _esam_search(config, driver, cluster)

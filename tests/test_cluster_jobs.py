@@ -22,7 +22,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from cluster_helpers import RAY, JobCluster, assert_values_agree, read_stores
+from cluster_helpers import trial_results, RAY, JobCluster, assert_values_agree, read_stores
 from conftest import small_search
 from faults_helpers import assert_agree, inherited_env, kill_hard, wait_for
 from mlflow.tracking import MlflowClient
@@ -79,14 +79,6 @@ def _job_info(cluster: JobCluster, submission: str) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def _results(directory: Path) -> dict[str, list[dict]]:
-    """Each ESAM trial's results so far ({trial id: [result, ...]}), as Ray saved them in results_dir."""
-    found = {}
-    for path in (directory / "search").glob("esam_*/result.json"):
-        lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        if lines:
-            found[lines[0]["trial_id"]] = lines
-    return found
 
 
 def _get(url: str, token: str | None) -> int:
@@ -126,7 +118,7 @@ def test_a_search_run_as_a_job_stops_with_ray_job_stop_and_the_same_submission_f
                               text=True, start_new_session=True)
     try:
         def a_trial_mid_training() -> bool:
-            return any(1 <= rows[-1]["epoch"] < EPOCHS for rows in _results(results / NAME).values())
+            return any(1 <= rows[-1]["epoch"] < EPOCHS for rows in trial_results(results / NAME).values())
 
         wait_for(a_trial_mid_training, follow, timeout=400, what="a trial mid-training")
         rc, stopped = _ray_job(cluster, "stop", "--address", cluster.dashboard_url, "esam-jobs-1", cwd=laptop)

@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import shutil
@@ -29,7 +28,7 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
-from cluster_helpers import assert_values_agree, free_port, read_stores
+from cluster_helpers import trial_results, assert_values_agree, free_port, read_stores
 from conftest import small_search
 from faults_helpers import assert_agree, inherited_env, kill_hard, wait_for
 from mlflow.tracking import MlflowClient
@@ -187,13 +186,6 @@ def _left_after(scratch: Path, wait_s: float = 60) -> list[str]:
     return _alive_under(scratch)
 
 
-def _results(directory: Path) -> dict[str, list[dict]]:
-    found = {}
-    for path in (directory / "search").glob("esam_*/result.json"):
-        lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        if lines:
-            found[lines[0]["trial_id"]] = lines
-    return found
 
 
 @pytest.fixture
@@ -241,7 +233,7 @@ def test_the_sbatch_script_runs_a_search_on_two_nodes_stops_on_sigterm_and_conti
 
     proc = _sbatch(config, env, tmp_path)
     try:
-        wait_for(lambda: any(1 <= rows[-1]["epoch"] < EPOCHS for rows in _results(results / NAME).values()), proc,
+        wait_for(lambda: any(1 <= rows[-1]["epoch"] < EPOCHS for rows in trial_results(results / NAME).values()), proc,
                  timeout=400, what="a trial mid-training")
         os.kill(proc.pid, signal.SIGTERM)  # the batch shell only, as `scancel --signal=TERM --batch` does
         first, _ = proc.communicate(timeout=300)
