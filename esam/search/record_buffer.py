@@ -23,6 +23,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from esam.errors import first_line
+
 MAX_RECORDS = 20000  # records waiting at most (a few KB each); $ESAM_MLFLOW_MAX_BUFFERED overrides
 MAX_OUTAGE_S = 1800.0  # seconds without a successful write at most; $ESAM_MLFLOW_MAX_OUTAGE_S overrides
 BACKOFF_FIRST_S, BACKOFF_MAX_S = 0.5, 8.0
@@ -44,10 +46,6 @@ def backoff(failures: int, first: float = BACKOFF_FIRST_S, cap: float = BACKOFF_
     """Seconds to wait after `failures` consecutive failures: first, 2*first, 4*first, ... up to cap."""
     return min(cap, first * 2 ** max(0, failures - 1))
 
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return (text.splitlines()[0] if text else type(err).__name__)[:200]
 
 
 class RecordBuffer:
@@ -139,7 +137,7 @@ class RecordBuffer:
             try:
                 self.write(record)
             except Rejected as err:  # the store answered "never": keep going, say so once per record
-                self.echo(f"warning: {self.where} refused a record ({record.get('op')}): {_first_line(err)}")
+                self.echo(f"warning: {self.where} refused a record ({record.get('op')}): {first_line(err)}")
                 ok = True
             except Exception as err:  # noqa: BLE001 - any other failure is taken as "try again later"
                 ok = False

@@ -184,13 +184,9 @@ def _run_references(cfg: SearchConfig, uri: str, client, parent: str, params_of,
         raise SearchPaused("the references did not all end")
 
 
-def _ended_before(study) -> list:
-    """The study's trials that ended before this run (COMPLETE, FAIL or PRUNED) and count against
-    `trials`: a failed one that a retry trains again does not (esam/search/retries.py)."""
-    return _counted_ended(study)
-
-
 def _counted_ended(study) -> list:
+    """The study's ended trials (COMPLETE, FAIL or PRUNED) that count against `trials`: a failed one
+    that a retry trains again does not (esam/search/retries.py)."""
     ended = {s.name for s in _ended_states()}
     return [t for t in retries.counted(study.get_trials(deepcopy=False)) if t.state.name in ended]
 
@@ -477,7 +473,7 @@ def _run_search(cfg: SearchConfig, uri: str, client, *, address: str | None,
         tune_config = tune.TuneConfig(search_alg=searcher, num_samples=cfg.trials, scheduler=scheduler,
                                       max_concurrent_trials=cfg.concurrency,
                                       trial_dirname_creator=lambda t: f"esam_{t.trial_id}")
-        before = _ended_before(searcher.study)
+        before = _counted_ended(searcher.study)  # what earlier runs ended
         callbacks = [MlflowTrialRuns(uri, parent, "trial", trial_label, params_of, full_epochs=cfg.train.epochs),
                      Progress(_progress_label(cfg), cfg.trials, objectives, echo, full_epochs=cfg.train.epochs,
                               ended_before=len(before), failed_before=sum(t.state.name == "FAIL" for t in before),

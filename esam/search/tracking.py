@@ -16,7 +16,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from esam.errors import ConfigError
+from esam.errors import ConfigError, first_line
 from esam.search.store_lock import store_creation_lock
 
 PARENT_TAG = "mlflow.parentRunId"
@@ -78,7 +78,7 @@ def open_store(uri: str):
     except ConfigError:
         raise
     except Exception as err:  # noqa: BLE001 - MLflow/SQLAlchemy reject a damaged store in many ways
-        raise ConfigError(f"MLflow store {uri} cannot be read: {_first_line(err)}") from None
+        raise ConfigError(f"MLflow store {uri} cannot be read: {first_line(err)}") from None
 
 
 def _check_sqlite_store(path: Path) -> None:
@@ -95,16 +95,12 @@ def _check_sqlite_store(path: Path) -> None:
         finally:
             db.close()
     except sqlite3.Error as err:
-        raise ConfigError(f"MLflow store {path} is not a readable SQLite database ({_first_line(err)})") from None
+        raise ConfigError(f"MLflow store {path} is not a readable SQLite database ({first_line(err)})") from None
     if damaged != "ok":
-        raise ConfigError(f"MLflow store {path} is damaged (sqlite quick_check: {_first_line(damaged)})")
+        raise ConfigError(f"MLflow store {path} is damaged (sqlite quick_check: {first_line(damaged)})")
     if not {"experiments", "runs"} <= tables:
         raise ConfigError(f"{path} is a SQLite database but no MLflow store (no experiments/runs tables)")
 
-
-def _first_line(err: object) -> str:
-    text = str(err).strip()
-    return (text.splitlines()[0][:200] if text else "") or type(err).__name__
 
 
 def connect(uri: str):
@@ -136,7 +132,7 @@ def connect(uri: str):
             raise ConfigError(f"MLflow tracking server {without_password(uri)} refused user "
                               f"{os.environ.get('MLFLOW_TRACKING_USERNAME', '')!r} (HTTP 403): "
                               f"ask its admin for a permission") from None
-        raise ConfigError(f"MLflow tracking store {uri} is unreachable: {_first_line(err)}") from None
+        raise ConfigError(f"MLflow tracking store {uri} is unreachable: {first_line(err)}") from None
     exported = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(uri)
     # mlflow also exports the URI to this process's environment; only the driver writes, and a
@@ -416,7 +412,7 @@ def search_config_of(client, parent_run_id: str) -> dict:
         config = json.loads(Path(path).read_text())
         objectives_of(config)
     except Exception as err:  # noqa: BLE001 - a search stopped before logging it, or lost artifacts
-        raise ConfigError(f"search run {parent_run_id} has no readable search_config.json ({_first_line(err)})") from None
+        raise ConfigError(f"search run {parent_run_id} has no readable search_config.json ({first_line(err)})") from None
     return config
 
 

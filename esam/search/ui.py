@@ -22,7 +22,7 @@ import urllib.request
 import webbrowser
 from pathlib import Path
 
-from esam.errors import ConfigError, EsamError
+from esam.errors import ConfigError, EsamError, first_line
 
 START_TIMEOUT = 120  # seconds for `mlflow server` to answer; a busy 2-core machine takes 10 to 30
 
@@ -119,10 +119,6 @@ def _say(text: str) -> None:
     print(text, flush=True)  # a pipe (a test, a log) sees each line as it is said
 
 
-def _first_line(err: object) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0][:200] if text else type(err).__name__
-
 
 def _stop_on_sigterm() -> None:
     def handler(signum, frame):
@@ -156,7 +152,7 @@ def serve(tracking_uri: str | None, experiment: str, search: str | None, *, host
     try:
         page += f"&viewStateShareKey={write_view(client, experiment_id, parent, name, objectives, knobs)}"
     except Exception as err:  # noqa: BLE001 - a read-only store or account: the runs page without the view
-        _say(f"esam ui: the saved view was not written ({_first_line(err)}); MLflow's default view instead")
+        _say(f"esam ui: the saved view was not written ({first_line(err)}); MLflow's default view instead")
 
     logs = Path(tempfile.mkdtemp(prefix="esam-ui-"))
     mlflow_server = dashboard = proxy = None

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from esam.errors import DataError
+from esam.errors import DataError, first_line
 
 CHECKPOINT_FILE = "checkpoint.pt"
 _CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "rng_cpu", "epoch")
@@ -39,15 +39,11 @@ def load_checkpoint(path: str | Path) -> dict:
         raise DataError(f"checkpoint {path} is not a plain esam checkpoint "
                         "(refused: loading it would run code)") from None
     except Exception as err:  # noqa: BLE001 - zip, EOF, magic-number and key errors of a cut or corrupt file
-        raise DataError(f"checkpoint {path} is truncated or corrupt ({_first_line(err)})") from None
+        raise DataError(f"checkpoint {path} is truncated or corrupt ({first_line(err, 160)})") from None
     if not isinstance(state, dict) or any(k not in state for k in _CHECKPOINT_KEYS):
         raise DataError(f"checkpoint {path} is not an esam checkpoint (expected keys {', '.join(_CHECKPOINT_KEYS)})")
     return state
 
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return (text.splitlines()[0][:160] if text else "") or type(err).__name__
 
 
 def restore(state: dict, path: Path, model, optimizer, scheduler, device: torch.device) -> int:
@@ -62,4 +58,4 @@ def restore(state: dict, path: Path, model, optimizer, scheduler, device: torch.
         return int(state["epoch"]) + 1
     except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as err:
         # A checkpoint of another model or optimizer: torch's multi-line report becomes one line.
-        raise DataError(f"checkpoint {path} does not fit this config: {_first_line(err)}") from None
+        raise DataError(f"checkpoint {path} does not fit this config: {first_line(err, 160)}") from None
