@@ -76,23 +76,23 @@ def cmd_search(args) -> int:
     result = run(Path(args.config) if args.config else default_search_config(), overrides=args.set,
                  address=args.address)
     cfg, outcome = result.config, result.outcome
-    from esam.search.pareto_report import front_note
+    from esam.search.front.report import front_note
     constraints = cfg.parsed_constraints()
     print(f"\n{front_note(outcome.rows, outcome.front, constraints)}; then the references:")
     print(outcome.table)
-    from esam.search import tracking
-    print(hypervolume_lines(tracking.open_store(outcome.tracking_uri), outcome.parent_run_id, outcome.rows,
+    from esam.search.stores import mlflow_store
+    print(hypervolume_lines(mlflow_store.open_store(outcome.tracking_uri), outcome.parent_run_id, outcome.rows,
                             cfg.objective_pairs, constraints))
-    from esam.search.front_summary import front_summary
+    from esam.search.front.summary import front_summary
     print(f"\n{front_summary(outcome.rows, cfg.objective_pairs)}")
-    from esam.search.tracking import without_password
+    from esam.search.stores.mlflow_store import without_password
     print(f"\nresults: MLflow run {outcome.parent_run_id} at {without_password(outcome.tracking_uri)}")
     if str(cfg.ray_storage) == str(outcome.directory):
         print(f"         Ray experiments and search state in {outcome.directory}")
     else:
         print(f"         Ray experiments in {cfg.ray_storage}, search state in {outcome.directory}")
     ui = f"esam ui {cfg.name}"
-    if outcome.tracking_uri != tracking.tracking_uri(None):  # not the store esam ui reads by default
+    if outcome.tracking_uri != mlflow_store.tracking_uri(None):  # not the store esam ui reads by default
         ui += f" --tracking-uri {without_password(outcome.tracking_uri)}"
     if cfg.mlflow.experiment != "esam":
         ui += f" --experiment {cfg.mlflow.experiment}"
@@ -109,17 +109,18 @@ def cmd_search(args) -> int:
 
 def _client(args):
     """A read-only connection: export and pareto never create a store (a mistyped URI is one line)."""
-    from esam.search import tracking
-    return tracking.open_store(tracking.tracking_uri(args.tracking_uri))
+    from esam.search.stores import mlflow_store
+    return mlflow_store.open_store(mlflow_store.tracking_uri(args.tracking_uri))
 
 
 def hypervolume_lines(client, parent: str, rows: list[dict], objectives, constraints) -> str:
     """The front's hypervolume now, and how it grew trial by trial (the series the search logged)."""
-    from esam.search import tracking
-    from esam.search.hypervolume import hypervolume
-    area, reference = hypervolume(tracking.candidates(rows, constraints), objectives)
+    from esam.search.front import rows as front_rows
+    from esam.search.front.hypervolume import hypervolume
+    from esam.search.records import mlflow_runs
+    area, reference = hypervolume(front_rows.candidates(rows, constraints), objectives)
     point = ", ".join(f"{m} {v:g}" for m, v in reference.items())
-    history = sorted(client.get_metric_history(parent, tracking.HYPERVOLUME_SERIES), key=lambda m: m.step)
+    history = sorted(client.get_metric_history(parent, mlflow_runs.HYPERVOLUME_SERIES), key=lambda m: m.step)
     text = f"hypervolume of the front: {area:.4g} (reference point: {point})"
     if history:
         text += "\nafter each ended trial: " + ", ".join(f"{m.step}: {m.value:.4g}" for m in history)
@@ -127,14 +128,15 @@ def hypervolume_lines(client, parent: str, rows: list[dict], objectives, constra
 
 
 def cmd_pareto(args) -> int:
-    from esam.search import tracking
-    from esam.search.front_summary import front_summary
-    from esam.search.pareto_report import format_table, front_note, tag_front_and_write_artifacts
+    from esam.search.front import rows as front_rows
+    from esam.search.front.report import format_table, front_note, tag_front_and_write_artifacts
+    from esam.search.front.summary import front_summary
+    from esam.search.records import mlflow_runs
 
     client = _client(args)
-    parent = tracking.resolve_search(client, args.experiment, args.search)
-    search_config = tracking.search_config_of(client, parent)
-    objectives, constraints = tracking.objectives_of(search_config), tracking.constraints_of(search_config)
+    parent = mlflow_runs.resolve_search(client, args.experiment, args.search)
+    search_config = mlflow_runs.search_config_of(client, parent)
+    objectives, constraints = mlflow_runs.objectives_of(search_config), front_rows.constraints_of(search_config)
     rows, front, references = tag_front_and_write_artifacts(client, parent, objectives, constraints)
     failed = sum(r["status"] == "FAILED" for r in rows)
     print(f"search run {parent}: {len(rows)} runs ({failed} failed), {len(front)} on the front")
@@ -147,9 +149,9 @@ def cmd_pareto(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from esam.search.export import check_output, export_config, noise_note
-    from esam.search.tracking import resolve_search
-    from esam.search.pareto import check_rule
+    from esam.search.front.export import check_output, export_config, noise_note
+    from esam.search.front.pareto import check_rule
+    from esam.search.records.mlflow_runs import resolve_search
 
     try:
         check_rule(args.pick)  # before connecting: a typo costs no store round trip
@@ -160,7 +162,8 @@ def cmd_export(args) -> int:
     parent = resolve_search(client, args.experiment, args.search)
     doc = export_config(client, parent, args.pick, args.out)
     o, m = doc["optimizer"], doc["exported"]["metrics"]
-    from esam.search.space import SHOWN_FIELDS as shown, used_fields
+    from esam.search.space import shown_fields, used_fields
+    shown = shown_fields()
     settings = ", ".join(f"{k} {o[k]:.4g}" if isinstance(o[k], float) else f"{k} {o[k]}"
                          for k in used_fields(o["name"], o.get("sharpness", "sam")) if k in shown)
     print(f"wrote {args.out}: {o['name']} {settings} "
@@ -173,11 +176,11 @@ def cmd_export(args) -> int:
 
 
 def cmd_ls(args) -> int:
-    from esam.search import tracking
-    from esam.search.listing import format_table, search_table
+    from esam.search.browse.listing import format_table, search_table
+    from esam.search.records import mlflow_runs
 
     client = _client(args)
-    missing = tracking.experiment_hint(client, args.experiment)
+    missing = mlflow_runs.experiment_hint(client, args.experiment)
     if missing:  # a mistyped --experiment is an error; an experiment without searches is an empty list
         raise ConfigError(f"--experiment {args.experiment!r}: no such experiment at {client.tracking_uri} {missing}")
     rows = search_table(client, args.experiment)
@@ -197,7 +200,7 @@ def cmd_configs(args) -> int:
 
 
 def cmd_ui(args) -> int:
-    from esam.search.ui import serve
+    from esam.search.browse.ui import serve
     return serve(args.tracking_uri, args.experiment, args.search, host=args.host, port=args.port,
                  browser=not args.no_browser, optuna=args.optuna)
 
@@ -271,8 +274,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else list(argv))
+    from esam.search.stores.mlflow_store import client_settings  # light: no MLflow until a command opens a store
     try:
-        return args.func(args)
+        with client_settings():
+            return args.func(args)
     except EsamError as err:
         print(f"esam: error: {err}", file=sys.stderr)
         return 2

@@ -2,7 +2,8 @@
 
 Every field has a one-line comment. `load_train_config` merges a YAML file and `--set key=value`
 overrides into these frozen dataclasses and validates them; a bad value raises `ConfigError`
-naming the field (for example `optimizer.beta`) and the value.
+naming the field (for example `optimizer.beta`) and the value. The data section, DataConfig, lives
+with the data package (esam/data/config.py), which builds on it without importing this module.
 """
 from __future__ import annotations
 
@@ -16,47 +17,16 @@ from typing import Any
 
 import yaml
 
+from esam.data import DATASETS
+from esam.data.config import LABEL_NOISE_KINDS, DataConfig
 from esam.errors import ConfigError
 from esam.models import MODELS
-from esam.optim import OPTIMIZERS
+from esam.optim import OPTIMIZERS, knob_table
 from esam.optim.cost import SCORES, SHARPNESS
 from esam.optim.sam import BN_UPDATES
 from esam.suggestions import did_you_mean
 
-
-@dataclass(frozen=True)
-class DataConfig:
-    name: str = "digits"  # digits | cifar10 | cifar100 | imagefolder | synthetic, or your loader's import path (my_project.data:load)
-    root: str | None = None  # data root (cifar*, imagefolder); None: ./data
-    download: bool = False  # cifar*: fetch torchvision's files when missing (needs network)
-    augment: bool = True  # the paper's augmentation: random crop, horizontal flip, Cutout
-    crop_padding: int | None = None  # random-crop padding in px (0: off; None: 1 for digits, else 4)
-    flip: bool | None = None  # random horizontal flip (None: off for digits, a mirrored 3 is no 3; else on)
-    cutout: int | None = None  # Cutout square side in px (0: off; None: 0 for digits' 8x8 images, else 16)
-    cutout_prob: float = 0.5  # probability that a sample gets Cutout
-    train_limit: int | None = None  # use only the first N training samples (quick runs)
-    test_limit: int | None = None  # use only the first N test samples
-    image_size: int | None = None  # imagefolder: resize to this side (None: keep the files' size)
-    synthetic_size: int = 4096  # synthetic: number of training samples (test: a quarter)
-    synthetic_shape: tuple[int, int, int] = (3, 32, 32)  # synthetic: C, H, W
-    synthetic_classes: int = 10  # synthetic: number of classes
-    num_workers: int = 4  # DataLoader workers for datasets too large for device memory
-    cache_dir: str | None = None  # decoded uint8 tensors are cached here; None: ~/.cache/esam
-    label_noise: float = 0.0  # probability that a training label is replaced (0: clean; test labels stay clean)
-    label_noise_kind: str = "symmetric"  # symmetric: by a class drawn uniformly over all K | pairflip: by (c+1) mod K
-    label_noise_seed: int = 0  # which labels are replaced, and by what: the same in every trial and repeat
-
-    def __post_init__(self) -> None:
-        # The paper's CIFAR augmentation would erase an 8x8 digit: each dataset fills what is left unset.
-        crop, flip, cutout = _AUGMENTATION_DEFAULTS.get(self.name, (4, True, 16))
-        for key, value in (("crop_padding", crop), ("flip", flip), ("cutout", cutout)):
-            if getattr(self, key) is None:
-                object.__setattr__(self, key, value)
-
-
-_AUGMENTATION_DEFAULTS = {"digits": (1, False, 0)}  # dataset -> (crop_padding, flip, cutout)
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
-LABEL_NOISE_KINDS = ("symmetric", "pairflip")  # esam.data.label_noise
 
 
 @dataclass(frozen=True)
@@ -81,6 +51,33 @@ class OptimizerConfig:
     aesam_c_start: float = 1.0  # AE-SAM: sharpen when the squared gradient norm >= running mean + c std; c at step 0
     aesam_c_end: float = -1.0  # AE-SAM: c at the last step, linear in between (without total_steps: the mean)
     aesam_momentum: float = 0.9  # AE-SAM: momentum (delta) of that running mean and variance
+    knobs: dict[str, Any] = field(default_factory=dict)  # a registered method's own settings that have no field here (esam/optim/methods.py); YAML writes them beside the fields
+
+    def setting(self, name: str) -> Any:
+        """A setting by name: a field, else a registered method's own knob (unset: its record's paper value)."""
+        if name in {f.name for f in dataclasses.fields(self)}:
+            return getattr(self, name)
+        if name in self.knobs:
+            return self.knobs[name]
+        knob = knob_table().get(name)
+        if knob is None:
+            raise AttributeError(f"no optimizer setting {name!r}: neither a field nor a registered method's knob")
+        return knob.paper
+
+
+def _own_knobs() -> dict:
+    """The registered methods' knobs that have no OptimizerConfig field: they live in `knobs`."""
+    fields = {f.name for f in dataclasses.fields(OptimizerConfig)}
+    return {name: knob for name, knob in knob_table().items() if name not in fields}
+
+
+def _nest_knobs(values: dict) -> dict:
+    """An optimizer mapping with a method's own settings written beside the fields (`my_q: 0.3`) moved into `knobs`."""
+    flat = {k: v for k, v in values.items() if k in _own_knobs()}
+    nested = values.get("knobs") or {}
+    if not flat or not isinstance(nested, dict):  # a `knobs` that is no mapping: _convert says so
+        return values
+    return {**{k: v for k, v in values.items() if k not in flat}, "knobs": {**nested, **flat}}
 
 
 @dataclass(frozen=True)
@@ -158,6 +155,8 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
 
 def from_dict(cls: type, values: dict, prefix: str = "") -> Any:
     """Build dataclass `cls` from a (partial) mapping; unknown keys are an error."""
+    if cls is OptimizerConfig:
+        values = _nest_knobs(values)
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted((k for k in values if k not in names), key=str)  # YAML keys may be ints or null
@@ -168,14 +167,19 @@ def from_dict(cls: type, values: dict, prefix: str = "") -> Any:
 
 
 def to_dict(config: Any) -> dict:
-    """A plain nested dict (YAML-friendly: tuples become lists)."""
+    """A plain nested dict (YAML-friendly: tuples become lists; an optimizer's `knobs` beside its fields)."""
     def plain(v: Any) -> Any:
+        if dataclasses.is_dataclass(v) and not isinstance(v, type):
+            values = {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
+            if isinstance(v, OptimizerConfig):  # read back by from_dict: a method's own settings read like fields
+                values.update(values.pop("knobs"))
+            return values
         if isinstance(v, (list, tuple)):
             return [plain(x) for x in v]
         if isinstance(v, dict):
             return {k: plain(x) for k, x in v.items()}
         return v
-    return plain(dataclasses.asdict(config))
+    return plain(config)
 
 
 def parse_overrides(pairs: list[str] | tuple[str, ...]) -> dict:
@@ -315,11 +319,24 @@ def _check_registered(config: TrainConfig) -> None:
     """Names are valid when their registry holds them, so registered additions work from YAML and the CLI.
 
     An import path (model, data.name) is checked for its form only: it is imported where it is built
-    (a search's driver checks it first: esam/search/user_code.py)."""
-    from esam.data import DATASETS  # esam.data builds on DataConfig: looked up here, not at import
+    (a search's driver checks it first: esam/search/trials/user_code.py)."""
     MODELS.check(config.model, "model")
     OPTIMIZERS.check(config.optimizer.name, "optimizer.name")
     DATASETS.check(config.data.name, "data.name")
+
+
+def _check_knobs(knobs: dict) -> None:
+    """A method's own settings (`knobs`) name registered knobs and hold values their records admit."""
+    own = _own_knobs()
+    for name, value in knobs.items():
+        if name not in own:
+            raise ConfigError(f"unknown key optimizer.{brief(name, quote=False)} (no registered method takes it; "
+                              f"methods' own settings: {', '.join(own) or 'none'})"
+                              + did_you_mean(name, own, "optimizer."))
+        if not own[name].admits(value):
+            valid = ", ".join(map(str, own[name].choices)) if own[name].choices is not None else \
+                f"{'an integer' if own[name].integer else 'a number'} in {own[name].interval()}"
+            raise ConfigError(f"optimizer.{name} must be {valid}, got {brief(value)}")
 
 
 def validate(config: TrainConfig) -> TrainConfig:
@@ -358,6 +375,7 @@ def validate(config: TrainConfig) -> TrainConfig:
         raise ConfigError(f"optimizer.rst_p must be in [0, 1], got {brief(config.optimizer.rst_p)}")
     if not 0.0 <= config.optimizer.aesam_momentum < 1.0:
         raise ConfigError(f"optimizer.aesam_momentum must be in [0, 1), got {brief(config.optimizer.aesam_momentum)}")
+    _check_knobs(config.optimizer.knobs)
     for path in ("label_smoothing", "data.cutout_prob"):
         if not 0.0 <= get(path) <= 1.0:
             raise ConfigError(f"{path} must be in [0, 1], got {brief(get(path))}")

@@ -54,12 +54,13 @@ def search_config(variant: str, seed: int, trials: int, directory: Path, quick: 
 
 def epochs_timeline(client, parent: str, full_epochs: int) -> tuple[list[tuple[int, float, dict | None]], int]:
     """[(trial-epochs spent when a trial ended, its end time, its point if it finished)], total epochs."""
-    from esam.search import tracking
+    from esam.search.records import mlflow_runs
+    from esam.search.stores import mlflow_store
     stamps, ends = [], []
-    for run in tracking.trial_runs(client, parent):
+    for run in mlflow_runs.trial_runs(client, parent):
         history = client.get_metric_history(run.info.run_id, "epoch")
         stamps += [m.timestamp for m in history]
-        row = tracking.run_summary(run)
+        row = mlflow_runs.run_summary(run)
         done = not row.get("stopped_early") and not row.get("reused_from") and len(history) >= full_epochs
         ends.append((max((m.timestamp for m in history), default=0), row if done else None))
     stamps.sort()
@@ -68,20 +69,21 @@ def epochs_timeline(client, parent: str, full_epochs: int) -> tuple[list[tuple[i
 
 
 def hypervolume_at(timeline, budget: int) -> float:
-    from esam.search.hypervolume import hypervolume
+    from esam.search.front.hypervolume import hypervolume
     points = [p for spent, _, p in timeline if spent <= budget and p is not None]
     return hypervolume(points, OBJECTIVES, {"test_acc": 0.0, "speed_vs_sgd": 0.0})[0]
 
 
 def run_one(variant: str, seed: int, trials: int, quick: bool) -> dict:
-    from esam.search import tracking
+    from esam.search.records import mlflow_runs
     from esam.search.runner import run_search
+    from esam.search.stores import mlflow_store
     with tempfile.TemporaryDirectory(prefix="bench_search_") as tmp:
         cfg = search_config(variant, seed, trials, Path(tmp), quick)
         start = time.perf_counter()
         outcome = run_search(cfg, echo=lambda line: None)
         wall = time.perf_counter() - start
-        client = tracking.connect(outcome.tracking_uri)
+        client = mlflow_store.connect(outcome.tracking_uri)
         timeline, spent = epochs_timeline(client, outcome.parent_run_id, cfg.train.epochs)
         stopped = sum(bool(r.get("stopped_early")) for r in outcome.rows)
     return {"variant": variant, "seed": seed, "trials": cfg.trials, "epochs": spent, "wall_s": wall,

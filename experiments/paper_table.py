@@ -52,7 +52,7 @@ def log_to_mlflow(name: str, config, history: list[dict]) -> str | None:
     except ImportError:
         return None
     from esam.config import to_dict
-    from esam.search.tracking import flatten, provenance
+    from esam.search.records.mlflow_runs import flatten, provenance
     mlflow.set_experiment("esam-paper-table")
     with mlflow.start_run(run_name=name) as run:
         mlflow.set_tags(provenance())

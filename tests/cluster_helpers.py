@@ -184,7 +184,7 @@ def read_stores(root: Path, name: str, optuna_url: str, tracking_uri: str):
     from faults_helpers import Stores
     from mlflow.tracking import MlflowClient
 
-    from esam.search import ray_state
+    from esam.search.recovery import ray_state
 
     directory = Path(root) / "esam_results" / name
     ray = {e: {t.trial_id: t for t in ray_state.read_trials(directory / e) or []} for e in ("references", "search")}

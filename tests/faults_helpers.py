@@ -17,10 +17,10 @@ import optuna
 import yaml
 from mlflow.tracking import MlflowClient
 
-from esam.search import ray_state
 from esam.cli import default_search_config
-from esam.search.optuna_searcher import RAY_TRIAL_ATTR
-from esam.search.store_lock import store_creation_lock
+from esam.search.recovery import ray_state
+from esam.search.stores.creation_lock import store_creation_lock
+from esam.search.tune.optuna_searcher import RAY_TRIAL_ATTR
 
 RAY_DONE = {"COMPLETE": "TERMINATED", "FAIL": "ERROR"}
 MLFLOW_DONE = {"COMPLETE": "FINISHED", "FAIL": "FAILED"}
@@ -40,7 +40,7 @@ def write_config(root: Path, name: str, *, trials: int = 2, epochs: int = 2, ref
 
 def inherited_env() -> dict:
     """This process's environment for a child, without what an in-process search left in it: the
-    loopback switch esam/search/local_ray.py sets makes `ray start` refuse worker nodes."""
+    loopback switch esam/search/tune/local_ray.py sets makes `ray start` refuse worker nodes."""
     return {k: v for k, v in os.environ.items() if k != "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"}
 
 

@@ -8,7 +8,7 @@ import textwrap
 
 import pyarrow.fs as pafs
 
-from esam.search.atomic_storage import PARTIAL, atomic_local_filesystem, sweep_partial_files
+from esam.search.stores.atomic_writes import PARTIAL, atomic_local_filesystem, sweep_partial_files
 
 
 def test_a_copied_directory_arrives_whole_through_the_filesystem(tmp_path):
@@ -30,7 +30,7 @@ def test_a_writer_killed_mid_file_leaves_the_previous_copy_and_a_partial_file_to
     target.write_text('{"old": "complete"}')
     writer = textwrap.dedent(f"""
         import os, signal
-        from esam.search.atomic_storage import atomic_local_filesystem
+        from esam.search.stores.atomic_writes import atomic_local_filesystem
         out = atomic_local_filesystem().open_output_stream({str(target)!r})
         out.write(b'{{"new": "half')
         out.flush()

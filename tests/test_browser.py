@@ -15,9 +15,8 @@ from urllib.parse import urlsplit
 
 import mlflow.artifacts
 import pytest
-from mlflow.tracking import MlflowClient
-
 from conftest import MlflowServer, search_in, small_search
+from mlflow.tracking import MlflowClient
 
 pytestmark = pytest.mark.slow
 NAME = "browse"
@@ -99,7 +98,7 @@ def test_pareto_html_renders_every_run_with_both_references(chrome, search, shot
     directory, _, client, parent, children = search
     html = mlflow.artifacts.download_artifacts(run_id=parent.info.run_id, artifact_path="pareto/pareto.html",
                                                dst_path=str(directory), tracking_uri=client.tracking_uri)
-    from esam.search.pareto_report import write_plotlyjs
+    from esam.search.front.report import write_plotlyjs
     write_plotlyjs(Path(html).parent)  # offline, as the README says: plotly.js beside the page (no CDN here)
     chrome.get(f"file://{html}")
     figure = _wait(chrome, lambda d: d.execute_script(FIGURE_JS), "pareto.html drew no plotly figure", shots, "pareto")

@@ -98,8 +98,8 @@ def test_export_without_search(capsys):
     code, err = run_cli(capsys, "export", "--out", "x.yaml")
     assert code == 2 and "no MLflow store at" in err  # export only reads: a missing store stays missing
     assert not Path("mlflow.db").exists()
-    from esam.search import tracking
-    tracking.connect(tracking.tracking_uri(None))  # an empty store, as a search would create it
+    from esam.search.stores import mlflow_store
+    mlflow_store.connect(mlflow_store.tracking_uri(None))  # an empty store, as a search would create it
     code, err = run_cli(capsys, "export", "--out", "x.yaml")
     assert code == 2 and "no search recorded" in err
 

@@ -2,7 +2,7 @@
 
 A search talks to PostgreSQL (its Optuna study) and to the MLflow server (everything else, artifacts
 included: `--serve-artifacts`), never to a local store. Then PostgreSQL is restarted while a trial
-runs: the search carries on (Optuna's storage waits the outage out: esam/search/storage_outage.py),
+runs: the search carries on (Optuna's storage waits the outage out: esam/search/stores/optuna_outage.py),
 or stops with the one-line stop message and continues when run again; either way every store ends
 with every trial once. One PostgreSQL and one MLflow server (tests/cluster_helpers.py) serve the
 module; each search has its own Optuna database.

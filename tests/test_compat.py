@@ -1,7 +1,7 @@
-"""esam.search.compat's private Ray names still exist on the installed Ray (it names the version it was checked on)."""
+"""esam.search.tune.compat's private Ray names still exist on the installed Ray (it names the version it was checked on)."""
 import ray
 
-from esam.search import compat
+from esam.search.tune import compat
 
 
 def test_the_private_ray_names_esam_uses_exist():

@@ -9,9 +9,9 @@ import pytest
 from esam.errors import ConfigError
 from esam.search.config import OBJECTIVE_METRICS, SearchConfig, load_search_config
 from esam.search.constraints import UNMEASURED, OptunaConstraints, is_feasible, parse, parse_all, reference_values
-from esam.search.hypervolume import hypervolume
+from esam.search.front.hypervolume import hypervolume
+from esam.search.recovery.startup import check_growth
 from esam.search.runner import _warm_start
-from esam.search.startup import check_growth
 
 REFS = {"sgd": {"test_acc": 95.0, "speed_vs_sgd": 1.0, "relative_cost": 1.0},
         "sam": {"test_acc": 96.0, "speed_vs_sgd": 0.5, "relative_cost": 2.0}}
@@ -152,7 +152,7 @@ def test_a_trial_the_reconciliation_completes_gets_its_constraints(tmp_path):
     violations go with them, as the searcher would have sent them."""
     from mlflow.tracking import MlflowClient
 
-    from esam.search.reconcile import FINISHED, Experiment, _Reconciler
+    from esam.search.recovery.reconcile import FINISHED, Experiment, _Reconciler
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     parent = client.create_run(client.create_experiment("x")).info.run_id
     storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'optuna.db'}")

@@ -16,16 +16,15 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from conftest import search_in, small_search
 from mlflow.tracking import MlflowClient
 
-from conftest import search_in, small_search
 from esam.config import train_config_from_dict
 from esam.data import DeviceLoader, Normalize, StreamLoader
 from esam.errors import ConfigError
 from esam.search.config import load_search_config
 from esam.training import distributed
 from esam.training.trainer import train
-
 
 # --- the config -------------------------------------------------------------------------------------------------------
 
@@ -159,7 +158,7 @@ def test_a_failing_rank_fails_the_trial_with_its_own_error():
     from ray.train import WorkerGroupError
     from ray.train.v2._internal.exceptions import UserExceptionWithTraceback
 
-    from esam.search.ddp_trial import _rank_error
+    from esam.search.trials.ddp_trial import _rank_error
     nan = FloatingPointError("training loss is nan at epoch 1")
     error = WorkerGroupError("[Rank 0] ...", {1: UserExceptionWithTraceback(ValueError("later"), "tb 1"),
                                               0: UserExceptionWithTraceback(nan, "tb 0")})
@@ -179,8 +178,8 @@ def test_a_two_worker_trial_whose_driver_dies_goes_on_from_its_checkpoint(tmp_pa
     from ray import tune
 
     from esam.config import to_dict
-    from esam.search.ddp_trial import DRIVER_CPU, run_ddp_trial
-    from esam.search.local_ray import _loopback_only
+    from esam.search.trials.ddp_trial import DRIVER_CPU, run_ddp_trial
+    from esam.search.tune.local_ray import _loopback_only
 
     class KillAfterFirstCheckpoint(tune.Callback):
         killed = False

@@ -23,8 +23,8 @@ import yaml
 from esam.cli import default_search_config, main
 from esam.config import MAX_CONFIG_BYTES, MAX_YAML_NODES, load_train_config, parse_overrides, to_dict
 from esam.errors import ConfigError, DataError
-from esam.search.pareto import pick
 from esam.search.config import load_search_config
+from esam.search.front.pareto import pick
 from esam.training.checkpoint import load_checkpoint
 from esam.training.trainer import train
 
@@ -341,16 +341,17 @@ def test_missing_store_is_not_created(tmp_path, capsys, command):
 @pytest.fixture(scope="module")
 def recorded(tmp_path_factory) -> Path:
     """An MLflow SQLite store holding one search 'demo' with three finished trials."""
-    from esam.search import tracking
+    from esam.search.records import mlflow_runs
+    from esam.search.stores import mlflow_store
     base = tmp_path_factory.mktemp("store")
-    client = tracking.connect(f"sqlite:///{base / 'mlflow.db'}")
+    client = mlflow_store.connect(f"sqlite:///{base / 'mlflow.db'}")
     exp = client.create_experiment("esam", artifact_location=(base / "artifacts").as_uri())
     cfg = dataclasses.replace(load_search_config(default_search_config()), name="demo")
-    parent = client.create_run(exp, run_name="demo", tags={tracking.SEARCH_TAG: "demo", tracking.KIND_TAG: "search"})
+    parent = client.create_run(exp, run_name="demo", tags={mlflow_runs.SEARCH_TAG: "demo", mlflow_runs.KIND_TAG: "search"})
     client.log_dict(parent.info.run_id, to_dict(cfg), "search_config.json")
     for i, (acc, speed) in enumerate([(90.0, 0.9), (92.0, 0.7), (85.0, 0.6)]):
-        run = client.create_run(exp, run_name=f"t{i}", tags={tracking.PARENT_TAG: parent.info.run_id,
-                                                              tracking.SEARCH_TAG: "demo", tracking.KIND_TAG: "trial"})
+        run = client.create_run(exp, run_name=f"t{i}", tags={mlflow_runs.PARENT_TAG: parent.info.run_id,
+                                                              mlflow_runs.SEARCH_TAG: "demo", mlflow_runs.KIND_TAG: "trial"})
         # rho as a sampler draws it, with more digits than any measurement could tell apart
         drawn = {"rho": 0.05 + i / 100 + 1.2345678e-5, "beta": 0.6, "gamma": 0.5, "score": "loss_rise"}
         for key, value in drawn.items():

@@ -19,8 +19,8 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from esam.cli import default_search_config
-from esam.search.record_buffer import RecordBuffer, Rejected, backoff
-from esam.search.trial_records import SPILL_FILE, TrialRunWriter
+from esam.search.records.trial_records import SPILL_FILE, TrialRunWriter
+from esam.search.stores.record_buffer import RecordBuffer, Rejected, backoff
 
 
 class FlakyWriter:

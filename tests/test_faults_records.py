@@ -13,7 +13,6 @@ import signal
 from pathlib import Path
 
 import pytest
-
 from faults_helpers import Stores, assert_agree, run, start, wait_for, write_config
 
 pytestmark = pytest.mark.slow
@@ -47,17 +46,34 @@ class _Payload:
         return (Path.touch, (self.marker,))
 
 
-@pytest.mark.parametrize("content", ["a pickle that runs code", "empty"])
+def _pickle_of_the_old_paths() -> bytes:
+    """A searcher pickled before esam/search was split into wings: its class at the path it had then
+    (esam.search.optuna_searcher.EsamSearcher), which no longer imports."""
+    import sys
+    import types
+    old = types.ModuleType("esam.search.optuna_searcher")
+    old.EsamSearcher = type("EsamSearcher", (), {"__module__": old.__name__})
+    sys.modules[old.__name__] = old
+    try:
+        return pickle.dumps(old.EsamSearcher())
+    finally:
+        del sys.modules[old.__name__]
+
+
+@pytest.mark.parametrize("content", ["a pickle that runs code", "empty", "a pickle of the old module paths"])
 def test_code_in_rays_saved_files_never_runs(stopped, tmp_path, content):
-    """Ray's files replaced (by code, or emptied): nothing runs, one parent run goes on, no series
-    point is written twice, and the search ends with its trials."""
+    """Ray's files replaced (by code, emptied, or as an esam from before the search package's move
+    pickled them): nothing runs, one parent run goes on, no series point is written twice, and the
+    search ends with its trials. A search started before a class moved continues: Ray's pickles are
+    never read."""
     root = tmp_path / "poisoned"
     shutil.copytree(stopped, root)
     marker = tmp_path / "PWNED"
     poisoned = []
     for pattern in ("tuner.pkl", "searcher-state-*.pkl", "search_gen_state-*.json", "experiment_state-*.json"):
         for path in (root / "esam_results" / "st").rglob(pattern):
-            path.write_bytes(pickle.dumps(_Payload(marker)) if content != "empty" else b"")
+            path.write_bytes({"empty": b"", "a pickle of the old module paths": _pickle_of_the_old_paths()}.get(
+                content, pickle.dumps(_Payload(marker))))
             poisoned.append(path.name)
     assert {"tuner.pkl"} < set(poisoned) and any(n.startswith("searcher-state") for n in poisoned)
     assert any(n.startswith("search_gen_state") for n in poisoned)

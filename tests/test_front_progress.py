@@ -6,8 +6,8 @@ from itertools import pairwise
 
 import pytest
 
-from esam.search.callbacks import FrontProgress
-from esam.search.hypervolume import fixed_reference, hypervolume
+from esam.search.front.hypervolume import fixed_reference, hypervolume
+from esam.search.tune.callbacks import FrontProgress
 
 STEP_TIME = [("test_acc", "max"), ("step_time_vs_sgd", "min")]
 

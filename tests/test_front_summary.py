@@ -1,7 +1,7 @@
 """The sentence that says what a front means, and export's note on points inside the noise."""
 import yaml
 
-from esam.search.front_summary import front_summary, neighbours_within_noise
+from esam.search.front.summary import front_summary, neighbours_within_noise
 
 OBJ = [("test_acc", "max"), ("speed_vs_sgd", "max")]
 
@@ -75,12 +75,13 @@ def test_neighbours_within_noise():
 
 
 def test_export_says_when_the_pick_is_inside_the_noise(tmp_path, monkeypatch):
-    from esam.search import export, tracking
+    from esam.search.front import export
+    from esam.search.records import mlflow_runs
     trials = [row(1, 98.6, 0.57, se=0.6, ci=0.02), row(2, 97.2, 0.60, se=0.7, ci=0.02),
               row(3, 95.0, 0.80, se=0.5, ci=0.02)]
     config = {"name": "qs", "train": {}, "objectives": [{"metric": m, "mode": d} for m, d in OBJ]}
-    monkeypatch.setattr(tracking, "search_config_of", lambda client, parent: config)
-    monkeypatch.setattr(tracking, "search_rows", lambda client, parent: trials + [SGD])
+    monkeypatch.setattr(mlflow_runs, "search_config_of", lambda client, parent: config)
+    monkeypatch.setattr(mlflow_runs, "search_rows", lambda client, parent: trials + [SGD])
     client = type("Client", (), {"tracking_uri": "sqlite:///x.db"})()
     doc = export.export_config(client, "parent", "max-accuracy", tmp_path / "a.yaml")
     assert [t["mlflow_run_id"] for t in doc["exported"]["within_noise_of"]] == [trials[1]["run_id"]]

@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from esam.search.local_ray import init_ray, is_local
+from esam.search.tune.local_ray import init_ray, is_local
 
 pytestmark = pytest.mark.slow
 

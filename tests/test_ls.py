@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from esam.cli import main
-from esam.search import tracking
+from esam.search.records import mlflow_runs
+from esam.search.stores import mlflow_store
 
 
 @pytest.fixture(scope="module")
@@ -15,18 +16,18 @@ def store(tmp_path_factory) -> Path:
     """A real MLflow SQLite store: 'cifar_esam' (finished, summarized, pareto.png logged) and 'digits_methods'
     (still running: 2 trials ended, one failed, one stopped early; one running)."""
     base = tmp_path_factory.mktemp("ls")
-    client = tracking.connect(f"sqlite:///{base / 'mlflow.db'}")
+    client = mlflow_store.connect(f"sqlite:///{base / 'mlflow.db'}")
     exp = client.create_experiment("esam", artifact_location=(base / "artifacts").as_uri())
 
     def parent(name, params):
-        run = client.create_run(exp, run_name=name, tags={tracking.SEARCH_TAG: name, tracking.KIND_TAG: "search"})
+        run = client.create_run(exp, run_name=name, tags={mlflow_runs.SEARCH_TAG: name, mlflow_runs.KIND_TAG: "search"})
         for key, value in params.items():
             client.log_param(run.info.run_id, key, value)
         return run.info.run_id
 
     def child(parent_id, name, method, status, kind="trial", tags=None):
-        run = client.create_run(exp, run_name=name, tags={tracking.PARENT_TAG: parent_id, tracking.SEARCH_TAG: name,
-                                                          tracking.KIND_TAG: kind, **(tags or {})})
+        run = client.create_run(exp, run_name=name, tags={mlflow_runs.PARENT_TAG: parent_id, mlflow_runs.SEARCH_TAG: name,
+                                                          mlflow_runs.KIND_TAG: kind, **(tags or {})})
         client.log_param(run.info.run_id, "optimizer", method)
         if status != "RUNNING":
             client.set_terminated(run.info.run_id, status)
@@ -44,10 +45,10 @@ def store(tmp_path_factory) -> Path:
 
     running = parent("digits_methods", {"space.method.choices": "['esam', 'looksam', 'rst']",
                                         "train.optimizer.name": "esam"})
-    child(running, "#0 rst", "rst", "FINISHED", tags={tracking.STOPPED_TAG: "true"})
+    child(running, "#0 rst", "rst", "FINISHED", tags={mlflow_runs.STOPPED_TAG: "true"})
     child(running, "#1 looksam", "looksam", "FAILED")
     child(running, "#2 esam", "esam", "RUNNING")
-    client.log_metric(running, tracking.HYPERVOLUME_SERIES, 40.0, step=1)
+    client.log_metric(running, mlflow_runs.HYPERVOLUME_SERIES, 40.0, step=1)
     client.create_experiment("other")  # an experiment without searches
     return base
 

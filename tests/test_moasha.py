@@ -10,7 +10,7 @@ import pytest
 from ray.tune.schedulers import TrialScheduler
 
 from esam.errors import ConfigError
-from esam.search.moasha import MOASHA, best_first, expected_epochs_per_trial, expected_finishers
+from esam.search.tune.moasha import MOASHA, best_first, expected_epochs_per_trial, expected_finishers
 
 OBJ = [("test_acc", "max"), ("speed_vs_sgd", "max")]
 

@@ -25,7 +25,7 @@ from conftest import small_search
 from faults_helpers import inherited_env
 
 from esam.errors import ConfigError
-from esam.search.results_storage import StoragePath
+from esam.search.stores.results_dir import StoragePath
 
 BUCKET = "esam-secrets"
 ACCESS_KEY, SECRET_KEY = "AKIDESAMMARK3R", "s3-secret-9c41e7"

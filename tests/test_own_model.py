@@ -134,8 +134,8 @@ def test_a_registered_name_wins_and_paths_pass_validation_without_importing(mine
 
 def test_only_code_that_lives_in_the_project_is_shipped(mine):
     from esam.search.config import search_config_from_dict
-    from esam.search.shipping import runtime_env
-    from esam.search.user_code import check_user_code, users_modules
+    from esam.search.trials.shipping import runtime_env
+    from esam.search.trials.user_code import check_user_code, users_modules
     cfg = search_config_from_dict({"name": "mine", "results_dir": "out/results", "train": {
         "model": "mine.nets:build", "data": {"name": "digits", "root": str(mine / "datasets")}}})
     check_user_code(cfg, local=True)  # imports mine.nets and builds it on digits once
@@ -187,10 +187,11 @@ def test_the_example_searches_exports_and_trains_from_its_own_folder(tmp_path):
 @pytest.mark.slow
 def test_the_python_api_takes_callables(tmp_path):
     """`esam.search.run` with a model and a dataset given as nested functions: shipped by value to the trials."""
-    from esam.search import SearchResult, run
-    from esam.search.pareto_report import TABLE_COLUMNS
     from torch import nn
     from torch.utils.data import TensorDataset
+
+    from esam.search import SearchResult, run
+    from esam.search.front.report import TABLE_COLUMNS
 
     def build(num_classes, in_channels):
         return nn.Sequential(nn.Linear(in_channels, 16), nn.ReLU(), nn.Linear(16, num_classes))

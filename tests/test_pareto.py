@@ -3,7 +3,7 @@ import random
 
 import pytest
 
-from esam.search.pareto import dominates, pareto_front, pick
+from esam.search.front.pareto import dominates, pareto_front, pick
 
 OBJ = [("acc", "max"), ("speed", "max")]
 
@@ -57,7 +57,7 @@ def test_picks():
 
 
 def test_report_table_and_plots(tmp_path):
-    from esam.search.pareto_report import _plot_html, _plot_png, format_table, front_of
+    from esam.search.front.report import _plot_html, _plot_png, format_table, front_of
 
     def run(i, acc, speed, kind="trial", status="FINISHED", **extra):
         return {"run_id": f"run{i:02d}" + "x" * 20, "name": f"t{i}", "kind": kind, "status": status,
@@ -94,7 +94,7 @@ OBJ2 = [("test_acc", "max"), ("speed_vs_sgd", "max")]
 
 
 def test_indistinguishable_rule():
-    from esam.search.pareto import error_band, indistinguishable
+    from esam.search.front.pareto import error_band, indistinguishable
     a = _noisy(1, 98.0, 0.60, se=0.5, ci=0.02)
     # accuracy: |diff| <= 2 * sqrt(0.5^2 + 0.5^2) = 1.414; speed: intervals [0.58, 0.62] and [0.61, 0.65] overlap
     assert indistinguishable(a, _noisy(2, 96.6, 0.63, se=0.5, ci=0.02), OBJ2)
@@ -111,7 +111,7 @@ def test_indistinguishable_rule():
 
 
 def test_table_shows_noise_and_ties():
-    from esam.search.pareto_report import format_table, front_of
+    from esam.search.front.report import format_table, front_of
     rows = [_noisy(1, 98.61, 0.569, se=0.62, ci=0.02), _noisy(2, 97.22, 0.599, se=0.78, ci=0.02),
             _noisy(3, 95.0, 0.70, se=0.5, ci=0.01),
             _noisy(5, 98.33, 1.0, se=0.67, ci=0.01, kind="reference", optimizer="sgd"),
@@ -129,7 +129,8 @@ def test_table_shows_noise_and_ties():
 
 def test_plotly_figure_traces_and_png(tmp_path):
     import json
-    from esam.search.pareto_report import _plot_png, front_of, pareto_figure
+
+    from esam.search.front.report import _plot_png, front_of, pareto_figure
     rows = [_noisy(1, 98.61, 0.569, se=0.62, ci=0.02), _noisy(2, 97.22, 0.599, se=0.78, ci=0.02),
             _noisy(3, 95.0, 0.55, se=0.5, ci=0.01), _noisy(4, 94.0, 0.50), _noisy(7, 99.0, 0.9, status="FAILED"),
             _noisy(5, 98.33, 1.0, se=0.67, ci=0.01, kind="reference", optimizer="sgd"),
@@ -158,7 +159,8 @@ def test_plotly_figure_traces_and_png(tmp_path):
 ])
 def test_the_plot_names_the_trials_by_their_method(methods, label, title):
     import json
-    from esam.search.pareto_report import front_of, pareto_figure
+
+    from esam.search.front.report import front_of, pareto_figure
     rows = [_noisy(1, 98.0, 0.5, optimizer=methods[0]), _noisy(2, 97.0, 0.4, optimizer=methods[1]),
             _noisy(3, 96.0, 0.3, optimizer=methods[1])]
     figure = json.loads(pareto_figure(rows, front_of(rows, OBJ2), OBJ2).to_json())

@@ -12,7 +12,7 @@ import re
 
 import pytest
 
-from esam.search.pareto_report import (
+from esam.search.front.report import (
     LABEL_PLACES,
     _plot_html,
     _png_figure,

@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from esam.search.callbacks import Progress
+from esam.search.tune.callbacks import Progress
 
 OBJECTIVES = [("test_acc", "max"), ("speed_vs_sgd", "max")]
 
@@ -162,6 +162,6 @@ def test_the_end_line_keeps_its_format(label):
 def test_a_retried_trial_says_where_it_goes_on():
     from types import SimpleNamespace
 
-    from esam.search.callbacks import resumes_from
+    from esam.search.tune.callbacks import resumes_from
     assert resumes_from(SimpleNamespace(checkpoint=None, last_result={"epoch": 3})) == "from the start"
     assert resumes_from(SimpleNamespace(checkpoint=object(), last_result={"epoch": 3})) == "from epoch 4"

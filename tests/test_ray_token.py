@@ -16,13 +16,13 @@ from conftest import small_search
 from faults_helpers import inherited_env
 
 from esam.errors import ConfigError
-from esam.search import local_ray
+from esam.search.tune import local_ray
 
 REFUSED = "refused the token"
 # Ray's own signs of a refused token on the terminal: its C++ warning (one a second for 20 s) and exceptions.
 NOISE = ("InvalidAuthToken", "gcs_client.cc", "Traceback", "ConnectionError", "cannot write")
 # init_ray in a driver of its own: its ConfigError (or True) on stdout, exit 2 as the CLI's.
-INIT = ("import sys\nfrom esam.errors import ConfigError\nfrom esam.search.local_ray import init_ray\n"
+INIT = ("import sys\nfrom esam.errors import ConfigError\nfrom esam.search.tune.local_ray import init_ray\n"
         "try:\n    print(init_ray(sys.argv[1]))\nexcept ConfigError as err:\n    print(err)\n    sys.exit(2)\n")
 
 

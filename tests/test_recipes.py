@@ -28,7 +28,7 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
-from cluster_helpers import trial_results, assert_values_agree, free_port, read_stores
+from cluster_helpers import assert_values_agree, free_port, read_stores, trial_results
 from conftest import small_search
 from faults_helpers import assert_agree, inherited_env, kill_hard, wait_for
 from mlflow.tracking import MlflowClient
@@ -55,8 +55,8 @@ def _env(container: dict) -> dict[str, dict]:
 
 
 def test_the_rayjob_runs_esam_search_on_a_config_esam_accepts():
-    from esam.search.compat import RAY_CHECKED
     from esam.search.config import search_config_from_dict
+    from esam.search.tune.compat import RAY_CHECKED
     config_map, job = _rayjob()
     assert job["apiVersion"] == "ray.io/v1" and job["spec"]["rayClusterSpec"]["rayVersion"] == RAY_CHECKED
     # KubeRay's submitter puts the entrypoint into a shell line of its own: a $ there would be expanded in its pod

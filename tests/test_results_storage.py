@@ -13,8 +13,8 @@ import yaml
 from conftest import small_search
 
 from esam.errors import ConfigError
-from esam.search.ray_state import read_trials
-from esam.search.results_storage import StoragePath, check_storage_writable
+from esam.search.recovery.ray_state import read_trials
+from esam.search.stores.results_dir import StoragePath, check_storage_writable
 
 BUCKET = "esam-results"
 
@@ -90,7 +90,7 @@ def test_a_uris_options_stay_after_its_path():
 
 
 def test_a_key_in_a_results_dir_uri_goes_through_the_environment_not_to_ray(monkeypatch):
-    from esam.search.tracking import shareable
+    from esam.search.records.mlflow_runs import shareable
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
         monkeypatch.delenv(name, raising=False)
     root = StoragePath.of("s3://AKID:s3cr3t@bucket/searches?region=us-east-1&endpoint_override=127.0.0.1:1&scheme=http")
@@ -107,7 +107,7 @@ def test_a_store_that_does_not_answer_is_one_line_not_a_hang(monkeypatch):
     # a network it fails fast instead: either way one line, within the probe's time
     import time
 
-    from esam.search import results_storage
+    from esam.search.stores import results_dir as results_storage
     monkeypatch.setattr(results_storage, "PROBE_TIMEOUT_S", 3.0)
     start = time.monotonic()
     said = r"^results_dir gs://esam-no-such-bucket-4f2a/x (did not answer within 3 s|is not writable)"

@@ -1,10 +1,10 @@
-"""Which failed trials the next run trains again (esam/search/retries.py), on a real Optuna study."""
+"""Which failed trials the next run trains again (esam/search/records/retries.py), on a real Optuna study."""
 import optuna
 import pytest
 
-from esam.search import retries
-from esam.search.optuna_searcher import EsamSearcher
-from esam.search.samplers import SamplerSpec
+from esam.search.records import retries
+from esam.search.tune.optuna_searcher import EsamSearcher
+from esam.search.tune.samplers import SamplerSpec
 
 NAN = "FloatingPointError: training loss is nan at epoch 2"
 LOST = "ray.exceptions.ActorDiedError: The actor died unexpectedly before finishing this task."

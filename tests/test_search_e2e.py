@@ -9,13 +9,13 @@ import optuna
 import pytest
 import torch
 import yaml
+from conftest import search_in, small_search
 from mlflow.tracking import MlflowClient
 
-from conftest import search_in, small_search
 from esam import ESAM
 from esam.cli import main
 from esam.config import load_train_config
-from esam.search.pareto import dominates
+from esam.search.front.pareto import dominates
 
 pytestmark = pytest.mark.slow
 OBJECTIVES = [("test_acc", "max"), ("speed_vs_sgd", "max")]
@@ -109,7 +109,7 @@ def test_export_writes_the_most_accurate_front_point_loadable_both_ways(search, 
     best = max(tagged, key=lambda r: r.data.metrics["test_acc"])
     exported = yaml.safe_load(Path("best.yaml").read_text())
     assert exported["exported"]["mlflow_run_id"] == best.info.run_id
-    # 4 significant digits (esam.search.export.SIGNIFICANT_DIGITS): within 5e-4 of the trial's value
+    # 4 significant digits (esam.search.front.export.SIGNIFICANT_DIGITS): within 5e-4 of the trial's value
     assert exported["optimizer"]["rho"] == pytest.approx(float(best.data.params["rho"]), rel=5e-4)
     cfg = load_train_config("best.yaml")
     assert cfg.optimizer.beta == pytest.approx(float(best.data.params["beta"]), rel=5e-4)

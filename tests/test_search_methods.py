@@ -9,16 +9,16 @@ import optuna
 import pytest
 import torch
 import yaml
+from conftest import search_in, small_search
 from mlflow.tracking import MlflowClient
 
-from conftest import search_in, small_search
 from esam.cli import main
 from esam.config import OptimizerConfig, load_train_config
 from esam.errors import ConfigError
 from esam.optim import OPTIMIZERS
 from esam.search.config import load_search_config
 from esam.search.space import DefineByRun, optuna_space, paper_point, used_fields, uses
-from esam.search.trial import trial_label, trial_overrides, trial_params
+from esam.search.trials.trial import trial_label, trial_overrides, trial_params
 
 METHODS_SPACE = {"method": {"choices": ["esam", "looksam", "rst", "aesam"]},
                  "rho": {"low": 0.02, "high": 0.2, "log": True}, "beta": {"low": 0.4, "high": 1.0},
@@ -166,7 +166,7 @@ def test_a_method_search_records_each_trials_method_and_exports_a_reloadable_con
 ])
 def test_an_export_keeps_the_knobs_its_method_reads(method, sharpness, expected, foreign):
     from esam.config import to_dict, train_config_from_dict
-    from esam.search.export import significant, used_settings
+    from esam.search.front.export import significant, used_settings
     every_field = to_dict(train_config_from_dict({"optimizer": {"name": method, "sharpness": sharpness}}))["optimizer"]
     kept = used_settings(every_field)
     assert expected | {"name", "lr", "momentum", "weight_decay", "nesterov", "rho"} <= set(kept)
@@ -176,7 +176,7 @@ def test_an_export_keeps_the_knobs_its_method_reads(method, sharpness, expected,
 
 
 def test_the_front_table_and_labels_name_each_points_method():
-    from esam.search.pareto_report import format_table, settings_label
+    from esam.search.front.report import format_table, settings_label
     looksam = {"run_id": "a" * 32, "optimizer": "looksam", "rho": 0.05, "sharpness": "sam", "looksam_k": 5,
                "looksam_alpha": 0.7, "test_acc": 98.0, "speed_vs_sgd": 0.8}
     esam = {"run_id": "b" * 32, "optimizer": "esam", "rho": 0.1, "beta": 0.6, "gamma": 0.5, "score": "loss_rise",
@@ -194,7 +194,7 @@ def test_the_warm_start_leaves_the_base_optimizer_to_the_sampler(tmp_path):
 
 
 def test_a_method_search_is_not_called_esam_trials(tmp_path):
-    from esam.search.front_summary import front_summary
+    from esam.search.front.summary import front_summary
     from esam.search.runner import _progress_label, _trials_noun
     rows = [{"run_id": "s", "kind": "reference", "status": "FINISHED", "optimizer": "sgd", "test_acc": 99.0,
              "speed_vs_sgd": 1.0},

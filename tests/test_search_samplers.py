@@ -10,9 +10,9 @@ import sys
 import optuna
 import pytest
 import yaml
-
 from conftest import search_in, small_search
-from esam.search.samplers import SAMPLERS
+
+from esam.search.tune.samplers import SAMPLERS
 
 pytestmark = pytest.mark.slow
 

@@ -11,15 +11,15 @@ import io
 import optuna
 import pytest
 import yaml
+from conftest import search_in, small_search
 from mlflow.tracking import MlflowClient
 
-from conftest import search_in, small_search
 from esam.cli import main
-from esam.search import tracking
 from esam.search.config import OBJECTIVE_METRICS
 from esam.search.constraints import is_feasible, parse_all, reference_values
-from esam.search.moasha import MOASHA
-from esam.search.runner import RUNGS_FILE
+from esam.search.front import rows as front_rows
+from esam.search.records import mlflow_runs
+from esam.search.tune.moasha import MOASHA, RUNGS_FILE
 
 pytestmark = pytest.mark.slow
 CONSTRAINT = "speed_vs_sgd >= 0.9 * sam"
@@ -27,7 +27,7 @@ OBJECTIVES = [("test_acc", "max"), ("speed_vs_sgd", "max")]
 
 
 def _trials(client, parent: str) -> list:
-    return [r for r in tracking.trial_runs(client, parent) if r.data.tags.get(tracking.KIND_TAG) == "trial"]
+    return [r for r in mlflow_runs.trial_runs(client, parent) if r.data.tags.get(mlflow_runs.KIND_TAG) == "trial"]
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +38,7 @@ def grown(tmp_path_factory):
                         constraints=[CONSTRAINT])
     first = search_in(d, path)
     client = MlflowClient(f"sqlite:///{d / 'mlflow.db'}")
-    parent = tracking.find_parent_run(client, "esam", "sched")
+    parent = mlflow_runs.find_parent_run(client, "esam", "sched")
     before = {r.data.tags["trial_id"]: r.info.start_time for r in _trials(client, parent)}
     config = yaml.safe_load(path.read_text())
     config.update(trials=8, concurrency=1)
@@ -52,7 +52,7 @@ def test_stopped_trials_are_recorded_as_stopped_and_kept_off_the_front(grown):
     assert "MO-ASHA: a rung at epoch 1; about 2 of 6 trials will train all 3 epochs" in first  # said at start
     assert "about 2.7 of 8 trials" in second  # and again for the grown search
     runs = _trials(client, parent)
-    stopped = [r for r in runs if r.data.tags.get(tracking.STOPPED_TAG) == "true"]
+    stopped = [r for r in runs if r.data.tags.get(mlflow_runs.STOPPED_TAG) == "true"]
     assert stopped, "MO-ASHA stopped no trial at its rung"
     study = optuna.load_study(study_name="sched", storage=f"sqlite:///{d / 'esam_results/sched/optuna.db'}")
     by_ray_id = {t.user_attrs["ray_trial_id"]: t for t in study.trials}
@@ -60,7 +60,7 @@ def test_stopped_trials_are_recorded_as_stopped_and_kept_off_the_front(grown):
     for r in runs:
         trial = by_ray_id[r.data.tags["trial_id"]]
         if r in stopped:
-            assert r.info.status == "FINISHED" and r.data.tags[tracking.STOPPED_EPOCH_TAG] == "1"
+            assert r.info.status == "FINISHED" and r.data.tags[mlflow_runs.STOPPED_EPOCH_TAG] == "1"
             assert trial.state == optuna.trial.TrialState.PRUNED and trial.values is None
             assert trial.user_attrs["stopped_at_epoch"] == 1
             assert f"#{trial.number}" in scheduler.stopped  # rungs are kept by Optuna trial number
@@ -74,22 +74,22 @@ def test_stopped_trials_are_recorded_as_stopped_and_kept_off_the_front(grown):
 
 def test_the_front_holds_only_complete_feasible_trials_and_constraints_are_tagged(grown, capsys):
     _, client, parent, _, _, _ = grown
-    rows = tracking.search_rows(client, parent)
+    rows = mlflow_runs.search_rows(client, parent)
     constraints = parse_all([CONSTRAINT], OBJECTIVE_METRICS, ["sgd", "sam"])
     references = reference_values(rows)
     assert set(references) == {"sgd", "sam"}
-    for r in tracking.finished(rows, "trial"):
+    for r in front_rows.finished(rows, "trial"):
         run = client.get_run(r["run_id"])
         feasible = is_feasible(constraints, r, references)
         seen = (r["name"], r.get("speed_vs_sgd"), references["sam"].get("speed_vs_sgd"), run.data.tags)
-        assert run.data.tags.get(tracking.FEASIBLE_TAG) == str(feasible).lower(), seen
+        assert run.data.tags.get(mlflow_runs.FEASIBLE_TAG) == str(feasible).lower(), seen
         if run.data.tags["pareto"] == "true":
             assert feasible and not r.get("stopped_early"), seen
     out = grown[0] / "knee.yaml"
     assert main(["export", "sched", "--tracking-uri", client.tracking_uri, "--out", str(out)]) == 0, capsys.readouterr()
     exported = yaml.safe_load(out.read_text())["exported"]
     chosen = client.get_run(exported["mlflow_run_id"])
-    assert chosen.data.tags["pareto"] == "true" and chosen.data.tags[tracking.FEASIBLE_TAG] == "true"
+    assert chosen.data.tags["pareto"] == "true" and chosen.data.tags[mlflow_runs.FEASIBLE_TAG] == "true"
     assert f"meet the constraints: {CONSTRAINT}" in exported["chosen_from"]
 
 
@@ -114,7 +114,7 @@ def test_raising_trials_runs_exactly_the_extra_trials(grown):
 
 def test_the_hypervolume_series_rises_trial_by_trial(grown):
     _, client, parent, _, _, _ = grown
-    history = sorted(client.get_metric_history(parent, tracking.HYPERVOLUME_SERIES), key=lambda m: m.step)
+    history = sorted(client.get_metric_history(parent, mlflow_runs.HYPERVOLUME_SERIES), key=lambda m: m.step)
     assert [m.step for m in history] == list(range(1, 9))
     values = [m.value for m in history]
     assert values == sorted(values) and values[-1] > 0

@@ -10,17 +10,19 @@ import re
 
 import optuna
 import pytest
+from conftest import small_search
 from mlflow.tracking import MlflowClient
 
-from conftest import small_search
 from esam.cli import build_parser, main
 from esam.errors import ConfigError
-from esam.search import tracking
-from esam.search.callbacks import duration
 from esam.search.config import load_search_config
-from esam.search.hypervolume import hypervolume
-from esam.search.optuna_searcher import setting_key
-from esam.search.trial import mean_over_repeats, trial_label, trial_params
+from esam.search.front import rows as front_rows
+from esam.search.front.hypervolume import hypervolume
+from esam.search.records import mlflow_runs
+from esam.search.stores import mlflow_store
+from esam.search.trials.trial import mean_over_repeats, trial_label, trial_params
+from esam.search.tune.callbacks import duration
+from esam.search.tune.optuna_searcher import setting_key
 
 OBJECTIVES = [("test_acc", "max"), ("speed_vs_sgd", "max")]
 
@@ -92,7 +94,7 @@ def test_optuna_names_its_metrics_and_links_each_trial_to_its_run(stores):
 def test_the_experiment_opens_on_its_runs_and_the_parent_summarizes(searched, stores):
     _, uri, out, _ = searched
     _, exp, parent, _, study = stores
-    assert exp.tags[tracking.EXPERIMENT_KIND_TAG] == "custom_model_development"
+    assert exp.tags[mlflow_store.EXPERIMENT_KIND_TAG] == "custom_model_development"
     assert f"http://127.0.0.1:5000/#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning" in out
     assert f"mlflow ui --backend-store-uri {uri}" in out and "optuna-dashboard sqlite:///" in out
     m = parent.data.metrics
@@ -132,7 +134,7 @@ def test_hypervolume_uses_a_stated_reference_point():
                  "reused_from": "0"})  # a reuse is the same point as its original: left out
     rows.append({"run_id": "s", "status": "FINISHED", "kind": "trial", "test_acc": 95.0, "speed_vs_sgd": 8.0,
                  "stopped_early": 2})  # stopped early: its metrics are an earlier epoch's, no point of the front
-    area, ref = hypervolume(tracking.candidates(rows), OBJECTIVES)
+    area, ref = hypervolume(front_rows.candidates(rows), OBJECTIVES)
     assert ref == {"test_acc": 0.0, "speed_vs_sgd": 0.0}
     assert area == pytest.approx(90 * 1.0 + 80 * 1.0)
 
@@ -169,13 +171,13 @@ def test_repeats_are_validated(tmp_path):
 def test_parent_params_leave_out_searched_defaults():
     resolved = {"train": {"epochs": 2, "optimizer": {"lr": 0.1, "rho": 0.05, "beta": 0.6}},
                 "space": {"rho": {"low": 0.01, "high": 0.5}}}
-    params = tracking.fixed_params(resolved)
+    params = mlflow_runs.fixed_params(resolved)
     assert params["train"]["optimizer"] == {"lr": 0.1, "beta": 0.6} and params["space"] == resolved["space"]
 
 
 def test_runs_url_for_a_server_and_for_a_file_store():
-    assert tracking.runs_url("http://host:5000/", "7") == ("http://host:5000/#/experiments/7/runs?workflowType=machine_learning", None)
-    url, serve = tracking.runs_url("sqlite:////tmp/m.db", "1")
+    assert mlflow_store.runs_url("http://host:5000/", "7") == ("http://host:5000/#/experiments/7/runs?workflowType=machine_learning", None)
+    url, serve = mlflow_store.runs_url("sqlite:////tmp/m.db", "1")
     assert url == "http://127.0.0.1:5000/#/experiments/1/runs?workflowType=machine_learning" and serve == "mlflow ui --backend-store-uri sqlite:////tmp/m.db"
 
 
@@ -194,7 +196,7 @@ def test_a_config_saved_before_new_keys_is_the_same_search():
     # A search saved by an older esam lacks keys added since (repeats, typed space entries): it continues.
     from esam.config import to_dict
     from esam.search.config import SearchConfig
-    from esam.search.startup import same_config
+    from esam.search.recovery.startup import same_config
     current = to_dict(SearchConfig())
     older = {k: v for k, v in current.items() if k != "repeats"}
     older["space"] = {name: {"low": p["low"], "high": p["high"], **({"log": True} if p["log"] else {})}
@@ -208,11 +210,13 @@ def test_connecting_leaves_the_environment_alone(tmp_path, monkeypatch):
     # mlflow.set_tracking_uri exports the URI; a second search in this process must not inherit it.
     import os
 
-    from esam.search import tracking
+    from esam.search.front import rows as front_rows
+    from esam.search.records import mlflow_runs
+    from esam.search.stores import mlflow_store
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    tracking.connect(f"sqlite:///{tmp_path / 'first.db'}")
+    mlflow_store.connect(f"sqlite:///{tmp_path / 'first.db'}")
     assert "MLFLOW_TRACKING_URI" not in os.environ
-    assert tracking.tracking_uri(None) == f"sqlite:///{tmp_path / 'mlflow.db'}"  # the working dir's store again
+    assert mlflow_store.tracking_uri(None) == f"sqlite:///{tmp_path / 'mlflow.db'}"  # the working dir's store again
 
 
 def test_a_retried_trial_logs_each_epoch_once(tmp_path):
@@ -221,8 +225,8 @@ def test_a_retried_trial_logs_each_epoch_once(tmp_path):
 
     from mlflow.tracking import MlflowClient
 
-    from esam.search.callbacks import MlflowTrialRuns
-    from esam.search.trial_records import TrialRunWriter
+    from esam.search.records.trial_records import TrialRunWriter
+    from esam.search.tune.callbacks import MlflowTrialRuns
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=uri)
     parent = client.create_run(client.create_experiment("x")).info.run_id

@@ -9,13 +9,13 @@ import pytest
 import ray.cloudpickle as cloudpickle
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 
-from esam.search.callbacks import FrontProgress, MlflowTrialRuns, Progress
-from esam.search.moasha import MOASHA
-from esam.search.optuna_searcher import RAY_TRIAL_ATTR, EsamSearcher
-from esam.search.samplers import SAMPLERS, SamplerSpec
 from esam.search.config import ParamSpace
 from esam.search.space import DefineByRun
-from esam.search.trial import run_trial, trial_label
+from esam.search.trials.trial import run_trial, trial_label
+from esam.search.tune.callbacks import FrontProgress, MlflowTrialRuns, Progress
+from esam.search.tune.moasha import MOASHA
+from esam.search.tune.optuna_searcher import RAY_TRIAL_ATTR, EsamSearcher
+from esam.search.tune.samplers import SAMPLERS, SamplerSpec
 
 OBJECTIVES = [("test_acc", "max"), ("speed_vs_sgd", "max")]
 SPACE = {"rho": FloatDistribution(0.01, 0.5, log=True), "beta": FloatDistribution(0.3, 1.0),
@@ -24,10 +24,10 @@ SECRET = "s3cr3t-in-the-path"
 
 
 def _storage(tmp_path):
-    from esam.search.runner import _optuna_storage
+    from esam.search.stores.optuna_outage import open_optuna_storage
     folder = tmp_path / SECRET  # stands for a password in a PostgreSQL URL: it must not reach a pickle
     folder.mkdir()
-    return _optuna_storage(f"sqlite:///{folder / 'optuna.db'}")
+    return open_optuna_storage(f"sqlite:///{folder / 'optuna.db'}")
 
 
 def _searcher(sampler: str, storage, space=SPACE, max_trials=4):
@@ -51,8 +51,8 @@ def test_the_searcher_pickles_on_every_sampler_with_no_store_in_it(tmp_path, sam
 
 
 def _storage_again(tmp_path):
-    from esam.search.runner import _optuna_storage
-    return _optuna_storage(f"sqlite:///{tmp_path / SECRET / 'optuna.db'}")
+    from esam.search.stores.optuna_outage import open_optuna_storage
+    return open_optuna_storage(f"sqlite:///{tmp_path / SECRET / 'optuna.db'}")
 
 
 @pytest.mark.parametrize("scheduler", ["none", "moasha"])

@@ -5,8 +5,16 @@ import random
 import pytest
 import torch
 
-from esam.training.speed_estimate import (SpeedEstimate, _order_rank, block_ratios, keep_probing, median,
-                                          median_interval, probe_epoch, ratios)
+from esam.training.speed_estimate import (
+    SpeedEstimate,
+    _order_rank,
+    block_ratios,
+    keep_probing,
+    median,
+    median_interval,
+    probe_epoch,
+    ratios,
+)
 
 # (method seconds, SGD seconds) with the method at 1 s, so each ratio is exactly the SGD time.
 # Eight pairs near 0.5 and two outliers: a method step hit by a neighbour (0.05), an SGD step hit (2.0).
@@ -248,7 +256,7 @@ def test_shares_survive_the_checkpoint_and_old_checkpoints_load(tmp_path):
 
 
 def test_step_time_carries_an_interval_so_two_of_its_points_can_be_indistinguishable():
-    from esam.search.pareto import indistinguishable
+    from esam.search.front.pareto import indistinguishable
     summary = SpeedEstimate(pairs=list(OUTLIERS)).summary()
     assert (summary["step_time_vs_sgd_low"], summary["step_time_vs_sgd_high"]) == (1 / 0.53, 1 / 0.47)
     objectives = [("test_acc", "max"), ("step_time_vs_sgd", "min")]

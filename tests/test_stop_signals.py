@@ -4,7 +4,7 @@ import signal
 
 import pytest
 
-from esam.search.stop_signals import SearchStopped, StopSignals
+from esam.search.tune.stop_signals import SearchStopped, StopSignals
 
 
 def test_a_signal_inside_a_deferred_stretch_is_raised_at_its_end():

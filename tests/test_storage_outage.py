@@ -1,4 +1,4 @@
-"""Optuna's storage through a database outage (esam/search/storage_outage.py), without a database.
+"""Optuna's storage through a database outage (esam/search/stores/optuna_outage.py), without a database.
 
 A storage whose calls fail as an unreachable PostgreSQL makes them fail (StorageInternalError
 from SQLAlchemy's OperationalError) a given number of times; a fake clock that the retry's
@@ -14,10 +14,9 @@ import pytest
 from optuna.exceptions import StorageInternalError
 from sqlalchemy import exc
 
-from esam.search import storage_outage
-from esam.search.optuna_searcher import RAY_TRIAL_ATTR, EsamSearcher
-from esam.search.samplers import SamplerSpec
-from esam.search.storage_outage import RetryingStorage, StorageOutage, is_outage, outage_is_a_stop
+from esam.search.stores.optuna_outage import OutageWatch, RetryingStorage, StorageOutage, is_outage, outage_is_a_stop
+from esam.search.tune.optuna_searcher import RAY_TRIAL_ATTR, EsamSearcher
+from esam.search.tune.samplers import SamplerSpec
 
 WHERE = "postgresql://esam:***@127.0.0.1:5432/optuna"
 
@@ -61,15 +60,10 @@ class Clock:
         self.now += seconds
 
 
-@pytest.fixture(autouse=True)
-def no_outage(monkeypatch):
-    monkeypatch.setattr(storage_outage, "_outages", {})
-
-
-def patient(inner, limit: float = 60.0):
+def patient(inner, limit: float = 60.0, watch: OutageWatch | None = None):
     clock, lines = Clock(), []
     return RetryingStorage(inner, WHERE, max_outage_s=limit, echo=lines.append, clock=clock,
-                           sleep=clock.sleep), clock, lines
+                           sleep=clock.sleep, watch=watch), clock, lines
 
 
 def test_calls_that_fail_for_a_while_succeed_with_one_line_at_each_end():
@@ -109,11 +103,9 @@ def test_an_outage_past_the_limit_stops_as_an_interrupt_and_later_calls_fail_at_
 def test_ctrl_c_while_waiting_stops_at_the_next_try_not_at_the_limit(monkeypatch):
     from types import SimpleNamespace
 
-    from esam.search import runner
     flaky = Flaky(optuna.storages.InMemoryStorage(), failures=10 ** 6)
-    storage, clock, lines = patient(flaky, limit=300.0)
     signals = SimpleNamespace(signum=None)  # a running search's StopSignals
-    monkeypatch.setattr(runner, "_SIGNALS", [signals])
+    storage, clock, lines = patient(flaky, limit=300.0, watch=OutageWatch(stop_requested=lambda: signals.signum is not None))
 
     def sleep(seconds):
         clock.sleep(seconds)
@@ -142,10 +134,10 @@ def test_a_refusal_is_not_an_outage_and_is_raised_at_once():
 
 
 def test_one_outage_per_database_one_warning_and_one_limit_for_every_storage_on_it():
-    """The runner's storage and the restored searcher's share the outage: the stop's clean-up waits no more."""
-    clock, lines = Clock(), []
+    """The search's storage and the one its stop's clean-up opens share the outage: the clean-up waits no more."""
+    clock, lines, watch = Clock(), [], OutageWatch()
     a, b = (RetryingStorage(Flaky(optuna.storages.InMemoryStorage(), failures=10 ** 6), WHERE, max_outage_s=3,
-                            echo=lines.append, clock=clock, sleep=clock.sleep) for _ in range(2))
+                            echo=lines.append, clock=clock, sleep=clock.sleep, watch=watch) for _ in range(2))
     with pytest.raises(StorageOutage):
         a.get_all_studies()
     with pytest.raises(StorageInternalError):
@@ -179,9 +171,9 @@ def test_a_repeated_tell_whose_first_commit_landed_counts_as_done():
 
 
 def test_the_storage_pickles_without_its_hooks_and_reopens_on_an_rdb(tmp_path):
-    from esam.search.runner import _optuna_storage
+    from esam.search.stores.optuna_outage import open_optuna_storage
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
-    storage = _optuna_storage(url)
+    storage = open_optuna_storage(url)
     assert isinstance(storage, RetryingStorage) and isinstance(storage.storage, optuna.storages._CachedStorage)
     optuna.create_study(storage=storage, study_name="s").optimize(lambda t: t.suggest_float("x", 0, 1), 2)
     again = pickle.loads(pickle.dumps(storage))
@@ -216,8 +208,7 @@ def test_the_searcher_asks_ray_to_stop_instead_of_raising_into_its_loop(monkeypa
 
 
 def test_postgresql_connections_time_out_so_a_silent_host_cannot_outlast_the_limit(monkeypatch):
-    from esam.search.runner import ENGINE_KWARGS
-    from esam.search.storage_outage import CONNECT_TIMEOUT_S, open_rdb
+    from esam.search.stores.optuna_outage import CONNECT_TIMEOUT_S, ENGINE_KWARGS, open_rdb
     opened = {}
 
     class Recorded(optuna.storages.InMemoryStorage):

@@ -5,7 +5,7 @@ from esam.cli import default_search_config
 from esam.config import load_train_config
 from esam.errors import ConfigError
 from esam.search.config import load_search_config
-from esam.search.pareto import check_rule
+from esam.search.front.pareto import check_rule
 from esam.suggestions import close_match, did_you_mean
 
 

@@ -21,8 +21,8 @@ import urllib.request
 import pytest
 from conftest import MlflowServer, search_in, small_search
 
-from esam.search.saved_view import TAG_PREFIX, view_key, view_state
-from esam.search.ui_proxy import PREFERENCE, SCRIPT, with_preference
+from esam.search.browse.saved_view import TAG_PREFIX, view_key, view_state
+from esam.search.browse.ui_proxy import PREFERENCE, SCRIPT, with_preference
 
 NAME = "uitiny"
 TIMEOUT = 90  # seconds for a page to render on a busy 2-core machine

@@ -26,9 +26,9 @@ from dataclasses import dataclass
 
 import torch
 
-from esam.config import DataConfig
 from esam.data import imagefolder as _imagefolder  # noqa: F401  (registers "imagefolder")
 from esam.data.augment import Augmentation
+from esam.data.config import DataConfig
 from esam.data.datasets import DATASETS, InMemory, Streamed, Tensors, load_dataset, register_dataset
 from esam.data.label_noise import LabelNoise, NoisyLabels
 from esam.data.loaders import DeviceLoader, Normalize, StreamLoader, channel_stats, epoch_generator

@@ -23,7 +23,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from esam.config import DataConfig
+from esam.data.config import DataConfig
+from esam.data.pairs import Tensors, is_pair, read_pair
 from esam.errors import ConfigError, DataError
 from esam.registry import Registry
 
@@ -50,17 +51,6 @@ class Streamed:
     std: tuple[float, ...]
 
 
-@dataclass
-class Tensors:
-    """Inputs used as given (a dataset pair read into memory, esam.data.pairs): no normalization, no augmentation."""
-
-    train_x: Tensor  # float32 [N, ...]: a feature vector, an image, ...
-    train_y: Tensor  # int64 [N]
-    test_x: Tensor
-    test_y: Tensor
-    num_classes: int
-
-
 DatasetFn = Callable[[DataConfig], "InMemory | Streamed | tuple"]
 
 DATASETS = Registry("dataset", import_paths=True)
@@ -76,7 +66,6 @@ def load_dataset(cfg: DataConfig) -> InMemory | Streamed | Tensors:
     source = DATASETS.lookup(cfg.name, "data.name")(cfg)
     if isinstance(source, (InMemory, Streamed, Tensors)):
         return source
-    from esam.data.pairs import is_pair, read_pair
     if is_pair(source):
         return read_pair(*source, f"data.name {cfg.name!r}")
     raise ConfigError(f"data.name {cfg.name!r} returned {type(source).__name__}, not InMemory, Streamed or a "

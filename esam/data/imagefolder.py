@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from esam.config import DataConfig
+from esam.data.config import DataConfig
 from esam.data.datasets import InMemory, Streamed, data_root, register_dataset
 from esam.data.loaders import channel_stats
 from esam.errors import DataError

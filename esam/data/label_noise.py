@@ -17,13 +17,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from esam.config import DataConfig
+from esam.data.config import DataConfig
 
 
 @dataclass(frozen=True)
 class LabelNoise:
     rate: float  # probability that a training label is replaced
-    kind: str  # symmetric | pairflip (esam.config.LABEL_NOISE_KINDS)
+    kind: str  # symmetric | pairflip (esam.data.config.LABEL_NOISE_KINDS)
     num_classes: int
     seed: int = 0
 

@@ -8,12 +8,24 @@ one, else 1 + the largest label of either set. Every problem is one ConfigError 
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset, TensorDataset
 
-from esam.data.datasets import Tensors
 from esam.errors import ConfigError
+
+
+@dataclass
+class Tensors:
+    """Inputs used as given (a dataset pair that read_pair read into memory): no normalization, no augmentation."""
+
+    train_x: Tensor  # float32 [N, ...]: a feature vector, an image, ...
+    train_y: Tensor  # int64 [N]
+    test_x: Tensor
+    test_y: Tensor
+    num_classes: int
 
 
 def is_pair(obj: object) -> bool:

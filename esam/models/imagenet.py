@@ -10,7 +10,7 @@ from collections.abc import Callable
 import torchvision
 from torch import nn
 
-from esam.models import register_model
+from esam.models.registry import register_model
 
 
 def _torchvision_resnet(factory: Callable[..., nn.Module], num_classes: int, in_channels: int) -> nn.Module:

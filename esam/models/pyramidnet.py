@@ -16,8 +16,8 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from esam.models import register_model
 from esam.models.init import kaiming_conv_init
+from esam.models.registry import register_model
 
 
 class PyramidBlock(nn.Module):

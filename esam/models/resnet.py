@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from esam.models import register_model
 from esam.models.init import kaiming_conv_init
+from esam.models.registry import register_model
 
 
 class BasicBlock(nn.Module):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from esam.models import register_model
+from esam.models.registry import register_model
 
 
 def _conv_bn(c_in: int, c_out: int) -> list[nn.Module]:

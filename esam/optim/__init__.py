@@ -8,15 +8,22 @@ and one pass on the others (esam/optim/skipping.py).
     loss = opt.step(lambda idx=None: F.cross_entropy(model(x if idx is None else x[idx]),
                                                       y if idx is None else y[idx], reduction="none"))
     opt.last_cost.relative_cost  # cost-model units / SGD's
+
+A method of your own is a class (or factory) plus its record, a MethodInfo (esam/optim/methods.py):
+`register_optimizer("mine", Mine, MethodInfo("mine", "Mine", knobs=(...)))` makes it trainable from YAML
+and, with its knobs, searchable.
 """
 from .aesam import AESAM
 from .cost import StepCost, predicted_relative_cost, subset_size
 from .esam import ESAM
-from .factory import OPTIMIZERS, build_optimizer, register_optimizer
+from .factory import build_optimizer
 from .looksam import LookSAM
-from .plain import Plain
+from .methods import BASE_KNOBS, Knob, MethodInfo
+from .plain import Plain, require_closure
+from .registry import METHODS, OPTIMIZERS, knob_table, register_optimizer, searched_methods
 from .rst import RST
 from .sam import SAM
 
-__all__ = ["AESAM", "ESAM", "OPTIMIZERS", "RST", "SAM", "LookSAM", "Plain", "StepCost", "build_optimizer",
-           "predicted_relative_cost", "register_optimizer", "subset_size"]
+__all__ = ["AESAM", "BASE_KNOBS", "ESAM", "METHODS", "OPTIMIZERS", "RST", "SAM", "Knob", "LookSAM", "MethodInfo",
+           "Plain", "StepCost", "build_optimizer", "knob_table", "predicted_relative_cost", "register_optimizer",
+           "require_closure", "searched_methods", "subset_size"]

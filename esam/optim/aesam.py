@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 import torch
 
-from .cost import StepCost
-from .plain import Closure, _require
-from .skipping import SkippingSAM
+from .cost import StepCost, aesam_sharp_fraction
+from .methods import Knob, MethodInfo
+from .plain import Closure, require_closure
+from .skipping import SKIPPING_KNOBS, SkippingSAM
 
 
 class AESAM(SkippingSAM):
@@ -92,7 +93,7 @@ class AESAM(SkippingSAM):
 
     def step(self, closure: Closure | None = None) -> torch.Tensor:  # type: ignore[override]
         """One pass, the test on ||g||^2, then the sharpness step from g or the base step with g."""
-        closure = _require(closure)
+        closure = require_closure(closure)
         loss, losses = self._one_pass(closure)
         with torch.no_grad():
             grads = [p.grad for p in self._params if p.grad is not None]
@@ -132,3 +133,13 @@ class AESAM(SkippingSAM):
         super().load_state_dict(state_dict)
         self.mean = float(state_dict.get("sq_norm_mean", 0.0))
         self.var = float(state_dict.get("sq_norm_var", 0.0))
+
+
+def sharp_share(knobs: Mapping[str, Any]) -> float:
+    """The expected share of steps whose ||g||^2 passes the test (cost.aesam_sharp_fraction)."""
+    return aesam_sharp_fraction(knobs["aesam_c_start"], knobs["aesam_c_end"])
+
+
+AESAM_INFO = MethodInfo("aesam", "AESAM", knobs=SKIPPING_KNOBS + (
+    Knob("aesam_c_start", short="c0", paper=1.0), Knob("aesam_c_end", short="c1", paper=-1.0),
+    Knob("aesam_momentum", 0.0, 1.0, open_high=True, paper=0.9)), skips=True, share=sharp_share, full_ascent=True)

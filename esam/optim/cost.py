@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
+
+from .registry import METHODS, knob_table
 
 SCORES = ("loss_rise", "clean_loss")  # SDS rules: the paper's, and the cheap one (no extra forward)
 SHARPNESS = ("sam", "esam")  # how LookSAM, RST and AE-SAM take a sharpness step
-SKIPPING = ("looksam", "rst", "aesam")  # methods that take a sharpness step on some steps only
 
 
 def subset_size(gamma: float, batch_size: int) -> int:
@@ -63,45 +65,44 @@ class StepCost:
 
 
 def predicted_relative_cost(method: str, beta: float = 1.0, gamma: float = 1.0, score: str = "loss_rise",
-                            batch_size: int | None = None, *, sharpness: str = "sam", looksam_k: int = 5,
-                            rst_p: float = 0.5, aesam_c_start: float = 1.0, aesam_c_end: float = -1.0) -> float:
+                            batch_size: int | None = None, *, sharpness: str = "sam", **knobs: Any) -> float:
     """The cost model's step cost relative to SGD, before running anything.
 
     method: sgd (or plain) 1.0, sam 2.0, esam (2 + beta + [score == loss_rise and gamma < 1] + 3 gamma) / 3,
     with gamma replaced by ceil(gamma * B) / B when batch_size is given. esam at beta 0.6 and gamma 0.5 is
     1.7 (paper rule) or about 1.37 (clean_loss rule): SAM's throughput times 1.18 or 1.46 at best.
+    Any registered method: its record's sharpness step (esam/optim/methods.py).
 
-    looksam, rst, aesam: a sharpness step of cost S (sharpness "sam": 2; "esam": ESAM's, from beta, gamma,
-    score) on a share q of the steps, one pass on the rest: q S + (1 - q). LookSAM q = 1 / k (k = 5 with
-    SAM: 1.2, SAM's throughput times 1.67); RST q = p (p = 0.5: 1.5, times 1.33); AE-SAM's first pass
-    computes every weight gradient (SWP saves nothing there, so S uses beta = 1) and q is the expected
-    share of sharpness steps if ||g||^2 were Gaussian about its running mean (see aesam_sharp_fraction:
-    0.5 for the paper's c from 1 to -1).
+    looksam, rst, aesam (a record with skips): a sharpness step of cost S (sharpness "sam": 2; "esam": ESAM's,
+    from beta, gamma, score) on a share q of the steps, one pass on the rest: q S + (1 - q). q is the record's
+    share of its knobs, given by name in `knobs` (looksam_k, rst_p, aesam_c_start, ...; unset: the paper's).
+    LookSAM q = 1 / k (k = 5 with SAM: 1.2, SAM's throughput times 1.67); RST q = p (p = 0.5: 1.5, times
+    1.33); AE-SAM's first pass computes every weight gradient (SWP saves nothing there, so S uses beta = 1)
+    and q is the expected share of sharpness steps if ||g||^2 were Gaussian about its running mean (see
+    aesam_sharp_fraction: 0.5 for the paper's c from 1 to -1).
     """
     method = method.lower()
-    if method in ("sgd", "plain"):
-        return 1.0
-    if method == "sam":
-        return 2.0
-    if method == "esam":
-        return _esam_cost(beta, gamma, score, batch_size)
-    if method not in SKIPPING:
-        raise ValueError(f"unknown method {method!r} (valid: sgd, plain, sam, esam, {', '.join(SKIPPING)})")
+    info = METHODS.get("sgd" if method == "plain" else method)
+    if info is None:
+        raise ValueError(f"unknown method {method!r} (valid: {', '.join(METHODS)}, plain)")
+    unknown = sorted(set(knobs) - set(knob_table()))
+    if unknown:
+        raise TypeError(f"predicted_relative_cost() got unknown knobs {unknown}")
+    if not info.skips:
+        return _sharpness_cost(info.sharpness, beta, gamma, score, batch_size)
     if sharpness not in SHARPNESS:
         raise ValueError(f"unknown sharpness {sharpness!r} (valid: {', '.join(SHARPNESS)})")
-    full_ascent = method == "aesam"  # its first pass may become the base step: no tensor is left out of it
-    sharp = 2.0 if sharpness == "sam" else _esam_cost(1.0 if full_ascent else beta, gamma, score, batch_size)
-    if method == "looksam":
-        if isinstance(looksam_k, bool) or not isinstance(looksam_k, int) or looksam_k < 1:
-            raise ValueError(f"looksam_k must be a positive integer, got {looksam_k!r}")
-        share = 1 / looksam_k
-    elif method == "rst":
-        if not 0 <= rst_p <= 1:
-            raise ValueError(f"rst_p must be in [0, 1], got {rst_p}")
-        share = rst_p
-    else:
-        share = aesam_sharp_fraction(aesam_c_start, aesam_c_end)
+    # a full first pass may become the base step: no tensor is left out of it
+    sharp = _sharpness_cost(sharpness, 1.0 if info.full_ascent else beta, gamma, score, batch_size)
+    share = info.share({k.name: knobs.get(k.name, k.paper) for k in info.knobs})
     return share * sharp + (1 - share)
+
+
+def _sharpness_cost(step: str | None, beta: float, gamma: float, score: str, batch_size: int | None) -> float:
+    """A step's cost when it is the sharpness step `step`: none (one pass) 1, SAM's 2, ESAM's from beta and gamma."""
+    if step is None:
+        return 1.0
+    return 2.0 if step == "sam" else _esam_cost(beta, gamma, score, batch_size)
 
 
 def aesam_sharp_fraction(c_start: float, c_end: float) -> float:

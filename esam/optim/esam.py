@@ -8,16 +8,20 @@ import torch
 import yaml
 
 from .cost import SCORES, subset_size
+from .methods import Knob, MethodInfo
 from .plain import Closure
-from .sam import SAM
+from .registry import OPTIMIZERS
+from .sam import BN_UPDATE, RHO, SAM
 
 # Keys of an exported `optimizer:` mapping that belong to the base optimizer or the trainer, not to ESAM.
 BASE_KEYS = frozenset({"name", "lr", "momentum", "weight_decay", "nesterov", "dampening", "betas", "eps", "base"})
+BETA = Knob("beta", 0.0, 1.0, open_low=True, paper=0.6)  # SWP's keep probability
+GAMMA = Knob("gamma", 0.0, 1.0, open_low=True, paper=0.5)  # SDS's share of the batch
+SCORE = Knob("score", choices=SCORES, paper="loss_rise")  # SDS's rule
 
 
 def _other_methods_keys(cls: type) -> set[str]:
     """Settings that registered optimizers other than `cls` take: an exported config holds them all."""
-    from .factory import OPTIMIZERS  # the registry imports this module
     everyone = {k for factory in OPTIMIZERS.values() for k in getattr(factory, "hyperparameters", ())}
     return everyone - set(cls._config_keys())
 
@@ -180,3 +184,6 @@ class ESAM(SAM):
                 raise ValueError(f"the state dict holds a pool of {len(state_dict['swp_pool'])} SWP patterns; "
                                  f"this ESAM has swp_patterns={self.swp_patterns} over {len(self._params)} tensors")
             self._swp_pool = state_dict["swp_pool"].cpu().clone()  # on the host: picking a pattern never syncs
+
+
+ESAM_INFO = MethodInfo("esam", "ESAM", knobs=(RHO, BETA, GAMMA, SCORE, BN_UPDATE), sharpness="esam")

@@ -1,34 +1,22 @@
-"""The optimizer registry: a dict of name -> class plus `register_optimizer`, as in pycls and timm."""
+"""Building a registered optimizer by name; the built-in methods are registered here with their records."""
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 import torch
 
-from esam.registry import Registry
+from .aesam import AESAM, AESAM_INFO
+from .esam import ESAM, ESAM_INFO
+from .looksam import LOOKSAM_INFO, LookSAM
+from .plain import SGD_INFO, Plain
+from .registry import OPTIMIZERS, register_optimizer
+from .rst import RST, RST_INFO
+from .sam import SAM, SAM_INFO
 
-from .aesam import AESAM
-from .esam import ESAM
-from .looksam import LookSAM
-from .plain import Plain
-from .rst import RST
-from .sam import SAM
-
-OptimizerFactory = Callable[..., Plain]
-
-OPTIMIZERS = Registry("optimizer")
-for _cls in (Plain, SAM, ESAM, LookSAM, RST, AESAM):
-    OPTIMIZERS.add(_cls.method, _cls)
-
-
-def register_optimizer(name: str, factory: OptimizerFactory) -> OptimizerFactory:
-    """Add `factory(params, base_optimizer, **hparams)` to the registry under `name`.
-
-    A class may list the optimizer-config fields it takes in `hyperparameters` (see Plain), so
-    that the trainer passes them from YAML.
-    """
-    return OPTIMIZERS.add(name, factory)
+for _cls, _info in ((Plain, SGD_INFO), (SAM, SAM_INFO), (ESAM, ESAM_INFO), (LookSAM, LOOKSAM_INFO), (RST, RST_INFO),
+                    (AESAM, AESAM_INFO)):
+    register_optimizer(_cls.method, _cls, _info)
 
 
 def build_optimizer(name: str, params: Iterable, base_optimizer: torch.optim.Optimizer, **hparams: Any) -> Plain:

@@ -1,12 +1,13 @@
 """LookSAM (Liu et al., CVPR 2022): the sharpness-aware gradient every k steps, its new direction reused in between."""
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 import torch
 
-from .plain import Closure, _require
-from .skipping import SkippingSAM
+from .methods import Knob, MethodInfo
+from .plain import Closure, require_closure
+from .skipping import SKIPPING_KNOBS, SkippingSAM
 
 _EPS = 1e-12
 
@@ -57,7 +58,7 @@ class LookSAM(SkippingSAM):
 
     def step(self, closure: Closure | None = None) -> torch.Tensor:  # type: ignore[override]
         """The sharpness step at t % k == 0 (or before the first g_v), else one pass plus alpha-scaled g_v."""
-        closure = _require(closure)
+        closure = require_closure(closure)
         if self.num_steps % self.k == 0 or self._g_v is None:
             return self._sharpness_step(closure)
         loss, losses = self._one_pass(closure)
@@ -123,3 +124,16 @@ class LookSAM(SkippingSAM):
                              "trainable tensors of other shapes")
         self._g_v = [t.to(device=p.device, dtype=p.dtype) for t, p in zip(g_v, self._params)]
         self._set_scale()
+
+
+def sharp_share(knobs: Mapping[str, Any]) -> float:
+    """One sharpness step in every k."""
+    k = knobs["looksam_k"]
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"looksam_k must be a positive integer, got {k!r}")
+    return 1 / k
+
+
+LOOKSAM_INFO = MethodInfo("looksam", "LookSAM", knobs=SKIPPING_KNOBS + (
+    Knob("looksam_k", low=1, integer=True, short="k", paper=5),
+    Knob("looksam_alpha", low=0.0, short="alpha", paper=0.7)), skips=True, share=sharp_share, cycle="looksam_k")

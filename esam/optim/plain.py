@@ -14,6 +14,7 @@ from typing import Any, Callable, Iterable
 import torch
 
 from .cost import StepCost
+from .methods import MethodInfo
 
 Closure = Callable[..., torch.Tensor]
 
@@ -67,7 +68,7 @@ class Plain(torch.optim.Optimizer):
 
     def step(self, closure: Closure | None = None) -> torch.Tensor:  # type: ignore[override]
         """Forward + backward on the batch, clip, base step. Returns the mean loss, detached."""
-        closure = _require(closure)
+        closure = require_closure(closure)
         self._zero_grad()
         with torch.enable_grad():
             losses = self._forward(closure)
@@ -115,7 +116,11 @@ class Plain(torch.optim.Optimizer):
         self.num_steps = int(state_dict["num_steps"])
 
 
-def _require(closure: Closure | None) -> Closure:
+SGD_INFO = MethodInfo("sgd", "SGD", sharpness=None, searched=False)  # a search's reference: no sharpness step
+
+
+def require_closure(closure: Closure | None) -> Closure:
+    """`closure` itself; a step called without one (torch's signature allows it) is a TypeError saying what it needs."""
     if closure is None:
         raise TypeError("step needs a closure(indices=None) returning per-sample losses")
     return closure

@@ -1,12 +1,13 @@
 """Randomized SAM (RST, Zhao et al., 2022): each step a sharpness step with probability p, else the base step."""
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Any, Iterable, Mapping
 
 import torch
 
-from .plain import Closure, _require
-from .skipping import SkippingSAM
+from .methods import Knob, MethodInfo
+from .plain import Closure, require_closure
+from .skipping import SKIPPING_KNOBS, SkippingSAM
 
 
 class RST(SkippingSAM):
@@ -44,7 +45,7 @@ class RST(SkippingSAM):
 
     def step(self, closure: Closure | None = None) -> torch.Tensor:  # type: ignore[override]
         """The sharpness step with probability p, else Plain's step. Returns the mean clean loss, detached."""
-        closure = _require(closure)
+        closure = require_closure(closure)
         if self._coin():
             return self._sharpness_step(closure)
         loss, losses = self._one_pass(closure)
@@ -54,3 +55,15 @@ class RST(SkippingSAM):
         if self.p >= 1 or self.p <= 0:
             return self.p >= 1
         return float(torch.rand((), generator=self.generator)) < self.p  # a CPU tensor: no device sync
+
+
+def sharp_share(knobs: Mapping[str, Any]) -> float:
+    """A sharpness step with probability p."""
+    p = knobs["rst_p"]
+    if not 0 <= p <= 1:
+        raise ValueError(f"rst_p must be in [0, 1], got {p}")
+    return p
+
+
+RST_INFO = MethodInfo("rst", "RST", knobs=SKIPPING_KNOBS + (Knob("rst_p", 0.0, 1.0, short="p", paper=0.5),),
+                      skips=True, share=sharp_share)

@@ -8,9 +8,12 @@ import torch
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from .cost import StepCost
-from .plain import Closure, Plain, _require
+from .methods import Knob, MethodInfo
+from .plain import Closure, Plain, require_closure
 
 BN_UPDATES = ("all", "clean")  # which forwards update BatchNorm running stats
+RHO = Knob("rho", low=0.0, paper=0.05)  # the neighbourhood's size, every sharpness-aware method's
+BN_UPDATE = Knob("bn_update", choices=BN_UPDATES)
 _EPS = 1e-12
 
 
@@ -120,7 +123,7 @@ class SAM(Plain):
 
     def step(self, closure: Closure | None = None) -> torch.Tensor:  # type: ignore[override]
         """Ascent, perturb, [select], descent, restore, base step. Returns the mean clean loss, detached."""
-        closure = _require(closure)
+        closure = require_closure(closure)
         self._zero_grad()
         frozen = self._freeze()  # ESAM's SWP; nothing in SAM
         everything_frozen = bool(frozen) and len(frozen) == len(self._params)
@@ -199,3 +202,6 @@ class SAM(Plain):
     def _restore_bn(self) -> None:
         if self._bn_modules:
             torch._foreach_copy_(self._bn_buffers(), self._bn_saved)
+
+
+SAM_INFO = MethodInfo("sam", "SAM", knobs=(RHO, BN_UPDATE), sharpness="sam", searched=False)  # a search's reference

@@ -12,8 +12,14 @@ from typing import Any, Iterable
 import torch
 
 from .cost import SHARPNESS, StepCost
-from .esam import ESAM
+from .esam import BETA, ESAM, GAMMA, SCORE
+from .methods import Knob
 from .plain import Closure
+from .sam import BN_UPDATE, RHO
+
+# What every skipping method's record lists: SAM's knobs, which sharpness step, and ESAM's (used with sharpness esam).
+SKIPPING_KNOBS = (RHO, Knob("sharpness", choices=SHARPNESS, short="sharpness", paper="sam"), BETA, GAMMA, SCORE,
+                  BN_UPDATE)
 
 
 class SkippingSAM(ESAM):

@@ -44,8 +44,8 @@ import torch
 from esam.config import TrainConfig, train_config_from_dict
 from esam.errors import ConfigError
 from esam.models import build_model
+from esam.optim import METHODS as RECORDS
 from esam.optim import predicted_relative_cost
-from esam.optim.cost import SKIPPING
 from esam.perf.bench_options import FULL, QUICK, add_arguments
 from esam.perf.dispatch_count import count_ops
 from esam.training.cuda_graphs import warm_up, warm_up_quiet_steps
@@ -213,7 +213,7 @@ def markdown(rows: list[dict], config: TrainConfig, *, repeats: int, steps: int,
         f"rho {o.rho}, beta {o.beta}, gamma {o.gamma}",
         *([f"- LookSAM k {o.looksam_k}, alpha {o.looksam_alpha}; RST p {o.rst_p}; AE-SAM c "
            f"{(o.aesam_c_start + o.aesam_c_end) / 2:g} (no run length), momentum {o.aesam_momentum}; their sharpness "
-           f"steps: {o.sharpness.upper()}'s"] if any(METHODS[r["method"]][0] in SKIPPING for r in rows) else []),
+           f"steps: {o.sharpness.upper()}'s"] if any(RECORDS[METHODS[r["method"]][0]].skips for r in rows) else []),
         syncs,
         *(["- CUDA graphs captured: " + ", ".join(f"{r['method']} {r['graphs']}" for r in rows)]
           if config.cuda_graphs else []),

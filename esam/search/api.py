@@ -10,8 +10,8 @@
 in_channels) -> nn.Module`) and esam.data.datasets (`load(DataConfig) -> InMemory | Streamed |
 (train, test)`). Each is registered in this process under the name `module:qualname`
 (esam.import_paths.path_of), which the config then holds (train.model, train.data.name), and it
-reaches the trials with their parameters (esam/search/user_code.py); its module, when it lives in
-the working directory, is shipped to every node too (esam/search/shipping.py). A callable that
+reaches the trials with their parameters (esam/search/trials/user_code.py); its module, when it lives in
+the working directory, is shipped to every node too (esam/search/trials/shipping.py). A callable that
 imports by that name leaves an exported config that `esam train` runs from the same directory; a
 lambda or a nested function imports by no name: put an import path in such an exported config.
 """
@@ -21,10 +21,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from esam import import_paths
+from esam.config import read_yaml, to_dict
 from esam.errors import ConfigError
 from esam.search.config import SearchConfig, search_config_from_dict
+from esam.search.front.report import TABLE_COLUMNS
+from esam.search.runner import run_search
+from esam.search.trials.user_code import FIELDS, registries
+from esam.shipped_configs import resolve
 
-# pareto.csv's columns (esam/search/pareto_report.py writes the file from the same rows)
+# pareto.csv's columns (esam/search/front/report.py writes the file from the same rows)
 FRONT_FIELDS_EXTRA = ("name",)
 
 
@@ -45,8 +51,6 @@ def run(config: str | Path | dict | SearchConfig, *, model: Callable | None = No
 
     Bad input raises esam.errors.ConfigError (one line) before anything starts; `echo` gets the progress lines.
     """
-    from esam.search.pareto_report import TABLE_COLUMNS
-    from esam.search.runner import run_search
 
     cfg = _config(config, overrides, model, data)
     outcome = run_search(cfg, address=address, echo=echo)
@@ -57,7 +61,6 @@ def run(config: str | Path | dict | SearchConfig, *, model: Callable | None = No
 
 def _config(config, overrides, model: Callable | None, data: Callable | None) -> SearchConfig:
     """The validated SearchConfig, naming the given callables (registered here first, so that it validates)."""
-    from esam.config import read_yaml, to_dict
     if isinstance(config, SearchConfig):
         if model is None and data is None and not overrides:
             return config
@@ -65,7 +68,6 @@ def _config(config, overrides, model: Callable | None, data: Callable | None) ->
     elif isinstance(config, dict):
         values = dict(config)
     elif isinstance(config, (str, Path)):
-        from esam.shipped_configs import resolve
         values = read_yaml(resolve(str(config)))
     else:
         raise ConfigError(f"config must be a path, a dict or a SearchConfig, got {type(config).__name__}")
@@ -84,8 +86,6 @@ def _config(config, overrides, model: Callable | None, data: Callable | None) ->
 
 def _registered(kind: str, builder: Callable) -> str:
     """Register `builder` in this process under its `module:qualname`; that name."""
-    from esam import import_paths
-    from esam.search.user_code import FIELDS, registries
     if not callable(builder):
         raise ConfigError(f"{kind}= must be a callable ({FIELDS[kind]}'s builder), got {type(builder).__name__}")
     name = import_paths.path_of(builder)

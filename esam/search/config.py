@@ -10,15 +10,25 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from esam.config import (MAX_SEED, OptimizerConfig, TrainConfig, brief, deep_merge, from_dict, parse_overrides,
-                         read_yaml, train_config_from_dict)
+from esam.config import (
+    MAX_SEED,
+    OptimizerConfig,
+    TrainConfig,
+    brief,
+    deep_merge,
+    from_dict,
+    parse_overrides,
+    read_yaml,
+    train_config_from_dict,
+)
 from esam.errors import ConfigError
-from esam.training.metrics import METRICS
-from esam.optim.cost import SCORES, SHARPNESS
-from esam.optim.sam import BN_UPDATES
-from esam.search.results_storage import is_uri
-from esam.search.space import INTEGER_FIELDS, METHODS, unused_field
+from esam.optim import knob_table, searched_methods
+from esam.search.constraints import parse_all
+from esam.search.space import DEFAULT_REFERENCES, reference_methods, unused_field
+from esam.search.stores.mlflow_store import check_uri
+from esam.search.stores.results_dir import StoragePath, is_uri
 from esam.suggestions import did_you_mean
+from esam.training.metrics import METRICS
 
 # An objective is a metric train() reports, except the epoch count and the schedule's learning rate.
 OBJECTIVE_METRICS = tuple(m for m in METRICS if m not in ("epoch", "learning_rate"))
@@ -28,27 +38,15 @@ NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 NAME_MAX = 100
 SAMPLERS = ("nsga2", "tpe", "gp", "random")
 SCHEDULERS = ("none", "moasha")
-DEFAULT_REFERENCES = ("sgd", "sam")
-REFERENCES = DEFAULT_REFERENCES + METHODS  # optimizers a search may train beside, at train.optimizer's settings
-# Ranges that are legal for each searchable optimizer field: (low, high), None unbounded; an end is
-# closed unless the field is named in _OPEN_LOW / _OPEN_HIGH (as the optimizer demands).
-_BOUNDS = {"rho": (0.0, None), "beta": (0.0, 1.0), "gamma": (0.0, 1.0), "lr": (0.0, None),
-           "weight_decay": (0.0, None), "momentum": (0.0, 1.0), "looksam_k": (1, None), "looksam_alpha": (0.0, None),
-           "rst_p": (0.0, 1.0), "aesam_c_start": (None, None), "aesam_c_end": (None, None), "aesam_momentum": (0.0, 1.0)}
-_OPEN_LOW, _OPEN_HIGH = ("beta", "gamma"), ("aesam_momentum",)
+def choice_params() -> dict[str, tuple]:
+    """Categorical optimizer fields a search may vary, and their values: the method (optimizer.name), which
+    the registered methods' records allow, and the knobs with choices (sharpness, score, bn_update)."""
+    return {"method": searched_methods(), **{n: k.choices for n, k in knob_table().items() if k.choices is not None}}
 
 
-def _interval(name: str) -> str:
-    """A field's valid interval as shown in errors: "(0, 1]", "[0, inf)"."""
-    lo, hi = _BOUNDS[name]
-    left = "(-inf" if lo is None else f"{'(' if name in _OPEN_LOW else '['}{lo:g}"
-    right = "inf)" if hi is None else f"{hi:g}{')' if name in _OPEN_HIGH else ']'}"
-    return f"{left}, {right}"
-
-
-# Categorical optimizer fields and their values, as the optimizers define them.
-CHOICE_PARAMS = {"method": METHODS, "sharpness": SHARPNESS, "score": SCORES, "bn_update": BN_UPDATES}
-SEARCHABLE = tuple(_BOUNDS) + tuple(CHOICE_PARAMS)  # optimizer fields a search may vary (method: optimizer.name)
+def searchable() -> tuple[str, ...]:
+    """Optimizer fields a search may vary: the registered knobs with ranges, then the categorical ones."""
+    return tuple(n for n, k in knob_table().items() if k.choices is None) + tuple(choice_params())
 
 
 @dataclass(frozen=True)
@@ -135,13 +133,11 @@ class SearchConfig:
 
     @functools.cached_property  # resolving s3:// may ask the store: once per config
     def ray_storage(self):
-        """Ray's experiments and checkpoints (esam.search.results_storage.StoragePath): results_dir/<name>."""
-        from esam.search.results_storage import StoragePath
+        """Ray's experiments and checkpoints (esam.search.stores.results_dir.StoragePath): results_dir/<name>."""
         return StoragePath.of(self.results_dir) / self.name
 
     def parsed_constraints(self) -> list:
         """`constraints` as esam.search.constraints.Constraint objects (validated at load)."""
-        from esam.search.constraints import parse_all
         return parse_all(self.constraints, OBJECTIVE_METRICS, self.references)
 
     def optuna_url(self) -> str:
@@ -153,13 +149,13 @@ def _check_shapes(values: dict) -> None:
     space = values.get("space", {"rho": {}})
     if not isinstance(space, dict) or not space:
         raise ConfigError("space must be a non-empty mapping of optimizer fields to ranges")
-    searchable = set(SEARCHABLE)
+    varied = set(searchable())
     optimizer_fields = {f.name for f in dataclasses.fields(OptimizerConfig)}
     for name, spec in space.items():
-        if name not in searchable:
+        if name not in varied:
             hint = "is not searchable" if name in optimizer_fields else "is no optimizer field"
-            raise ConfigError(f"space.{brief(name, quote=False)} {hint} (searchable: {', '.join(sorted(searchable))})"
-                              + did_you_mean(name, searchable, "space."))
+            raise ConfigError(f"space.{brief(name, quote=False)} {hint} (searchable: {', '.join(sorted(varied))})"
+                              + did_you_mean(name, varied, "space."))
         if not isinstance(spec, dict):
             raise ConfigError(f"space.{name} must be a mapping like {{low: 0.1, high: 1.0}}, got {brief(spec)}")
     objectives = values.get("objectives", [{}, {}])
@@ -173,13 +169,14 @@ def _check_shapes(values: dict) -> None:
 def _validate_space(space: dict[str, ParamSpace]) -> None:
     if not space:
         raise ConfigError("space must be a non-empty mapping of optimizer fields to ranges")
+    varied, choices, knobs = searchable(), choice_params(), knob_table()
     for name, p in space.items():
-        if name not in SEARCHABLE:
+        if name not in varied:
             raise ConfigError(f"space.{brief(name, quote=False)} is not searchable "
-                              f"(searchable: {', '.join(sorted(SEARCHABLE))})"
-                              + did_you_mean(name, SEARCHABLE, "space."))
-        if name in CHOICE_PARAMS:
-            valid = CHOICE_PARAMS[name]
+                              f"(searchable: {', '.join(sorted(varied))})"
+                              + did_you_mean(name, varied, "space."))
+        if name in choices:
+            valid = choices[name]
             if not p.choices or any(c not in valid for c in p.choices):
                 wrong = next((c for c in p.choices or () if c not in valid), None)
                 raise ConfigError(f"space.{name}.choices must be a non-empty list from {', '.join(valid)}, "
@@ -191,15 +188,13 @@ def _validate_space(space: dict[str, ParamSpace]) -> None:
             value = getattr(p, end)
             if not isinstance(value, (int, float)) or isinstance(value, bool):
                 raise ConfigError(f"space.{name}.{end} must be a number, got {brief(value)}")
-        if name in INTEGER_FIELDS and not all(float(v).is_integer() for v in (p.low, p.high)):
+        knob = knobs[name]  # the range its optimizer accepts, from the method's record
+        if knob.integer and not all(float(v).is_integer() for v in (p.low, p.high)):
             raise ConfigError(f"space.{name} takes integers, got low={p.low} high={p.high}")
         if not p.low < p.high:
             raise ConfigError(f"space.{name}: empty or inverted range low={p.low} high={p.high}")
-        lo, hi = _BOUNDS[name]
-        below = lo is not None and (p.low <= lo if name in _OPEN_LOW else p.low < lo)
-        above = hi is not None and (p.high >= hi if name in _OPEN_HIGH else p.high > hi)
-        if below or above:
-            raise ConfigError(f"space.{name}: range [{p.low}, {p.high}] leaves the valid interval {_interval(name)}")
+        if not (knob.admits(p.low) and knob.admits(p.high)):
+            raise ConfigError(f"space.{name}: range [{p.low}, {p.high}] leaves the valid interval {knob.interval()}")
         if p.log and p.low <= 0:
             raise ConfigError(f"space.{name}: a log scale needs low > 0, got {p.low}")
 
@@ -273,18 +268,19 @@ def validate_search(cfg: SearchConfig) -> SearchConfig:
         raise ConfigError(f"state_dir must be a filesystem path (it holds the search's lock, state and journals), "
                           f"got {brief(cfg.state_dir)}")
     if cfg.mlflow.tracking_uri is not None:
-        from esam.search.tracking import check_uri
         check_uri(cfg.mlflow.tracking_uri, " (mlflow.tracking_uri)")
-    if not isinstance(cfg.references, list) or any(r not in REFERENCES for r in cfg.references):
-        wrong = next((r for r in cfg.references if r not in REFERENCES), None) if isinstance(cfg.references, list) else None
-        raise ConfigError(f"references must be a list from {', '.join(REFERENCES)}, got {brief(cfg.references)}"
-                          + did_you_mean(wrong, REFERENCES, quote=True))
+    known = reference_methods()
+    if not isinstance(cfg.references, list) or any(r not in known for r in cfg.references):
+        wrong = next((r for r in cfg.references if r not in known), None) if isinstance(cfg.references, list) else None
+        raise ConfigError(f"references must be a list from {', '.join(known)}, got {brief(cfg.references)}"
+                          + did_you_mean(wrong, known, quote=True))
     _validate_scheduler(cfg)
     cfg.parsed_constraints()  # a bad constraint is one line now, before anything starts
-    if cfg.train.optimizer.name not in METHODS:
-        raise ConfigError(f"train.optimizer.name must be one of {', '.join(METHODS)} in a search "
+    methods = searched_methods()
+    if cfg.train.optimizer.name not in methods:
+        raise ConfigError(f"train.optimizer.name must be one of {', '.join(methods)} in a search "
                           f"(sgd and sam train as references), got {brief(cfg.train.optimizer.name)}"
-                          + did_you_mean(cfg.train.optimizer.name, METHODS, quote=True))
+                          + did_you_mean(cfg.train.optimizer.name, methods, quote=True))
     unused = unused_field(cfg.space, cfg.train.optimizer)
     if unused:
         raise ConfigError(unused)

@@ -19,7 +19,9 @@ import math
 import re
 from dataclasses import dataclass
 
+from esam.config import brief
 from esam.errors import ConfigError
+from esam.search.space import reference_methods
 from esam.suggestions import did_you_mean
 
 _NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
@@ -62,7 +64,6 @@ def _finite(value) -> bool:
 
 def parse(text: object, metrics: tuple[str, ...], references: list[str], where: str = "constraints") -> Constraint:
     """One constraint from its text; ConfigError naming what is wrong."""
-    from esam.config import brief
     match = _PATTERN.fullmatch(text) if isinstance(text, str) else None
     if match is None:
         raise ConfigError(f"{where}: {brief(text)} is not a constraint ({FORM})")
@@ -75,10 +76,9 @@ def parse(text: object, metrics: tuple[str, ...], references: list[str], where: 
         if match["scale"] or match["offset"]:
             raise ConfigError(f"{where}: {text!r}: a numeric bound takes no scale or offset")
         return Constraint(text, metric, match["op"], None, 1.0, float(base))
-    from esam.search.config import REFERENCES
-    if base not in REFERENCES:
+    if base not in reference_methods():
         raise ConfigError(f"{where}: {text!r}: the bound {base!r} is neither a number nor a reference "
-                          f"({', '.join(REFERENCES)})")
+                          f"({', '.join(reference_methods())})")
     if base not in references:
         raise ConfigError(f"{where}: {text!r} needs the {base} reference, which `references` does not train")
     return Constraint(text, metric, match["op"], base, float(match["scale"] or 1.0), offset)
@@ -91,7 +91,7 @@ def parse_all(texts: list, metrics: tuple[str, ...], references: list[str]) -> l
 
 
 def reference_values(rows: list[dict]) -> dict[str, dict]:
-    """{optimizer: its final metrics} of the finished reference runs (rows from esam.search.tracking)."""
+    """{optimizer: its final metrics} of the finished reference runs (rows from esam.search.front.rows)."""
     return {r.get("optimizer") or r.get("name"): r for r in rows
             if r.get("kind") == "reference" and r.get("status") == "FINISHED"}
 

@@ -8,6 +8,10 @@ ESAM's beta, gamma and score reach a skipping method only when its sharpness ste
 (`sharpness: esam`, fixed in train.optimizer or searched). Without `method` in the space, every
 trial uses train.optimizer.name.
 
+Which methods a search may train, their knobs' ranges, integer knobs, short names and paper values
+come from the registered methods' records (esam/optim/methods.py), read when asked: a method
+registered with its record is searchable with no edit here.
+
 Why one conditional space rather than one study per method: the front compares methods at the
 same cost (a LookSAM point and an ESAM point compete on accuracy and speed), and a sampler
 learns which method is worth its trials. A space whose fields every trial uses is a fixed set
@@ -20,20 +24,33 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from esam.config import OptimizerConfig
-from esam.optim import OPTIMIZERS
+from esam.optim import BASE_KNOBS, METHODS, OPTIMIZERS, knob_table
 
-METHODS = ("esam", "looksam", "rst", "aesam")  # what a search trains: ESAM and the pass-skipping methods
+DEFAULT_REFERENCES = ("sgd", "sam")
 ESAM_STEP_FIELDS = ("beta", "gamma", "score", "swp_patterns")  # used by a skipping method only with sharpness esam
-INTEGER_FIELDS = ("looksam_k",)
-# The pass-skipping methods' own knobs and their short names, as tables, labels and `esam export` show them.
-METHOD_KNOBS = (("sharpness", "sharpness"), ("looksam_k", "k"), ("looksam_alpha", "alpha"), ("rst_p", "p"),
-                ("aesam_c_start", "c0"), ("aesam_c_end", "c1"))
-SHOWN_FIELDS = ("rho", "beta", "gamma") + tuple(k for k, _ in METHOD_KNOBS)  # a setting's searched knobs, shown
-BASE_FIELDS = ("lr", "momentum", "weight_decay")  # the base SGD's, used by every method
+BASE_FIELDS = tuple(k.name for k in BASE_KNOBS)  # the base SGD's (lr, momentum, weight_decay), used by every method
 _CONDITION_FIELDS = ("method", "sharpness")  # sampled first: they decide which other fields a trial uses
-# The papers' own settings (OptimizerConfig's defaults); the base SGD's (lr, ...) and bn_update are the user's.
-PAPER_FIELDS = ("rho", "beta", "gamma", "score", "looksam_k", "looksam_alpha", "rst_p", "aesam_c_start",
-                "aesam_c_end", "aesam_momentum")
+
+
+def reference_methods() -> tuple[str, ...]:
+    """The optimizers a search may train beside, at train.optimizer's settings: every method with a record."""
+    return tuple(METHODS)
+
+
+def shown_knobs() -> tuple[tuple[str, str], ...]:
+    """(knob, short name) of the methods' own knobs, as tables, labels and `esam export` show them."""
+    return tuple((name, k.short) for name, k in knob_table().items() if k.short)
+
+
+def shown_fields() -> tuple[str, ...]:
+    """A setting's searched knobs that are shown: ESAM's rho, beta, gamma and the methods' own."""
+    return ("rho", "beta", "gamma") + tuple(name for name, _ in shown_knobs())
+
+
+def is_integer(name: str) -> bool:
+    """Whether the searched field `name` takes integers (its knob says so)."""
+    knob = knob_table().get(name)
+    return knob is not None and knob.integer
 
 
 def uses(method: str, field: str, sharpness: str) -> bool:
@@ -42,7 +59,8 @@ def uses(method: str, field: str, sharpness: str) -> bool:
         return True
     if field not in getattr(OPTIMIZERS[method], "hyperparameters", ()):
         return False
-    return method == "esam" or field not in ESAM_STEP_FIELDS or sharpness == "esam"
+    skips = method in METHODS and METHODS[method].skips
+    return not skips or field not in ESAM_STEP_FIELDS or sharpness == "esam"
 
 
 def used_fields(method: str, sharpness: str) -> tuple[str, ...]:
@@ -80,7 +98,7 @@ def distribution(name: str, p):
     from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
     if p.choices is not None:
         return CategoricalDistribution(p.choices)
-    if name in INTEGER_FIELDS:
+    if is_integer(name):
         return IntDistribution(int(p.low), int(p.high), log=p.log)
     return FloatDistribution(float(p.low), float(p.high), log=p.log)
 
@@ -99,7 +117,7 @@ class DefineByRun:
             p = self.space[name]
             if p.choices is not None:
                 return trial.suggest_categorical(name, p.choices)
-            if name in INTEGER_FIELDS:
+            if is_integer(name):
                 return trial.suggest_int(name, int(p.low), int(p.high), log=p.log)
             return trial.suggest_float(name, float(p.low), float(p.high), log=p.log)
         method = draw("method") if "method" in self.space else self.base_method
@@ -120,19 +138,22 @@ def optuna_space(space: dict, base: OptimizerConfig):
 
 
 def paper_point(space: dict, base: OptimizerConfig) -> dict:
-    """The first proposal of a warm-started search: the papers' settings (OptimizerConfig's defaults:
-    ESAM rho 0.05, beta 0.6, gamma 0.5, loss_rise; LookSAM k 5, alpha 0.7; RST p 0.5; AE-SAM c 1 -> -1),
-    for ESAM when the space allows it, else for the first method; only fields whose range holds them."""
+    """The first proposal of a warm-started search: the papers' settings (the knobs' `paper` values, which are
+    OptimizerConfig's defaults: ESAM rho 0.05, beta 0.6, gamma 0.5, loss_rise; LookSAM k 5, alpha 0.7; RST p 0.5;
+    AE-SAM c 1 -> -1), for ESAM when the space allows it, else for the first method; only fields whose range
+    holds them."""
     papers = OptimizerConfig()
+    knobs = knob_table()
     methods = methods_of(space, base)
     method = "esam" if "esam" in methods else methods[0]
     sharpness = papers.sharpness if papers.sharpness in sharpness_of(space, base) else sharpness_of(space, base)[0]
     point = {}
     conditions = {"method": method, "sharpness": sharpness}
     for name, p in space.items():
-        if name not in PAPER_FIELDS + _CONDITION_FIELDS or not uses(method, name, sharpness):
+        known = name in conditions or name in knobs and knobs[name].paper is not None
+        if not known or not uses(method, name, sharpness):
             continue  # the user's base settings are sampled, and so are fields this method does not use
-        value = conditions[name] if name in conditions else getattr(papers, name)
+        value = conditions[name] if name in conditions else knobs[name].paper
         if value in p.choices if p.choices is not None else p.low <= value <= p.high:
             point[name] = value
     return point

@@ -26,18 +26,22 @@ from typing import Callable
 import torch
 
 from esam.config import OptimizerConfig
+from esam.optim import METHODS
 from esam.training.timing import synchronize
 
-RANDOM_BLOCK = 10  # RST, AE-SAM: steps per timed block; their shares spread, which lets the estimate fit their cost
+# RST, AE-SAM (their records name no cycle): steps per timed block; their shares spread, which lets the estimate
+# fit their cost
+RANDOM_BLOCK = 10
 
 
 def cycle_steps(config: OptimizerConfig) -> int:
     """How many consecutive steps one probe pair times of each: the method's cycle (1 for SGD, SAM, ESAM)."""
-    if config.name == "looksam":
-        return config.looksam_k  # any k consecutive steps hold exactly one sharpness step
-    if config.name in ("rst", "aesam"):
-        return RANDOM_BLOCK
-    return 1
+    info = METHODS.get(config.name)
+    if info is None or not info.skips:
+        return 1
+    if info.cycle is not None:
+        return config.setting(info.cycle)  # any k consecutive steps of LookSAM hold exactly one sharpness step
+    return RANDOM_BLOCK
 
 
 class InterleavedProbe:

@@ -15,12 +15,11 @@ import torch.nn.functional as F
 
 from esam.config import OptimizerConfig, TrainConfig
 from esam.errors import ConfigError
-from esam.optim import OPTIMIZERS, Plain, build_optimizer
+from esam.optim import METHODS, OPTIMIZERS, Plain, build_optimizer
 from esam.training.compiling import compile_model
 from esam.training.cuda_graphs import GraphedPasses, graph_budget
 
 Closure = Callable[[torch.Tensor | None], torch.Tensor]
-SKIPPING_METHODS = ("looksam", "rst", "aesam")  # a sharpness step on some steps only (esam/optim/skipping.py)
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -68,7 +67,7 @@ def optimizer_hparams(method: str, config: OptimizerConfig, model: torch.nn.Modu
     if factory is None:
         return {}  # build_optimizer names the valid methods
     accepted = inspect.signature(factory).parameters
-    hparams = {k: getattr(config, k) for k in getattr(factory, "hyperparameters", ())}
+    hparams = {k: config.setting(k) for k in getattr(factory, "hyperparameters", ())}
     hparams.update({k: v for k, v in (("model", model), ("seed", seed), ("total_steps", total_steps))
                     if k in accepted and v is not None})
     return hparams
@@ -120,8 +119,8 @@ class PassMode:
     def of(cls, config: TrainConfig) -> "PassMode":
         kind = "cuda_graphs" if config.cuda_graphs else "compile" if config.compile else "eager"
         o = config.optimizer
-        # LookSAM, RST and AE-SAM run SWP only when their sharpness step is ESAM's
-        swp = o.name == "esam" or (o.name in SKIPPING_METHODS and o.sharpness == "esam")
+        # SWP runs where the sharpness step is ESAM's (a skipping method's: when its `sharpness` says so)
+        swp = o.name in METHODS and METHODS[o.name].sharpness_step(o.sharpness) == "esam"
         fresh = swp and o.beta < 1 and not o.swp_patterns
         return cls(kind, config.compile_mode, o.swp_patterns, fresh)
 
