@@ -221,3 +221,14 @@ def test_postgresql_connections_time_out_so_a_silent_host_cannot_outlast_the_lim
     open_rdb(lite, ENGINE_KWARGS)
     assert opened[pg] == {"pool_pre_ping": True, "connect_args": {"connect_timeout": CONNECT_TIMEOUT_S}}
     assert opened[lite] == {"pool_pre_ping": True} and ENGINE_KWARGS == {"pool_pre_ping": True}
+
+
+def test_a_database_privilege_is_told_apart_from_a_file_permission():
+    """PostgreSQL's "permission denied for table" is a refused write whose way out is a GRANT, not chmod."""
+    from esam.search.stores.write_refusals import cause, refusal_line
+    denied = StorageInternalError("commit")
+    denied.__cause__ = exc.ProgrammingError("INSERT", {}, Exception("permission denied for table trials"))
+    assert not is_outage(denied) and cause(denied) == "the database user lacks a privilege"
+    assert "GRANT" in refusal_line(cause(denied), "Optuna's database") and "results_dir" not in refusal_line(
+        cause(denied), "Optuna's database")
+    assert cause(PermissionError(13, "Permission denied", "/r/x")) == "permission denied"  # a file's, by errno

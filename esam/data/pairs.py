@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset, TensorDataset
 
-from esam.errors import ConfigError
+from esam.errors import ConfigError, first_line
 
 
 @dataclass
@@ -65,7 +65,7 @@ def _read(dataset: Dataset, where: str) -> tuple[Tensor, Tensor]:
             labels = torch.as_tensor([int(y) for _, y in items])
         except (TypeError, ValueError, RuntimeError) as err:
             raise ConfigError(f"{where}: items must be (input of one shape, int label): "
-                              f"{str(err).splitlines()[0][:150]}") from None
+                              f"{first_line(err, 150)}") from None
     if inputs.dim() < 2 or labels.dim() != 1 or len(inputs) != len(labels):
         raise ConfigError(f"{where}: expected N inputs and N labels, got shapes {list(inputs.shape)} and {list(labels.shape)}")
     if labels.is_floating_point():

@@ -97,8 +97,7 @@ def _reason(err: BaseException) -> str:
     """The first line of the deepest cause: Optuna's own message ("... during the commit") misleads."""
     while err.__cause__ is not None:
         err = err.__cause__
-    text = str(err).strip()
-    return f"{type(err).__name__}: {text.splitlines()[0][:160] if text else ''}"
+    return f"{type(err).__name__}: {first_line(err, 160) if str(err).strip() else ''}"
 
 
 @dataclass

@@ -7,7 +7,8 @@ names the cause and the way out, instead of minutes of retries that end in "unre
 
 The cause is found in an OSError's errno, or in the message a database gives for it (SQLite's
 "database or disk is full", "attempt to write a readonly database"; PostgreSQL's "No space
-left on device"), anywhere along the exception's chain of causes.
+left on device", and "permission denied for table ...", a privilege of the database's user), anywhere
+along the exception's chain of causes.
 """
 from __future__ import annotations
 
@@ -18,14 +19,20 @@ from esam.errors import ConfigError
 _ERRNO = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
           errno.EROFS: "read-only file system", errno.EACCES: "permission denied",
           errno.EPERM: "permission denied", errno.ENAMETOOLONG: "file name too long"}
-_MESSAGES = {"database or disk is full": "no space left on device",
+# Checked in order: PostgreSQL's "permission denied for table trials" is the database user's privilege,
+# not a file's permission, and has another way out.
+_MESSAGES = {"permission denied for": "the database user lacks a privilege",
+             "must be owner of": "the database user lacks a privilege",
+             "database or disk is full": "no space left on device",
              "no space left on device": "no space left on device",
              "attempt to write a readonly database": "the database file or its directory is read-only",
              "read-only file system": "read-only file system",
              "permission denied": "permission denied"}
 _WAY_OUT = {"no space left on device": "free space",
             "disk quota exceeded": "free space or raise the quota",
-            "file name too long": "give the search a shorter name (--set name=...)"}
+            "file name too long": "give the search a shorter name (--set name=...)",
+            "the database user lacks a privilege": "grant the search's database user its privileges on the database "
+                                                   "(e.g. GRANT ALL ON SCHEMA public TO that user)"}
 
 
 class WriteRefused(ConfigError):

@@ -20,7 +20,7 @@ import os
 import socket
 import sys
 
-from esam.errors import ConfigError
+from esam.errors import ConfigError, first_line
 from esam.search.tune.compat import ask_gcs, cluster_mode_off, gcs_address, token_state
 
 _CLUSTER_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
@@ -145,8 +145,7 @@ def init_ray(address: str | None, runtime_env: dict | None = None) -> bool:
         if not local and _refused(err):  # check_ray_token could not ask, or the token changed since
             raise ConfigError(_token_line(where)) from None
         if not local and isinstance(err, ConnectionError):
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise ConfigError(f"cannot join Ray at {where} ({first}); start the cluster (`ray start --head`) "
+            raise ConfigError(f"cannot join Ray at {where} ({first_line(err)}); start the cluster (`ray start --head`) "
                               f"or fix --address / RAY_ADDRESS") from None
         raise
     return True

@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import logging
 
+from esam.errors import first_line
+
 _TRACEBACK = "Traceback (most recent call last):"
 # Ray's advice for its own resume, which esam never uses (the same command continues a search).
 _DROPPED = ("Tuner.restore", "Stop signal received")
@@ -26,8 +28,7 @@ class OneLineRayLogs(logging.Filter):
             return False
         if record.exc_info and record.exc_info[1] is not None:
             err = record.exc_info[1]
-            text = str(err).strip()
-            message = f"{message.strip().rstrip(':')}: {type(err).__name__}: {text.splitlines()[0] if text else ''}"
+            message = f"{message.strip().rstrip(':')}: {type(err).__name__}: {first_line(err) if str(err).strip() else ''}"
         elif _TRACEBACK in message:  # a traceback formatted into the message (Ray's syncer does this)
             head, _, tail = message.partition(_TRACEBACK)
             last = [line.strip() for line in tail.splitlines() if line.strip()]
