@@ -55,7 +55,6 @@ def search_config(variant: str, seed: int, trials: int, directory: Path, quick: 
 def epochs_timeline(client, parent: str, full_epochs: int) -> tuple[list[tuple[int, float, dict | None]], int]:
     """[(trial-epochs spent when a trial ended, its end time, its point if it finished)], total epochs."""
     from esam.search.records import mlflow_runs
-    from esam.search.stores import mlflow_store
     stamps, ends = [], []
     for run in mlflow_runs.trial_runs(client, parent):
         history = client.get_metric_history(run.info.run_id, "epoch")
@@ -75,7 +74,6 @@ def hypervolume_at(timeline, budget: int) -> float:
 
 
 def run_one(variant: str, seed: int, trials: int, quick: bool) -> dict:
-    from esam.search.records import mlflow_runs
     from esam.search.runner import run_search
     from esam.search.stores import mlflow_store
     with tempfile.TemporaryDirectory(prefix="bench_search_") as tmp:

@@ -324,13 +324,16 @@ class JobCluster(RayCluster):
     the directory the driver runs in (its cwd gone mid-search). Its addresses are 127.0.1.x and every
     port is a free one, so that it never meets a RayCluster (127.0.0.x) of another test file running
     at the same time: Ray's fixed defaults (the dashboard agent's 52365, Ray Client's 10001) would.
+    Two test files with a JobCluster each give them different subnets (127.0.1, 127.0.2, ...).
+
+    `ray_job`, `submit` and `job_info` are the README's `ray job` commands and Ray's job SDK, run
+    with the cluster's token in the environment.
     """
 
-    HEAD_IP = "127.0.1.2"
-
-    def __init__(self, head_cpus: int = 1, head_env: dict | None = None):
+    def __init__(self, head_cpus: int = 1, head_env: dict | None = None, subnet: str = "127.0.1"):
         import secrets
-        self.cwd = None
+        self.cwd, self.subnet = None, subnet
+        self.HEAD_IP = f"{subnet}.2"
         self.port, self.dashboard_port = free_port(), free_port()
         self.address = f"{self.HEAD_IP}:{self.port}"
         self.dashboard_url = f"http://{self.HEAD_IP}:{self.dashboard_port}"
@@ -345,7 +348,37 @@ class JobCluster(RayCluster):
                                 head_cpus, {**HEALTH_CHECKS, **(head_env or {})})
 
     def add_worker(self, cpus: int) -> subprocess.Popen:
-        return self._start(f"127.0.1.{2 + len(self.nodes)}", ["--address", self.address], cpus, {})
+        return self._start(f"{self.subnet}.{2 + len(self.nodes)}", ["--address", self.address], cpus, {})
+
+    def client_env(self, **changes) -> dict:
+        """The environment of a `ray job` client: the token, and `esam` on PATH."""
+        return {**inherited_env(), **self.env, **changes}
+
+    def ray_job(self, *args: str, cwd: Path, timeout: float = 120) -> tuple[int, str]:
+        done = subprocess.run([str(RAY), "job", *args], cwd=cwd, env=self.client_env(), capture_output=True,
+                              text=True, timeout=timeout, check=False)
+        return done.returncode, done.stdout + done.stderr
+
+    def submit(self, laptop: Path, submission: str, config: str, *, wait: bool, runtime_env: str) -> tuple[int, str]:
+        """The README's submission of `esam search CONFIG`, from the directory that holds the config."""
+        for _ in range(3):
+            rc, out = self.ray_job("submit", "--address", self.dashboard_url, "--submission-id", submission,
+                                   *(() if wait else ("--no-wait",)), "--working-dir", ".", "--runtime-env-json",
+                                   runtime_env, "--", "esam", "search", config, cwd=laptop, timeout=600)
+            if "No available agent to submit job" not in out:  # the head's job agent registers seconds after it starts
+                return rc, out
+            time.sleep(10)
+        return rc, out
+
+    def job_info(self, submission: str) -> dict:
+        """Status, the driver's exit code and the node it ran on, through Ray's job SDK (token from the environment)."""
+        code = ("import json, sys; from ray.job_submission import JobSubmissionClient\n"
+                "info = JobSubmissionClient(sys.argv[1]).get_job_info(sys.argv[2])\n"
+                "print(json.dumps({'status': str(info.status.value), 'exit': info.driver_exit_code,\n"
+                "                  'ip': info.driver_info.node_ip_address if info.driver_info else None}))")
+        done = subprocess.run([sys.executable, "-c", code, self.dashboard_url, submission], env=self.client_env(),
+                              capture_output=True, text=True, timeout=120, check=True)
+        return json.loads(done.stdout.strip().splitlines()[-1])
 
     def _start(self, ip: str, args: list[str], cpus: int, env: dict, timeout: float = 180) -> subprocess.Popen:
         node_dir = self.temp_dir / f"n{len(self.nodes)}"

@@ -14,17 +14,14 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import optuna
 import pytest
 from cluster_helpers import trial_results, RAY, JobCluster, assert_values_agree, read_stores
 from conftest import small_search
-from faults_helpers import assert_agree, inherited_env, kill_hard, wait_for
+from faults_helpers import assert_agree, kill_hard, wait_for
 from mlflow.tracking import MlflowClient
 
 pytestmark = pytest.mark.slow
@@ -46,41 +43,6 @@ def cluster():
         nodes.close()
 
 
-def _env(cluster: JobCluster, **changes) -> dict:
-    return {**inherited_env(), **cluster.env, **changes}
-
-
-def _ray_job(cluster: JobCluster, *args: str, cwd: Path, timeout: float = 120) -> tuple[int, str]:
-    done = subprocess.run([str(RAY), "job", *args], cwd=cwd, env=_env(cluster), capture_output=True, text=True,
-                          timeout=timeout, check=False)
-    return done.returncode, done.stdout + done.stderr
-
-
-def _submit(cluster: JobCluster, laptop: Path, submission: str, *, wait: bool) -> tuple[int, str]:
-    """The README's submission, from the directory that holds the config."""
-    for _ in range(3):
-        rc, out = _ray_job(cluster, "submit", "--address", cluster.dashboard_url, "--submission-id", submission,
-                           *(() if wait else ("--no-wait",)), "--working-dir", ".", "--runtime-env-json", UNBUFFERED,
-                           "--", "esam", "search", f"{NAME}.yaml", cwd=laptop, timeout=600)
-        if "No available agent to submit job" not in out:  # the head's job agent registers some seconds after it starts
-            return rc, out
-        time.sleep(10)
-    return rc, out
-
-
-def _job_info(cluster: JobCluster, submission: str) -> dict:
-    """Status, the driver's exit code and the node it ran on, through Ray's job SDK (token from the environment)."""
-    code = ("import json, sys; from ray.job_submission import JobSubmissionClient\n"
-            "info = JobSubmissionClient(sys.argv[1]).get_job_info(sys.argv[2])\n"
-            "print(json.dumps({'status': str(info.status.value), 'exit': info.driver_exit_code,\n"
-            "                  'ip': info.driver_info.node_ip_address if info.driver_info else None}))")
-    done = subprocess.run([sys.executable, "-c", code, cluster.dashboard_url, submission], env=_env(cluster),
-                          capture_output=True, text=True, timeout=120, check=True)
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-
-
 def _get(url: str, token: str | None) -> int:
     request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
     try:
@@ -96,7 +58,7 @@ def test_the_job_api_listens_on_the_heads_address_and_wants_the_token(cluster, t
                                check=True).stdout.split()
     assert f"{cluster.HEAD_IP}:{cluster.dashboard_port}" in listening, listening  # not 0.0.0.0 nor [::]
     refused = subprocess.run([str(RAY), "job", "list", "--address", cluster.dashboard_url], cwd=tmp_path,
-                             env=_env(cluster, RAY_AUTH_TOKEN="0" * 32), capture_output=True, text=True,
+                             env=cluster.client_env(RAY_AUTH_TOKEN="0" * 32), capture_output=True, text=True,
                              timeout=120, check=False)
     assert refused.returncode != 0 and "Invalid authentication token" in refused.stderr, refused.stderr[-2000:]
 
@@ -111,29 +73,29 @@ def test_a_search_run_as_a_job_stops_with_ray_job_stop_and_the_same_submission_f
                  results_dir=str(results), mlflow={"tracking_uri": tracking_uri})
     optuna_url = f"sqlite:///{results / NAME / 'optuna.db'}"
 
-    rc, out = _submit(cluster, laptop, "esam-jobs-1", wait=False)
+    rc, out = cluster.submit(laptop, "esam-jobs-1", f"{NAME}.yaml", wait=False, runtime_env=UNBUFFERED)
     assert rc == 0, out
     follow = subprocess.Popen([str(RAY), "job", "logs", "--address", cluster.dashboard_url, "--follow", "esam-jobs-1"],
-                              cwd=laptop, env=_env(cluster), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              cwd=laptop, env=cluster.client_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               text=True, start_new_session=True)
     try:
         def a_trial_mid_training() -> bool:
             return any(1 <= rows[-1]["epoch"] < EPOCHS for rows in trial_results(results / NAME).values())
 
         wait_for(a_trial_mid_training, follow, timeout=400, what="a trial mid-training")
-        rc, stopped = _ray_job(cluster, "stop", "--address", cluster.dashboard_url, "esam-jobs-1", cwd=laptop)
+        rc, stopped = cluster.ray_job("stop", "--address", cluster.dashboard_url, "esam-jobs-1", cwd=laptop)
         assert rc == 0, stopped
         followed, _ = follow.communicate(timeout=200)  # ends with the job
     finally:
         if follow.poll() is None:
             kill_hard(follow)
     print(followed)
-    rc, logs = _ray_job(cluster, "logs", "--address", cluster.dashboard_url, "esam-jobs-1", cwd=laptop)
+    rc, logs = cluster.ray_job("logs", "--address", cluster.dashboard_url, "esam-jobs-1", cwd=laptop)
     lines = [line for line in logs.splitlines() if line.strip()]
     # Stopped as SIGTERM stops a search in a terminal: how to continue it, then the signal; no stack lines, not finished
     assert lines[-2:] == [STOP_LINE, "esam: stopped (SIGTERM)"] and STOP_LINE in followed, logs
     assert "Traceback" not in logs and "ESAM trials ended" not in logs, logs
-    info = _job_info(cluster, "esam-jobs-1")
+    info = cluster.job_info("esam-jobs-1")
     print(info)
     assert info["status"] == "STOPPED" and info["ip"] == cluster.HEAD_IP, info  # the driver ran on the head
     client = MlflowClient(tracking_uri)
@@ -141,11 +103,12 @@ def test_a_search_run_as_a_job_stops_with_ray_job_stop_and_the_same_submission_f
     assert [p.info.status for p in stopped_stores.parents] == ["KILLED"], stopped_stores.parents
     assert "RUNNING" not in stopped_stores.statuses("trial"), stopped_stores.statuses("trial")
 
-    rc, out = _submit(cluster, laptop, "esam-jobs-2", wait=True)  # the same submission again, followed to its end
+    # the same submission again, followed to its end
+    rc, out = cluster.submit(laptop, "esam-jobs-2", f"{NAME}.yaml", wait=True, runtime_env=UNBUFFERED)
     print(out)
     assert rc == 0 and f"search {NAME}: {TRIALS} ESAM trials ended: {TRIALS} finished" in out, out
     assert "Traceback" not in out, out
-    info = _job_info(cluster, "esam-jobs-2")
+    info = cluster.job_info("esam-jobs-2")
     assert info["status"] == "SUCCEEDED" and info["exit"] == 0 and info["ip"] == cluster.HEAD_IP, info
 
     # Nothing lost, nothing twice: 2 COMPLETE Optuna trials, 2 FINISHED MLflow runs with every epoch once, parent FINISHED

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import boto3
 import pytest
-from cluster_helpers import PASSWORD, USER, free_port, postgres  # noqa: F401 - postgres is a fixture
+from cluster_helpers import PASSWORD, USER, JobCluster, free_port, postgres  # noqa: F401 - postgres is a fixture
 from conftest import small_search
 from faults_helpers import inherited_env
 from mlflow.tracking import MlflowClient
@@ -146,15 +146,19 @@ def test_a_search_logs_in_and_its_artifacts_land_in_the_bucket(server, s3, tmp_p
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
-    # The runs, read back as the search's user: the parent and both trials FINISHED
+    _recorded_and_in_the_bucket(server, s3, "authed")
+
+
+def _recorded_and_in_the_bucket(server: str, s3: str, name: str) -> None:
+    """The runs, read back as the search's user: the parent and both trials FINISHED; its artifacts in S3."""
     os.environ.update(MLFLOW_TRACKING_USERNAME=SEARCH_USER, MLFLOW_TRACKING_PASSWORD=SEARCH_PASSWORD)
     try:
         client = MlflowClient(server)
         exp = client.get_experiment_by_name("esam")
-        runs = client.search_runs([exp.experiment_id], "tags.`esam.search` = 'authed'")
+        runs = client.search_runs([exp.experiment_id], f"tags.`esam.search` = '{name}'")
     finally:
-        for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
-            os.environ.pop(name, None)
+        for variable in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+            os.environ.pop(variable, None)
     kinds = sorted((r.data.tags["esam.kind"], r.info.status) for r in runs)
     assert kinds == [("search", "FINISHED"), ("trial", "FINISHED"), ("trial", "FINISHED")], kinds
     parent = next(r for r in runs if r.data.tags["esam.kind"] == "search")
@@ -166,6 +170,33 @@ def test_a_search_logs_in_and_its_artifacts_land_in_the_bucket(server, s3, tmp_p
         assert any(k.endswith(artifact) for k in mine), (artifact, mine)
     recorded = str([parent.data.params, parent.data.tags])
     assert SEARCH_PASSWORD not in recorded and ADMIN_PASSWORD not in recorded
+
+
+def test_a_search_submitted_to_the_two_node_cluster_logs_in_and_its_artifacts_land_in_the_bucket(server, s3, tmp_path):
+    """The README's cluster path whole: a Ray job on a head and a worker node (token auth, the job API on the
+    head's address), the driver's MLflow login in the head's environment only (never in the submission or its
+    logs), the authenticated server writing the artifacts to S3. Its own subnet (127.0.3.x): the other
+    cluster tests' nodes may run beside it."""
+    laptop, shared = tmp_path / "laptop", tmp_path / "shared"
+    laptop.mkdir()
+    small_search(laptop, "jobauth", trials=2, references=(), epochs=1, results_dir=str(shared / "esam_results"),
+                 mlflow={"tracking_uri": server})
+    runtime_env = '{"env_vars": {"PYTHONUNBUFFERED": "1"}}'
+    cluster = JobCluster(head_cpus=1, subnet="127.0.3",
+                         head_env={"MLFLOW_TRACKING_USERNAME": SEARCH_USER, "MLFLOW_TRACKING_PASSWORD": SEARCH_PASSWORD})
+    try:
+        cluster.add_worker(1)
+        rc, out = cluster.submit(laptop, "esam-jobauth", "jobauth.yaml", wait=True, runtime_env=runtime_env)
+        print(out)
+        assert rc == 0 and "search jobauth: 2 ESAM trials ended: 2 finished" in out, out[-3000:]
+        info = cluster.job_info("esam-jobauth")
+        assert info["status"] == "SUCCEEDED" and info["ip"] == cluster.HEAD_IP, info  # the driver ran on the head
+        _, logs = cluster.ray_job("logs", "--address", cluster.dashboard_url, "esam-jobauth", cwd=laptop)
+        assert SEARCH_PASSWORD not in out + logs and "Traceback" not in logs
+    finally:
+        cluster.close()
+    _recorded_and_in_the_bucket(server, s3, "jobauth")
+    assert sorted(os.listdir(laptop)) == ["jobauth.yaml"]  # the laptop kept the config, and nothing was written there
 
 
 @pytest.mark.parametrize("login", ["wrong password", "none"])

@@ -1,0 +1,173 @@
+"""Is the search worth running? Its best setting against SAM on the noisy quickstart problem (CPU).
+
+    python experiments/search_vs_sam.py --out search_vs_sam.md    # 6 methods x 3 seeds, then 3 searches
+    python experiments/search_vs_sam.py --quick                    # smoke run: 3 epochs, tiny searches
+
+The problem is the default quickstart's (tune_configs/quickstart.yaml): a small CNN on scikit-learn's
+digits, the first 720 training images with 30% symmetric label noise, 24 epochs, batch 64.
+
+1. Each method at its papers' defaults, training seeds 0, 1, 2, trained as `esam train` trains that
+   config's `train:` block (2 runs at a time, 1 thread each, as a search's trials): SGD, SAM (rho
+   0.05), ESAM (rho 0.05, beta 0.6, gamma 0.5, loss-rise SDS), LookSAM (k 5, alpha 0.7), RST (p 0.5),
+   AE-SAM (c 1 -> -1). Test accuracy and speed vs SGD (each run's own interleaved probe).
+2. A budgeted search: the quickstart's problem with the method searched (esam, looksam, rst, aesam;
+   sharpness sam or esam; each method's knobs: tune_configs/quickstart_methods.yaml's space), `--trials`
+   trials under MO-ASHA, no references (part 1 is the reference), NSGA-II with sampler seeds 0, 1, 2.
+   Its cost: the whole command's wall time on the machine's 2 cores, in CPU-minutes (wall x 2).
+
+The target (issue #22): in every sampler seed the search's front holds a setting at least as accurate
+as SAM within one standard error (SAM's mean over its seeds minus the standard error of that mean)
+at >= 1.5x SAM's mean speed. The table says, per seed, the fastest front point that is that accurate.
+Speed is measured while runs share the cores: run it on an otherwise quiet machine.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # a bare checkout, no install needed
+sys.path.insert(0, str(ROOT / "experiments"))
+from label_noise_quickstart import one_run  # noqa: E402 - the same training runs as section 10
+
+QUICKSTART = ROOT / "tune_configs" / "quickstart.yaml"
+METHODS_SPACE = ROOT / "tune_configs" / "quickstart_methods.yaml"
+PAPERS = {  # label -> optimizer overrides: each method at its papers' defaults (OptimizerConfig's)
+    "sgd": {"name": "sgd"}, "sam": {"name": "sam"}, "esam": {"name": "esam"},
+    "looksam": {"name": "looksam"}, "rst": {"name": "rst"}, "aesam": {"name": "aesam"},
+}
+QUICK = ("epochs=3", "data.train_limit=128", "data.test_limit=64", "probe_steps=1")
+
+
+def train_methods(seeds: list[int], quick: bool, jobs: int) -> list[dict]:
+    extra = QUICK if quick else ()
+    runs = [(str(QUICKSTART), m, opt, 0.3, None, seed, extra) for seed in seeds for m, opt in PAPERS.items()]
+    rows = []
+    with ProcessPoolExecutor(jobs) as pool:
+        for row in pool.map(one_run, *zip(*runs)):
+            print(f"{row['method']:8s} seed {row['seed']}: test_acc {row['test_acc']:.2f}, "
+                  f"speed_vs_sgd {row['speed_vs_sgd']:.3f}, {row['wall_s']:.0f} s", flush=True)
+            rows.append(row)
+    return rows
+
+
+def search_config(seed: int, trials: int, directory: Path, quick: bool, grace: int):
+    """The quickstart's problem with the methods config's space (the method and each one's knobs)."""
+    from esam.config import read_yaml
+    from esam.search.config import search_config_from_dict
+    values = {**read_yaml(QUICKSTART), "space": read_yaml(METHODS_SPACE)["space"]}
+    overrides = [f"name=search-vs-sam-{seed}", f"results_dir={directory / 'results'}", "references=[]",
+                 "sampler.name=nsga2", f"sampler.seed={seed}", f"trials={trials}", "scheduler.name=moasha",
+                 f"scheduler.grace_epochs={grace}", "scheduler.reduction_factor=3",
+                 f"mlflow.tracking_uri=sqlite:///{directory / 'mlflow.db'}"]
+    if quick:
+        overrides += [f"train.{o}" for o in QUICK]
+    return search_config_from_dict(values, overrides)
+
+
+def run_search_once(seed: int, trials: int, quick: bool, grace: int) -> dict:
+    from esam.search.runner import run_search
+    with tempfile.TemporaryDirectory(prefix="search_vs_sam_") as tmp:
+        cfg = search_config(seed, trials, Path(tmp), quick, grace)
+        start = time.perf_counter()
+        outcome = run_search(cfg, echo=lambda line: None)
+        wall = time.perf_counter() - start
+    trials_rows = [r for r in outcome.rows if r.get("kind") == "trial"]
+    return {"seed": seed, "wall_s": wall, "front": outcome.front, "trials": len(trials_rows),
+            "stopped": sum(bool(r.get("stopped_early")) for r in trials_rows),
+            "methods": sorted({str(r.get("optimizer")) for r in trials_rows})}
+
+
+def _mean_sd(xs: list[float]) -> tuple[float, float]:
+    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
+
+
+def _setting(point: dict) -> str:
+    knobs = ("rho", "beta", "gamma", "score", "sharpness", "looksam_k", "looksam_alpha", "rst_p", "aesam_c_start")
+    return " ".join(f"{k}={point[k]:.3g}" if isinstance(point.get(k), float) else f"{k}={point[k]}"
+                    for k in knobs if point.get(k) not in (None, "", "-"))
+
+
+def report(methods: list[dict], searches: list[dict], args) -> str:
+    lines = [f"`python experiments/search_vs_sam.py {' '.join(args.argv)}`", "",
+             f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.machine()}, {os.cpu_count()} CPUs, "
+             f"Python {platform.python_version()}", "",
+             "**Each method at its papers' defaults** (test accuracy %, speed vs SGD; mean ± SD over seeds "
+             f"{', '.join(map(str, args.seeds))}):", "",
+             "| method | test acc % | speed vs SGD | per seed (acc @ speed) |", "|---|---:|---:|---|"]
+    stats = {}
+    for m in PAPERS:
+        rows = sorted((r for r in methods if r["method"] == m), key=lambda r: r["seed"])
+        acc, acc_sd = _mean_sd([r["test_acc"] for r in rows])
+        speed, speed_sd = _mean_sd([r["speed_vs_sgd"] for r in rows])
+        stats[m] = (acc, acc_sd, speed, len(rows))
+        lines.append(f"| {m} | {acc:.2f} ± {acc_sd:.2f} | {speed:.3f} ± {speed_sd:.3f} | "
+                     + ", ".join(f"{r['test_acc']:.2f} @ {r['speed_vs_sgd']:.3f}" for r in rows) + " |")
+    sam_acc, sam_sd, sam_speed, n = stats["sam"]
+    floor = sam_acc - sam_sd / max(n, 1) ** 0.5
+    target = 1.5 * sam_speed
+    lines += ["", f"**The target**: test accuracy >= {floor:.2f}% (SAM's mean {sam_acc:.2f} minus the standard "
+              f"error of that mean, {sam_sd / max(n, 1) ** 0.5:.2f}) at speed >= {target:.3f}x SGD (1.5x SAM's "
+              f"{sam_speed:.3f}).", "",
+              f"**The search**: {args.trials} trials, MO-ASHA (grace {args.grace} epochs, reduction factor 3), "
+              "NSGA-II, the method searched, 2 trials at a time:", "",
+              "| sampler seed | wall s | CPU-min | trials (stopped early) | front (acc @ speed, method) | "
+              "fastest front point at SAM's accuracy | x SAM's speed | target met |", "|---" * 8 + "|"]
+    met = 0
+    for s in searches:
+        front = sorted(s["front"], key=lambda p: -p.get("speed_vs_sgd", 0))
+        good = [p for p in front if p.get("test_acc", 0) >= floor]
+        best = good[0] if good else None
+        hit = best is not None and best["speed_vs_sgd"] >= target
+        met += hit
+        shown = "; ".join(f"{p['test_acc']:.2f} @ {p['speed_vs_sgd']:.3f} {p.get('optimizer')}"
+                          for p in front)
+        pick = (f"{best['test_acc']:.2f} @ {best['speed_vs_sgd']:.3f} ({best.get('optimizer')} "
+                f"{_setting(best)})" if best else "none")
+        lines.append(f"| {s['seed']} | {s['wall_s']:.0f} | {2 * s['wall_s'] / 60:.1f} | {s['trials']} ({s['stopped']}) "
+                     f"| {shown} | {pick} | {best['speed_vs_sgd'] / sam_speed:.2f} |" if best else
+                     f"| {s['seed']} | {s['wall_s']:.0f} | {2 * s['wall_s'] / 60:.1f} | {s['trials']} ({s['stopped']}) "
+                     f"| {shown} | none | - |")
+        lines[-1] += f" {'yes' if hit else 'no'} |"
+    lines += ["", f"Target met in {met} of {len(searches)} sampler seeds."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds of part 1")
+    p.add_argument("--sampler-seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--trials", type=int, default=24)
+    p.add_argument("--grace", type=int, default=4, help="MO-ASHA's first rung (epochs); rungs grace, 3 x grace")
+    p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--quick", action="store_true", help="smoke run: 3 epochs, 1 seed, 4 trials")
+    p.add_argument("--out", help="also write the tables (markdown) here")
+    args = p.parse_args(argv)
+    args.argv = sys.argv[1:] if argv is None else argv
+    if args.quick:
+        args.seeds, args.sampler_seeds, args.trials, args.grace = [0], [0], 4, 1
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    methods = train_methods(args.seeds, args.quick, args.jobs)
+    searches = []
+    for seed in args.sampler_seeds:
+        s = run_search_once(seed, args.trials, args.quick, args.grace)
+        print(f"search seed {seed}: {s['trials']} trials ({s['stopped']} stopped early), {s['wall_s']:.0f} s, "
+              f"front of {len(s['front'])}", flush=True)
+        searches.append(s)
+    text = report(methods, searches, args)
+    print("\n" + text)
+    if args.out:
+        Path(args.out).write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
