@@ -118,7 +118,8 @@ def hypervolume_lines(client, parent: str, rows: list[dict], objectives, constra
     from esam.search.front import rows as front_rows
     from esam.search.front.hypervolume import hypervolume
     from esam.search.records import mlflow_runs
-    area, reference = hypervolume(front_rows.candidates(rows, constraints), objectives)
+    area, reference = hypervolume(front_rows.candidates(rows, constraints), objectives,
+                                  mlflow_runs.series_reference(client, parent, objectives))
     point = ", ".join(f"{m} {v:g}" for m, v in reference.items())
     history = sorted(client.get_metric_history(parent, mlflow_runs.HYPERVOLUME_SERIES), key=lambda m: m.step)
     text = f"hypervolume of the front: {area:.4g} (reference point: {point})"

@@ -65,3 +65,38 @@ def test_maximized_objectives_keep_the_zero_reference_and_it_survives_a_pickle()
     assert series.area([{"test_acc": 90.0, "speed_vs_sgd": 0.5}]) == pytest.approx(45.0)
     assert series.reference == {"test_acc": 0.0, "speed_vs_sgd": 0.0}
     assert pickle.loads(pickle.dumps(series)).reference == series.reference
+
+
+class _Trial:
+    def __init__(self, trial_id: str, result: dict):
+        self.trial_id, self.last_result, self.config, self.status = trial_id, {**result, "epoch": 3}, {}, "TERMINATED"
+
+
+def test_a_continued_search_keeps_the_reference_point_its_first_run_fixed(tmp_path):
+    """The first run writes the reference it fixed on the parent run (through the record writer, beside its
+    first series point); the next run of the search reads it back and measures the same area, and so does
+    the final hypervolume."""
+    from mlflow.tracking import MlflowClient
+
+    from esam.search.records.mlflow_runs import SERIES_REFERENCE_TAG, log_search_metrics, series_reference
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    parent = client.create_run(client.create_experiment("x")).info.run_id
+
+    class Records:  # the record writer, writing at once
+        def put(self, record):
+            log_search_metrics(client, parent, record["metrics"], record["step"], record["timestamp"], record.get("tags"))
+    first = FrontProgress("sqlite:///unused.db", parent, STEP_TIME, 3, records=Records())
+    first._log([], _Trial("a", point(95, 1.0)), failed=False)
+    first._log([_Trial("a", point(95, 1.0))], _Trial("b", point(90, 0.5)), failed=False)
+    assert series_reference(client, parent, STEP_TIME) == {"test_acc": 0.0, "step_time_vs_sgd": 1.0}
+    assert client.get_run(parent).data.tags[SERIES_REFERENCE_TAG].count("step_time_vs_sgd") == 1
+
+    # the next run: a new callback, the earlier points, and a newcomer worse than the kept reference
+    kept = series_reference(client, parent, STEP_TIME)
+    again = FrontProgress("sqlite:///unused.db", parent, STEP_TIME, 3, records=Records(),
+                          earlier=[point(95, 1.0), point(90, 0.5)], ended_before=2, reference=kept)
+    again._log([], _Trial("c", point(99, 4.0)), failed=False)
+    history = sorted(client.get_metric_history(parent, "front_hypervolume"), key=lambda m: m.step)
+    assert [m.value for m in history] == [0.0, 45.0, 45.0]  # re-fixed at 4.0 it would have jumped
+    assert again.reference == kept
+    assert series_reference(client, parent, [("test_acc", "max"), ("speed_vs_sgd", "max")]) is None  # another search's

@@ -449,7 +449,10 @@ def _run_search(cfg: SearchConfig, uri: str, client, *, address: str | None, ech
                                    references or ({} if complete or all(m == "max" for _, m in objectives) else retry(
                                        lambda: mlflow_runs.reference_results(client, parent, cfg.train.epochs), "the references' results",
                                        echo=echo)),
-                                   earlier=_front_points(before), ended_before=len(before), records=records)]
+                                   earlier=_front_points(before), ended_before=len(before), records=records,
+                                   # a continued search keeps the reference point its first run fixed
+                                   reference=retry(lambda: mlflow_runs.series_reference(client, parent, objectives),
+                                                   "the hypervolume's reference point", echo=echo) if before else None)]
         if not complete:
             # Without `method` in the space every trial's method is train.optimizer's (a constant Ray adds)
             constant = {} if "method" in cfg.space else {"method": cfg.train.optimizer.name}

@@ -16,7 +16,7 @@ from esam.optim import METHODS
 from esam.search.front.hypervolume import hypervolume
 from esam.search.front.pareto import Objective, dominates, indistinguishable, noise_of, pareto_front
 from esam.search.front.rows import candidates, finished
-from esam.search.records.mlflow_runs import NOTE_TAG
+from esam.search.records.mlflow_runs import NOTE_TAG, series_reference
 from esam.search.space import shown_knobs
 
 # metric -> (number format, how a value reads, "better" when the mode is max, and when it is min)
@@ -169,7 +169,8 @@ def summarize_parent(client, parent_run_id: str, rows: list[dict], front: list[d
         values = [float(r[m]) for r in feasible if isinstance(r.get(m), (int, float)) and r[m] == r[m]]
         if values:
             metrics[f"best_{m}"] = max(values) if mode == "max" else min(values)
-    area, reference = hypervolume(feasible, objectives)
+    # over the series' reference point, so that the final area is the series' last value
+    area, reference = hypervolume(feasible, objectives, series_reference(client, parent_run_id, objectives))
     metrics.update(front_size=float(len(front)), hypervolume=area, finished_trials=float(len(done)),
                    failed_trials=float(sum(r["status"] == "FAILED" for r in trials)),
                    reused_trials=float(sum(bool(r.get("reused_from")) for r in trials)),

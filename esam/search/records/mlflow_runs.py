@@ -31,6 +31,9 @@ FEASIBLE_TAG = "esam.feasible"  # "true"/"false" on a trial of a search with con
 NODE_TAG = "esam.node"  # on a trial: the Ray node it ran on last, "<node IP> <node id, 8 hex digits>"
 WORKERS_TAG = "esam.workers"  # on a DDP trial: how many ranks trained it (resources.workers)
 HYPERVOLUME_SERIES = "front_hypervolume"  # the parent run's series: the front's hypervolume after each ended trial
+# on the parent run: the series' reference point ({metric: value}, JSON), fixed by its first points and kept by
+# every later run of the search and by the final hypervolume, so that they all measure the same area
+SERIES_REFERENCE_TAG = "esam.hypervolume_series_reference"
 NOTE_TAG = "mlflow.note.content"  # a run's description in the MLflow UI (markdown)
 
 
@@ -192,10 +195,27 @@ def end_trial_run(client, run_id: str, error: str | None = None, tags: dict | No
     client.set_terminated(run_id, status="FAILED" if error is not None else "FINISHED")
 
 
-def log_search_metrics(client, parent_run_id: str, metrics: dict, step: int, timestamp_ms: int) -> None:
-    """Metric points on the search's parent run (e.g. the front's hypervolume after each trial)."""
-    from mlflow.entities import Metric
-    client.log_batch(parent_run_id, metrics=[Metric(k, float(v), timestamp_ms, step) for k, v in metrics.items()])
+def log_search_metrics(client, parent_run_id: str, metrics: dict, step: int, timestamp_ms: int,
+                       tags: dict | None = None) -> None:
+    """Metric points (and tags) on the search's parent run (e.g. the front's hypervolume after each trial)."""
+    from mlflow.entities import Metric, RunTag
+    client.log_batch(parent_run_id, metrics=[Metric(k, float(v), timestamp_ms, step) for k, v in metrics.items()],
+                     tags=[RunTag(k, str(v)) for k, v in (tags or {}).items()])
+
+
+def series_reference(client, parent_run_id: str, objectives: list[tuple[str, str]]) -> dict[str, float] | None:
+    """The hypervolume series' reference point the search fixed (SERIES_REFERENCE_TAG), if it holds every
+    objective; None when no run fixed one, or when every objective is maximized (its point is 0: MLflow
+    is not asked)."""
+    if all(mode == "max" for _, mode in objectives):
+        return None
+    text = client.get_run(parent_run_id).data.tags.get(SERIES_REFERENCE_TAG)
+    try:
+        point = json.loads(text) if text else None
+        point = {str(k): float(v) for k, v in point.items()} if isinstance(point, dict) else None
+    except (ValueError, TypeError, AttributeError):
+        return None
+    return point if point is not None and set(point) == {m for m, _ in objectives} else None
 
 
 def trial_runs(client, parent_run_id: str) -> list:

@@ -2,7 +2,7 @@
 
 Records (plain dicts, in order): {"op": "start", trial_id, name, kind, params},
 {"op": "metrics", trial_id, step, timestamp, metrics[, tags]}, {"op": "end", trial_id, error, tags} and
-{"op": "search_metrics", trial_id: "", step, timestamp, metrics} (a point on the parent run).
+{"op": "search_metrics", trial_id: "", step, timestamp, metrics[, tags]} (a point on the parent run).
 Each is idempotent, so a retry after a lost answer, or a replay of the spill file by the next
 run of the same search, neither duplicates a run nor a metric point.
 
@@ -62,7 +62,7 @@ class TrialRunWriter:
         op, trial_id = record["op"], record["trial_id"]
         if op == "search_metrics":
             mlflow_runs.log_search_metrics(self.client, self.parent_run_id, record["metrics"], record["step"],
-                                        record["timestamp"])
+                                           record["timestamp"], record.get("tags"))
             return
         if op == "start":
             self._last_step.pop(self._runs.get(trial_id, ""), None)  # a reopened run is read again

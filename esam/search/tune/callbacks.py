@@ -3,6 +3,7 @@ the front's hypervolume after each ended trial."""
 from __future__ import annotations
 
 import heapq
+import json
 import math
 import os
 import signal
@@ -18,6 +19,7 @@ from esam.search.records.mlflow_runs import (
     NODE_TAG,
     REFERENCE_TAG,
     REUSED_TAG,
+    SERIES_REFERENCE_TAG,
     STOPPED_EPOCH_TAG,
     STOPPED_TAG,
     WORKERS_TAG,
@@ -318,13 +320,15 @@ class FrontProgress(tune.Callback):
 
     def __init__(self, uri: str, parent_run_id: str, objectives: list[tuple[str, str]], full_epochs: int,
                  constraints: list = (), references: dict | None = None, earlier: list[dict] = (),
-                 ended_before: int = 0, records: RecordBuffer | None = None):
+                 ended_before: int = 0, records: RecordBuffer | None = None, reference: dict | None = None):
         self.uri, self.parent_run_id, self.objectives = uri, parent_run_id, objectives
         self.records = records  # the search's record writer: the series goes through it
         self.full_epochs, self.constraints, self.references = full_epochs, list(constraints), references or {}
         # What an earlier run of the search ended: the final metrics of its front candidates, and how many ended.
         self.earlier, self.ended_before = list(earlier), ended_before
-        self.reference: dict[str, float] | None = None  # fixed by the first points, then kept
+        # fixed by the first points, then kept; an earlier run's (SERIES_REFERENCE_TAG) when the search continues
+        self.reference: dict[str, float] | None = reference
+        self._new_reference = False  # fixed by this run: written beside its first series point
 
     def __getstate__(self):  # Ray pickles callbacks with the experiment: no password, no live writer
         return {**self.__dict__, "uri": without_password(self.uri), "records": None}
@@ -345,14 +349,17 @@ class FrontProgress(tune.Callback):
         points += [p for p in self.earlier if not self.constraints or is_feasible(self.constraints, p, self.references)]
         area = self.area(points)
         step = sum(t.status in ("TERMINATED", "ERROR") for t in others) + 1 + self.ended_before
+        tags = {SERIES_REFERENCE_TAG: json.dumps(self.reference)} if self._new_reference else None
+        self._new_reference = False
         self.records.put(
             {"op": "search_metrics", "trial_id": "", "step": step, "timestamp": int(time.time() * 1000),
-             "metrics": {HYPERVOLUME_SERIES: area}})
+             "metrics": {HYPERVOLUME_SERIES: area}, **({"tags": tags} if tags else {})})
 
     def area(self, points: list[dict]) -> float:
         """The hypervolume of `points` over the search's reference point (fixed by the first points given)."""
         if self.reference is None and usable(points, self.objectives):  # a point lacking a value fixes nothing
             self.reference = fixed_reference(points, self.objectives, list(self.references.values()))
+            self._new_reference = True
         return hypervolume(points, self.objectives, self.reference)[0]
 
     def on_trial_complete(self, iteration, trials, trial, **info):
