@@ -95,6 +95,22 @@ def test_past_the_bounds_the_buffer_gives_up_and_spills_for_the_next_run(tmp_pat
     assert writer.written == [0, 1, 2, 3, 4] and not spill.exists()
 
 
+def test_a_search_s_records_are_finished_once(tmp_path):
+    """The search finishes its record writer at its end and again in its clean-up: the second is a no-op
+    (the records left are spilled and said once)."""
+    from esam.search.records.trial_records import TrackingOutage, finish_records
+    spill, lines = tmp_path / "pending.jsonl", []
+    writer = FlakyWriter()
+    writer.down.set()
+    buffer = RecordBuffer(writer, where="u", spill=spill, max_outage_s=0.2, first_backoff_s=0.01, echo=lines.append)
+    buffer.put({"n": 0})
+    with pytest.raises(TrackingOutage):
+        finish_records(buffer, wait=True)
+    finish_records(buffer, wait=False)
+    assert buffer.closed and sum("records kept" in line for line in lines) == 1, lines
+    assert [json.loads(line)["n"] for line in spill.read_text().splitlines()] == [0]
+
+
 def test_a_killed_process_leaves_what_mlflow_had_not_taken_in_the_journal(tmp_path):
     """SIGKILL runs no close(): the spill file, appended on every put, already holds the pending records."""
     spill = tmp_path / "pending.jsonl"

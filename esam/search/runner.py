@@ -67,7 +67,6 @@ from esam.search.tune.stop_signals import StopSignals
 # Ray snapshots its experiment every few seconds by default: a hard stop then loses which
 # trials exist. Two seconds keeps that window short at a negligible cost for small states.
 SNAPSHOT_PERIOD_S = "2"
-# A database server restarted under a search leaves dead pooled connections: test each before use.
 
 
 @dataclass
@@ -210,7 +209,6 @@ def _front_points(trials: list) -> list[dict]:
 
 def _tuner(cfg: SearchConfig, experiment: str, param_space: dict, tune_config, callbacks):
     from ray import tune
-
 
     threads = max(1, int(cfg.resources.cpu))
     if cfg.resources.workers > 1:  # DDP through Ray Train: the workers reserve cpu and gpu each, the trial a driver's share
@@ -438,21 +436,23 @@ def _run_search(cfg: SearchConfig, uri: str, client, *, address: str | None, ech
                                       max_concurrent_trials=cfg.concurrency,
                                       trial_dirname_creator=lambda t: f"esam_{t.trial_id}")
         before = _counted_ended(searcher.study)  # what earlier runs ended
+        # The references' values bound the hypervolume's reference point of a minimized objective (a
+        # maximized one's is 0: MLflow is not asked then); a continued search keeps the point its first run fixed.
+        if references or complete or all(m == "max" for _, m in objectives):
+            bounds = references
+        else:
+            bounds = retry(lambda: mlflow_runs.reference_results(client, parent, cfg.train.epochs),
+                           "the references' results", echo=echo)
+        kept = retry(lambda: mlflow_runs.series_reference(client, parent, objectives),
+                     "the hypervolume's reference point", echo=echo) if before else None
         callbacks = [MlflowTrialRuns(uri, parent, "trial", trial_label, params_of, full_epochs=cfg.train.epochs,
                                      records=records),
                      Progress(_progress_label(cfg), cfg.trials, objectives, echo, full_epochs=cfg.train.epochs,
                               ended_before=len(before), failed_before=sum(t.state.name == "FAIL" for t in before),
                               started=started),
-                     # The references' values also bound the hypervolume's reference point of a minimized
-                     # objective (a maximized one's is 0: MLflow is not asked then)
-                     FrontProgress(uri, parent, objectives, cfg.train.epochs, constraints,
-                                   references or ({} if complete or all(m == "max" for _, m in objectives) else retry(
-                                       lambda: mlflow_runs.reference_results(client, parent, cfg.train.epochs), "the references' results",
-                                       echo=echo)),
+                     FrontProgress(uri, parent, objectives, cfg.train.epochs, constraints, bounds,
                                    earlier=_front_points(before), ended_before=len(before), records=records,
-                                   # a continued search keeps the reference point its first run fixed
-                                   reference=retry(lambda: mlflow_runs.series_reference(client, parent, objectives),
-                                                   "the hypervolume's reference point", echo=echo) if before else None)]
+                                   reference=kept)]
         if not complete:
             # Without `method` in the space every trial's method is train.optimizer's (a constant Ray adds)
             constant = {} if "method" in cfg.space else {"method": cfg.train.optimizer.name}

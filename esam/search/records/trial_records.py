@@ -117,8 +117,11 @@ def run_id_of(buffer: RecordBuffer, trial_id: str, wait_s: float = 0.0) -> str |
 def finish_records(buffer: RecordBuffer, wait: bool) -> None:
     """Write what is waiting (with `wait`, for as long as an outage may last), then close the buffer.
 
-    Raises TrackingOutage when records are left: they are spilled for the next run.
+    Raises TrackingOutage when records are left: they are spilled for the next run. A buffer already
+    finished (the search's end, then its clean-up) is left as it is: nothing spilled or said twice.
     """
+    if buffer.closed:
+        return
     done = False
     try:  # an interrupt while waiting still closes (and spills) the buffer
         done = buffer.drain(buffer.max_outage_s + 60) if wait else buffer.drain(0)

@@ -73,6 +73,11 @@ class RecordBuffer:
     def __len__(self) -> int:
         return len(self._queue)
 
+    @property
+    def closed(self) -> bool:
+        """Whether close() was called: its writer is stopped and what was left is spilled."""
+        return self._closing
+
     def _journal(self, record: dict | None) -> None:
         """Append `record` to the spill file (None: empty it). Best effort: a full or read-only disk
         costs the journal, never the search. Called with the lock held, so the file keeps queue order."""
