@@ -1,10 +1,15 @@
-"""Is the search worth running? Its best setting against SAM on the noisy quickstart problem (CPU).
+"""Is the search worth running? Its best setting against SAM on a noisy-label problem (CPU).
 
     python experiments/search_vs_sam.py --out search_vs_sam.md    # 6 methods x 3 seeds, then 3 searches
     python experiments/search_vs_sam.py --quick                    # smoke run: 3 epochs, tiny searches
+    python experiments/search_vs_sam.py --config tune_configs/cifar10_noisy_cpu.yaml \
+        --set data.root=cifar10-jpeg --grace 10 --save-runs runs.json --sampler-seeds   # part 1 only
+    python experiments/search_vs_sam.py --config tune_configs/cifar10_noisy_cpu.yaml \
+        --set data.root=cifar10-jpeg --grace 10 --runs runs.json --sampler-seeds 0     # one search
 
-The problem is the default quickstart's (tune_configs/quickstart.yaml): a small CNN on scikit-learn's
-digits, the first 720 training images with 30% symmetric label noise, 24 epochs, batch 64.
+The problem is `--config`'s `train:` block, its label noise included; by default the quickstart's
+(tune_configs/quickstart.yaml): a small CNN on scikit-learn's digits, the first 720 training images
+with 30% symmetric label noise, 24 epochs, batch 64. `--set` changes it for part 1 and the search.
 
 1. Each method at its papers' defaults, training seeds 0, 1, 2, trained as `esam train` trains that
    config's `train:` block (2 runs at a time, 1 thread each, as a search's trials): SGD, SAM (rho
@@ -24,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import os
 import platform
 import statistics
@@ -47,9 +53,12 @@ PAPERS = {  # label -> optimizer overrides: each method at its papers' defaults 
 QUICK = ("epochs=3", "data.train_limit=128", "data.test_limit=64", "probe_steps=1")
 
 
-def train_methods(seeds: list[int], quick: bool, jobs: int) -> list[dict]:
-    extra = QUICK if quick else ()
-    runs = [(str(QUICKSTART), m, opt, 0.3, None, seed, extra) for seed in seeds for m, opt in PAPERS.items()]
+def train_methods(config: Path, overrides: tuple[str, ...], methods: list[str], seeds: list[int], quick: bool,
+                  jobs: int) -> list[dict]:
+    from esam.config import load_train_config
+    extra = (*overrides, *(QUICK if quick else ()))
+    noise = load_train_config(config, extra).data.label_noise  # the problem's own rate
+    runs = [(str(config), m, PAPERS[m], noise, None, seed, extra) for seed in seeds for m in methods]
     rows = []
     with ProcessPoolExecutor(jobs) as pool:
         for row in pool.map(one_run, *zip(*runs)):
@@ -59,24 +68,26 @@ def train_methods(seeds: list[int], quick: bool, jobs: int) -> list[dict]:
     return rows
 
 
-def search_config(seed: int, trials: int, directory: Path, quick: bool, grace: int):
-    """The quickstart's problem with the methods config's space (the method and each one's knobs)."""
+def search_config(config: Path, overrides: tuple[str, ...], seed: int, trials: int, directory: Path, quick: bool,
+                  grace: int):
+    """`config`'s problem with the methods config's space (the method and each one's knobs)."""
     from esam.config import read_yaml
     from esam.search.config import search_config_from_dict
-    values = {**read_yaml(QUICKSTART), "space": read_yaml(METHODS_SPACE)["space"]}
-    overrides = [f"name=search-vs-sam-{seed}", f"results_dir={directory / 'results'}", "references=[]",
+    values = {**read_yaml(config), "space": read_yaml(METHODS_SPACE)["space"]}
+    search = [f"name=search-vs-sam-{seed}", f"results_dir={directory / 'results'}", "references=[]",
                  "sampler.name=nsga2", f"sampler.seed={seed}", f"trials={trials}", "scheduler.name=moasha",
                  f"scheduler.grace_epochs={grace}", "scheduler.reduction_factor=3",
                  f"mlflow.tracking_uri=sqlite:///{directory / 'mlflow.db'}"]
+    extra = [f"train.{o}" for o in overrides]
     if quick:
-        overrides += [f"train.{o}" for o in QUICK]
-    return search_config_from_dict(values, overrides)
+        extra += [f"train.{o}" for o in QUICK]
+    return search_config_from_dict(values, extra + search)
 
 
-def run_search_once(seed: int, trials: int, quick: bool, grace: int) -> dict:
+def run_search_once(config: Path, overrides: tuple[str, ...], seed: int, trials: int, quick: bool, grace: int) -> dict:
     from esam.search.runner import run_search
     with tempfile.TemporaryDirectory(prefix="search_vs_sam_") as tmp:
-        cfg = search_config(seed, trials, Path(tmp), quick, grace)
+        cfg = search_config(config, overrides, seed, trials, Path(tmp), quick, grace)
         start = time.perf_counter()
         outcome = run_search(cfg, echo=lambda line: None)
         wall = time.perf_counter() - start
@@ -101,10 +112,11 @@ def report(methods: list[dict], searches: list[dict], args) -> str:
              f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.machine()}, {os.cpu_count()} CPUs, "
              f"Python {platform.python_version()}", "",
              "**Each method at its papers' defaults** (test accuracy %, speed vs SGD; mean ± SD over seeds "
-             f"{', '.join(map(str, args.seeds))}):", "",
+             f"{', '.join(map(str, sorted({r['seed'] for r in methods})))}; problem: {args.config.name}"
+             f"{', with ' + ', '.join(args.overrides) if args.overrides else ''}):", "",
              "| method | test acc % | speed vs SGD | per seed (acc @ speed) |", "|---|---:|---:|---|"]
     stats = {}
-    for m in PAPERS:
+    for m in dict.fromkeys(r["method"] for r in methods):
         rows = sorted((r for r in methods if r["method"] == m), key=lambda r: r["seed"])
         acc, acc_sd = _mean_sd([r["test_acc"] for r in rows])
         speed, speed_sd = _mean_sd([r["speed_vs_sgd"] for r in rows])
@@ -116,8 +128,10 @@ def report(methods: list[dict], searches: list[dict], args) -> str:
     target = 1.5 * sam_speed
     lines += ["", f"**The target**: test accuracy >= {floor:.2f}% (SAM's mean {sam_acc:.2f} minus the standard "
               f"error of that mean, {sam_sd / max(n, 1) ** 0.5:.2f}) at speed >= {target:.3f}x SGD (1.5x SAM's "
-              f"{sam_speed:.3f}).", "",
-              f"**The search**: {args.trials} trials, MO-ASHA (grace {args.grace} epochs, reduction factor 3), "
+              f"{sam_speed:.3f})."]
+    if not searches:  # part 1 only (--sampler-seeds with no seed)
+        return "\n".join(lines) + "\n"
+    lines += ["", f"**The search**: {args.trials} trials, MO-ASHA (grace {args.grace} epochs, reduction factor 3), "
               "NSGA-II, the method searched, 2 trials at a time:", "",
               "| sampler seed | wall s | CPU-min | trials (stopped early) | front (acc @ speed, method) | "
               "fastest front point at SAM's accuracy | x SAM's speed | target met |", "|---" * 8 + "|"]
@@ -143,8 +157,15 @@ def report(methods: list[dict], searches: list[dict], args) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--config", type=Path, default=QUICKSTART, help="the problem: a search config's train: block")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                   help="override the training config in every run and trial, e.g. data.root=cifar10-jpeg")
+    p.add_argument("--methods", nargs="+", choices=list(PAPERS), default=list(PAPERS),
+                   help="part 1's methods (sam is the target's reference)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds of part 1")
-    p.add_argument("--sampler-seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--save-runs", type=Path, help="write part 1's runs here (JSON)")
+    p.add_argument("--runs", type=Path, help="read part 1's runs from here (--save-runs) instead of training them")
+    p.add_argument("--sampler-seeds", type=int, nargs="*", default=[0, 1, 2], help="none: part 1 only")
     p.add_argument("--trials", type=int, default=24)
     p.add_argument("--grace", type=int, default=4, help="MO-ASHA's first rung (epochs); rungs grace, 3 x grace")
     p.add_argument("--jobs", type=int, default=2)
@@ -155,10 +176,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.seeds, args.sampler_seeds, args.trials, args.grace = [0], [0], 4, 1
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    methods = train_methods(args.seeds, args.quick, args.jobs)
+    overrides = tuple(args.overrides)
+    if args.runs:
+        methods = json.loads(args.runs.read_text())
+    else:
+        methods = train_methods(args.config, overrides, args.methods, args.seeds, args.quick, args.jobs)
+    if args.save_runs:
+        args.save_runs.write_text(json.dumps(methods, indent=1))
+    if "sam" not in {r["method"] for r in methods}:
+        p.error("part 1 needs sam, the target's reference")
     searches = []
     for seed in args.sampler_seeds:
-        s = run_search_once(seed, args.trials, args.quick, args.grace)
+        s = run_search_once(args.config, overrides, seed, args.trials, args.quick, args.grace)
         print(f"search seed {seed}: {s['trials']} trials ({s['stopped']} stopped early), {s['wall_s']:.0f} s, "
               f"front of {len(s['front'])}", flush=True)
         searches.append(s)
