@@ -8,6 +8,7 @@ from esam.models import MODELS, build_model, register_model
 # (model, classes): exact count here, published figure (millions) it must round to
 PARAMS = {
     ("small_cnn", 10): (24_346, None),
+    ("cifar_cnn", 10): (94_762, None),  # the CPU-sized noisy-CIFAR network
     ("resnet18", 10): (11_173_962, 11.17),  # CIFAR ResNet-18 (kuangliu/SAM/ESAM code)
     ("resnet18", 100): (11_220_132, 11.22),
     ("wrn28_10", 10): (36_479_194, 36.5),  # Zagoruyko & Komodakis
@@ -35,7 +36,7 @@ def test_parameter_counts(name, classes):
         assert round(count(model) / 1e6, 2 if millions < 12 else 1) == millions
 
 
-@pytest.mark.parametrize("name", ["small_cnn", "resnet18", "wrn28_10", "pyramidnet110"])
+@pytest.mark.parametrize("name", ["small_cnn", "cifar_cnn", "resnet18", "wrn28_10", "pyramidnet110"])
 def test_cifar_models_forward_shape(name):
     torch.manual_seed(0)
     model = build_model(name, num_classes=7).eval()
