@@ -3,9 +3,11 @@
     python experiments/search_vs_sam.py --out search_vs_sam.md    # 6 methods x 3 seeds, then 3 searches
     python experiments/search_vs_sam.py --quick                    # smoke run: 3 epochs, tiny searches
     python experiments/search_vs_sam.py --config tune_configs/cifar10_noisy_cpu.yaml \
-        --set data.root=cifar10-jpeg --grace 10 --save-runs runs.json --sampler-seeds   # part 1 only
+        --set data.name=imagefolder --set data.root=cifar10-jpeg --grace 10 --save-runs runs.json \
+        --sampler-seeds   # part 1 only, on a JPEG copy in ImageFolder layout
     python experiments/search_vs_sam.py --config tune_configs/cifar10_noisy_cpu.yaml \
-        --set data.root=cifar10-jpeg --grace 10 --runs runs.json --sampler-seeds 0     # one search
+        --set data.name=imagefolder --set data.root=cifar10-jpeg --grace 10 --runs runs.json \
+        --sampler-seeds 0   # one search, part 1 read back
 
 The problem is `--config`'s `train:` block, its label noise included; by default the quickstart's
 (tune_configs/quickstart.yaml): a small CNN on scikit-learn's digits, the first 720 training images
@@ -14,8 +16,9 @@ with 30% symmetric label noise, 24 epochs, batch 64. `--set` changes it for part
 1. Each method at its papers' defaults, training seeds 0, 1, 2, trained as `esam train` trains that
    config's `train:` block (2 runs at a time, 1 thread each, as a search's trials): SGD, SAM (rho
    0.05), ESAM (rho 0.05, beta 0.6, gamma 0.5, loss-rise SDS), LookSAM (k 5, alpha 0.7), RST (p 0.5),
-   AE-SAM (c 1 -> -1). Test accuracy and speed vs SGD (each run's own interleaved probe).
-2. A budgeted search: the quickstart's problem with the method searched (esam, looksam, rst, aesam;
+   AE-SAM (c 1 -> -1); where the config sets a knob (cifar10_noisy_cpu.yaml: rho 0.1), the config's
+   value. Test accuracy and speed vs SGD (each run's own interleaved probe).
+2. A budgeted search: the config's problem with the method searched (esam, looksam, rst, aesam;
    sharpness sam or esam; each method's knobs: tune_configs/quickstart_methods.yaml's space), `--trials`
    trials under MO-ASHA, no references (part 1 is the reference), NSGA-II with sampler seeds 0, 1, 2.
    Its cost: the whole command's wall time on the machine's 2 cores, in CPU-minutes (wall x 2).
@@ -75,9 +78,9 @@ def search_config(config: Path, overrides: tuple[str, ...], seed: int, trials: i
     from esam.search.config import search_config_from_dict
     values = {**read_yaml(config), "space": read_yaml(METHODS_SPACE)["space"]}
     search = [f"name=search-vs-sam-{seed}", f"results_dir={directory / 'results'}", "references=[]",
-                 "sampler.name=nsga2", f"sampler.seed={seed}", f"trials={trials}", "scheduler.name=moasha",
-                 f"scheduler.grace_epochs={grace}", "scheduler.reduction_factor=3",
-                 f"mlflow.tracking_uri=sqlite:///{directory / 'mlflow.db'}"]
+              "sampler.name=nsga2", f"sampler.seed={seed}", f"trials={trials}", "scheduler.name=moasha",
+              f"scheduler.grace_epochs={grace}", "scheduler.reduction_factor=3",
+              f"mlflow.tracking_uri=sqlite:///{directory / 'mlflow.db'}"]
     extra = [f"train.{o}" for o in overrides]
     if quick:
         extra += [f"train.{o}" for o in QUICK]
@@ -176,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.seeds, args.sampler_seeds, args.trials, args.grace = [0], [0], 4, 1
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    if not args.runs and "sam" not in args.methods:  # refuse before an hour of training, not after
+        p.error("--methods needs sam, the target's reference")
     overrides = tuple(args.overrides)
     if args.runs:
         methods = json.loads(args.runs.read_text())
